@@ -1,0 +1,37 @@
+# The two set-up commands of the README: `make demo` and `make test`.
+PY ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH := torch==2.13.0
+DEMO := demo-out
+
+.PHONY: venv install system-deps demo test test-fast bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# torch first, pinned to the CPU wheel that ships on local disk; llama-cpp-python builds once and
+# is reused from pip's cache.
+install: $(BIN)/python
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[cpu,convert,dev]'
+
+# Reference tools the tests compare against (dcmtk's dcm2pnm, dsrdump). Needs root on Debian.
+system-deps:
+	@if ! command -v dcm2pnm >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk >/dev/null; fi
+
+demo: install
+	rm -rf $(DEMO) && mkdir -p $(DEMO)
+	$(BIN)/huatuo convert synth $(DEMO)/checkpoint --arch llava-qwen2 --vision-layout folder
+	$(BIN)/huatuo convert gguf $(DEMO)/checkpoint $(DEMO)/llm-f16.gguf --quant f16
+
+test: install system-deps
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) $(DEMO) .pytest_cache

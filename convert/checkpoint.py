@@ -1,0 +1,288 @@
+"""Read a HuatuoGPT-Vision (LLaVA-1.5) checkpoint folder without loading it whole.
+
+Every converter and the PyTorch reference go through `LlavaCheckpoint`: it knows the config keys
+(both transformers 4.x and 5.x styles), which tensors belong to the language model, the projector
+and the vision tower, where the tower lives (inside the main safetensors or in a CLIP folder named
+by `mm_vision_tower`), and it opens tensors one at a time so that peak memory is one tensor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Iterator
+
+from huatuo_cli.errors import HuatuoError
+from huatuo_cli.extras import require
+
+#: HF architecture name -> (huatuo arch id, language-model family)
+ARCHITECTURES: dict[str, tuple[str, str]] = {
+    "LlavaQwen2ForCausalLM": ("llava-qwen2", "qwen2"),
+    "LlavaLlamaForCausalLM": ("llava-llama", "llama"),
+    # Plain language models (no vision): used by the LLM-only benchmark and tests.
+    "Qwen2ForCausalLM": ("qwen2", "qwen2"),
+    "LlamaForCausalLM": ("llama", "llama"),
+}
+EMBEDDED_TOWER_PREFIX = "model.vision_tower.vision_tower."
+PROJECTOR_PREFIX = "model.mm_projector."
+#: CLIP's attention head size; the embedded layout carries no vision config of its own.
+CLIP_HEAD_DIM = 64
+
+
+class TensorFiles:
+    """Name -> file map over safetensors (or, when allowed, pickle) shards, opened lazily."""
+
+    def __init__(self, files: dict[str, Path]) -> None:
+        self.files = files
+        self._handles: dict[Path, Any] = {}
+
+    @classmethod
+    def from_folder(cls, folder: Path, *, allow_pickle: bool = False, what: str = "checkpoint") -> "TensorFiles":
+        index = folder / "model.safetensors.index.json"
+        if index.is_file():
+            weight_map = json.loads(index.read_text())["weight_map"]
+            files = {name: folder / fname for name, fname in weight_map.items()}
+            missing = sorted({str(p.name) for p in files.values() if not p.is_file()})
+            if missing:
+                raise HuatuoError(f"{what} index names shard(s) that are missing: {', '.join(missing)}")
+            return cls(files)
+        single = sorted(folder.glob("*.safetensors"))
+        if single:
+            safe_open = require("safetensors").safe_open
+            files: dict[str, Path] = {}
+            for path in single:
+                with safe_open(str(path), framework="pt") as handle:
+                    files.update({name: path for name in handle.keys()})
+            return cls(files)
+        pickles = sorted(folder.glob("pytorch_model*.bin")) + sorted(folder.glob("*.pt"))
+        if pickles:
+            if not allow_pickle:
+                raise HuatuoError(
+                    f"{what} in {folder} holds only pickle weights ({pickles[0].name}); pickle files can run "
+                    "arbitrary code when loaded",
+                    hint="convert them to safetensors first, or pass --allow-pickle if you trust their source",
+                )
+            return PickleTensorFiles(pickles)
+        raise HuatuoError(f"no weights found in {folder} (looked for *.safetensors and pytorch_model*.bin)")
+
+    def names(self) -> list[str]:
+        return list(self.files)
+
+    def _handle(self, path: Path):
+        if path not in self._handles:
+            safe_open = require("safetensors").safe_open
+            self._handles[path] = safe_open(str(path), framework="pt")
+        return self._handles[path]
+
+    def get(self, name: str):
+        """The tensor `name` as a torch tensor in its stored dtype."""
+        return self._handle(self.files[name]).get_tensor(name)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._handle(self.files[name]).get_slice(name).get_shape())
+
+
+class PickleTensorFiles(TensorFiles):
+    """Pickle `.bin` shards, loaded with `weights_only=True` and memory-mapped; only with --allow-pickle."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        torch = require("torch")
+        self._state: dict[str, Any] = {}
+        files: dict[str, Path] = {}
+        for path in paths:
+            state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+            self._state.update(state)
+            files.update({name: path for name in state})
+        super().__init__(files)
+
+    def get(self, name: str):
+        return self._state[name]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._state[name].shape)
+
+
+@dataclass
+class VisionTower:
+    """Where the CLIP tower's weights are and what shape it has."""
+
+    tensors: TensorFiles
+    prefix: str  # prepended to CLIPVisionModel state-dict names (`vision_model.…`)
+    config: dict[str, Any]  # CLIPVisionConfig fields
+    source: str  # "embedded" or "folder"
+
+    def state_dict_names(self) -> list[str]:
+        """CLIPVisionModel state-dict names present in the checkpoint."""
+        return [n[len(self.prefix):] for n in self.tensors.names() if n.startswith(self.prefix + "vision_model.")]
+
+    def get(self, clip_name: str):
+        return self.tensors.get(self.prefix + clip_name)
+
+
+@dataclass
+class LlavaCheckpoint:
+    """A HuatuoGPT-Vision checkpoint folder, read lazily."""
+
+    root: Path
+    config: dict[str, Any]
+    tensors: TensorFiles
+    allow_pickle: bool = False
+    _vision: VisionTower | None = field(default=None, repr=False)
+
+    @classmethod
+    def open(cls, root: Path | str, *, allow_pickle: bool = False) -> "LlavaCheckpoint":
+        root = Path(root)
+        config_path = root / "config.json"
+        if not config_path.is_file():
+            raise HuatuoError(f"{root} is not a model folder: no config.json")
+        config = json.loads(config_path.read_text())
+        archs = config.get("architectures") or []
+        if not archs or archs[0] not in ARCHITECTURES:
+            raise HuatuoError(
+                f"unknown architecture {archs[0] if archs else '(none)'} in {config_path.name}",
+                hint=f"supported: {', '.join(ARCHITECTURES)}",
+            )
+        tensors = TensorFiles.from_folder(root, allow_pickle=allow_pickle)
+        return cls(root=root, config=config, tensors=tensors, allow_pickle=allow_pickle)
+
+    # -- identity ---------------------------------------------------------------------------
+    @property
+    def hf_architecture(self) -> str:
+        return self.config["architectures"][0]
+
+    @property
+    def arch(self) -> str:
+        return ARCHITECTURES[self.hf_architecture][0]
+
+    @property
+    def llm_family(self) -> str:
+        return ARCHITECTURES[self.hf_architecture][1]
+
+    @cached_property
+    def config_sha256(self) -> str:
+        return hashlib.sha256((self.root / "config.json").read_bytes()).hexdigest()
+
+    @property
+    def has_vision(self) -> bool:
+        return self.hf_architecture.startswith("Llava")
+
+    # -- language model hyper-parameters -----------------------------------------------------
+    @property
+    def rope_theta(self) -> float:
+        """transformers 4.x writes `rope_theta`; 5.x writes `rope_parameters.rope_theta`."""
+        if "rope_theta" in self.config:
+            return float(self.config["rope_theta"])
+        params = self.config.get("rope_parameters") or {}
+        if "rope_theta" in params:
+            return float(params["rope_theta"])
+        return 10000.0
+
+    @property
+    def num_kv_heads(self) -> int:
+        return int(self.config.get("num_key_value_heads") or self.config["num_attention_heads"])
+
+    @property
+    def select_layer(self) -> int:
+        return int(self.config.get("mm_vision_select_layer", -2))
+
+    @property
+    def select_feature(self) -> str:
+        return str(self.config.get("mm_vision_select_feature", "patch"))
+
+    # -- tensors -------------------------------------------------------------------------------
+    def llm_tensor_names(self) -> list[str]:
+        """Names of the language model's tensors (no projector, no tower)."""
+        return [
+            n for n in self.tensors.names()
+            if not n.startswith(EMBEDDED_TOWER_PREFIX) and not n.startswith(PROJECTOR_PREFIX)
+        ]
+
+    def projector_tensor_names(self) -> list[str]:
+        return [n for n in self.tensors.names() if n.startswith(PROJECTOR_PREFIX)]
+
+    def get(self, name: str):
+        return self.tensors.get(name)
+
+    # -- vision ---------------------------------------------------------------------------------
+    @property
+    def preprocessor_config(self) -> dict[str, Any]:
+        for folder in (self.root, self._vision_folder()):
+            if folder is not None and (folder / "preprocessor_config.json").is_file():
+                return json.loads((folder / "preprocessor_config.json").read_text())
+        raise HuatuoError(f"no preprocessor_config.json in {self.root} or its vision tower folder")
+
+    def _vision_folder(self) -> Path | None:
+        name = self.config.get("mm_vision_tower") or self.config.get("vision_tower")
+        if not name:
+            return None
+        path = Path(name)
+        path = path if path.is_absolute() else self.root / path
+        return path if path.is_dir() else None
+
+    @property
+    def vision(self) -> VisionTower:
+        if self._vision is None:
+            self._vision = self._find_vision_tower()
+        return self._vision
+
+    def _find_vision_tower(self) -> VisionTower:
+        if not self.has_vision:
+            raise HuatuoError(f"{self.hf_architecture} has no vision tower")
+        folder = self._vision_folder()
+        if folder is not None:
+            cfg = json.loads((folder / "config.json").read_text())
+            vision_cfg = cfg.get("vision_config", cfg) if cfg.get("model_type") == "clip" else cfg
+            tensors = TensorFiles.from_folder(folder, allow_pickle=self.allow_pickle, what="vision tower")
+            return VisionTower(tensors=tensors, prefix="", config=_clip_config(vision_cfg), source="folder")
+        embedded = [n for n in self.tensors.names() if n.startswith(EMBEDDED_TOWER_PREFIX)]
+        if embedded:
+            return VisionTower(
+                tensors=self.tensors,
+                prefix=EMBEDDED_TOWER_PREFIX,
+                config=self._infer_clip_config(),
+                source="embedded",
+            )
+        named = self.config.get("mm_vision_tower", "(mm_vision_tower not set)")
+        raise HuatuoError(
+            "vision tower not found: looked for a CLIP folder at "
+            f"'{named}' (relative to {self.root}) and for tensors '{EMBEDDED_TOWER_PREFIX}vision_model.*' "
+            "in the main checkpoint",
+            hint="copy the CLIP folder the config names next to the model, or use a checkpoint with the tower embedded",
+        )
+
+    def _infer_clip_config(self) -> dict[str, Any]:
+        """CLIP hyper-parameters from tensor shapes (the embedded layout stores no vision config)."""
+        p = EMBEDDED_TOWER_PREFIX + "vision_model."
+        names = self.tensors.names()
+        patch = self.tensors.shape(p + "embeddings.patch_embedding.weight")
+        n_pos = self.tensors.shape(p + "embeddings.position_embedding.weight")[0]
+        fc1 = self.tensors.shape(p + "encoder.layers.0.mlp.fc1.weight")
+        layers = len({n.split(".")[6] for n in names if n.startswith(p + "encoder.layers.")})
+        hidden, patch_size = patch[0], patch[2]
+        grid = round((n_pos - 1) ** 0.5)
+        return _clip_config({
+            "hidden_size": hidden,
+            "intermediate_size": fc1[0],
+            "num_hidden_layers": layers,
+            "num_attention_heads": max(1, hidden // CLIP_HEAD_DIM),
+            "image_size": grid * patch_size,
+            "patch_size": patch_size,
+            "num_channels": patch[1],
+        })
+
+
+def _clip_config(raw: dict[str, Any]) -> dict[str, Any]:
+    """CLIPVisionConfig fields with CLIP-L defaults for anything not stated."""
+    keys = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size",
+            "patch_size", "num_channels", "layer_norm_eps", "hidden_act", "projection_dim")
+    defaults = {"num_channels": 3, "layer_norm_eps": 1e-5, "hidden_act": "quick_gelu", "projection_dim": 768}
+    return {k: raw.get(k, defaults.get(k)) for k in keys if raw.get(k, defaults.get(k)) is not None}
+
+
+def iter_llm_tensors(ckpt: LlavaCheckpoint) -> Iterator[tuple[str, Any]]:
+    """Language-model tensors one at a time, in checkpoint order (streaming conversion)."""
+    for name in ckpt.llm_tensor_names():
+        yield name, ckpt.get(name)

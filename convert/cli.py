@@ -1,0 +1,56 @@
+"""`huatuo convert ...`: the server-side commands.
+
+This module imports no heavy package at module level so that `huatuo convert --help` works on a
+workstation; each command imports what it needs through `huatuo_cli.extras.require`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.group()
+def convert() -> None:
+    """Convert a HuatuoGPT-Vision checkpoint into a verified model bundle (server side).
+
+    \b
+    Examples:
+      huatuo convert synth /tmp/tiny --arch llava-qwen2 --vision-layout folder
+      huatuo convert gguf /tmp/tiny /tmp/tiny-f16.gguf --quant f16
+    """
+
+
+@convert.command()
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--arch", type=click.Choice(["llava-qwen2", "llava-llama"]), default="llava-qwen2", show_default=True,
+              help="llava-qwen2 = HuatuoGPT-Vision-7B layout, llava-llama = -34B (Yi) layout.")
+@click.option("--vision-layout", type=click.Choice(["embedded", "folder"]), default="embedded", show_default=True,
+              help="Vision tower inside the main safetensors, or as a CLIP folder named by mm_vision_tower.")
+@click.option("--shards", type=int, default=2, show_default=True)
+@click.option("--dtype", type=click.Choice(["bf16", "f16", "f32"]), default="bf16", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--hidden-size", type=int, default=64, show_default=True)
+@click.option("--intermediate-size", type=int, default=160, show_default=True)
+@click.option("--layers", "num_layers", type=int, default=2, show_default=True)
+@click.option("--heads", "num_heads", type=int, default=4, show_default=True)
+@click.option("--kv-heads", "num_kv_heads", type=int, default=2, show_default=True)
+@click.option("--vocab-size", type=int, default=600, show_default=True, help="Target tokenizer size.")
+@click.option("--vision-hidden-size", type=int, default=128, show_default=True)
+@click.option("--vision-intermediate-size", type=int, default=256, show_default=True)
+@click.option("--vision-layers", type=int, default=3, show_default=True)
+@click.option("--image-size", type=int, default=56, show_default=True)
+@click.option("--patch-size", type=int, default=14, show_default=True)
+def synth(out: Path, **options) -> None:
+    """Write a tiny random checkpoint in the real HuatuoGPT-Vision on-disk layout.
+
+    \b
+    Example:
+      huatuo convert synth /tmp/tiny34 --arch llava-llama --vision-layout folder --shards 3
+    """
+    from huatuo_convert.synth import SynthSpec, write_synthetic_checkpoint
+
+    spec = SynthSpec(**options)
+    write_synthetic_checkpoint(out, spec)
+    click.echo(f"wrote synthetic {spec.arch} checkpoint ({spec.vision_layout} vision tower) to {out}")

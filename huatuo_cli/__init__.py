@@ -1,0 +1,7 @@
+"""huatuo: offline HuatuoGPT-Vision for radiology workstations.
+
+The runtime package. It must stay importable on a workstation that has no torch, no
+transformers and no `huatuo_convert`: heavy imports happen inside the functions that need them.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,36 @@
+"""Shared fixtures: synthetic HuatuoGPT-Vision checkpoints built once per session, isolated user dirs."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from huatuo_convert.synth import SynthSpec, write_synthetic_checkpoint
+
+#: The checkpoints the suite uses: both architectures, both vision-tower layouts.
+LAYOUTS = [("llava-qwen2", "embedded"), ("llava-qwen2", "folder"), ("llava-llama", "embedded"), ("llava-llama", "folder")]
+
+
+@pytest.fixture(scope="session")
+def make_checkpoint(tmp_path_factory):
+    """Factory: make_checkpoint(arch=..., vision_layout=..., **dims) -> folder, cached by spec."""
+    cache: dict[SynthSpec, Path] = {}
+
+    def make(**fields) -> Path:
+        spec = replace(SynthSpec(), **fields)
+        if spec not in cache:
+            out = tmp_path_factory.mktemp("ckpt") / "model"
+            cache[spec] = write_synthetic_checkpoint(out, spec)
+        return cache[spec]
+
+    return make
+
+
+@pytest.fixture(autouse=True)
+def isolated_user_dirs(tmp_path, monkeypatch):
+    """No test reads or writes the real user's config, data or cache directories."""
+    for var in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME", "XDG_STATE_HOME"):
+        monkeypatch.setenv(var, str(tmp_path / var.lower()))
+    monkeypatch.delenv("HUATUO_MODEL", raising=False)
