@@ -189,9 +189,17 @@ class LlavaReference:
         with torch.no_grad():
             return self.llm(input_ids=torch.tensor([ids])).logits[0].float()
 
-    def greedy(self, embeds, max_new_tokens: int, stop_ids: set[int] | None = None) -> list[int]:
-        """Greedy continuation of input embeddings (no repetition penalty), as token ids."""
+    def greedy(self, embeds, max_new_tokens: int, *, repetition_penalty: float = 1.0,
+               stop_ids: set[int] | None = None) -> list[int]:
+        """Greedy continuation of input embeddings, as token ids.
+
+        The repetition penalty is transformers' own processor over the generated tokens (with
+        `inputs_embeds`, HF generate's input_ids hold only the generated tokens), as the official
+        CLI decodes with `repetition_penalty=1.2`.
+        """
         torch = require("torch")
+        transformers = require("transformers")
+        penalty = transformers.RepetitionPenaltyLogitsProcessor(repetition_penalty) if repetition_penalty != 1.0 else None
         stop_ids = stop_ids if stop_ids is not None else {self.tokenizer.eos_id}
         out: list[int] = []
         past = None
@@ -200,9 +208,12 @@ class LlavaReference:
             for _ in range(max_new_tokens):
                 res = self.llm(inputs_embeds=step, past_key_values=past, use_cache=True)
                 past = res.past_key_values
-                nxt = int(res.logits[0, -1].argmax())
-                out.append(nxt)
+                scores = res.logits[:, -1].float()
+                if penalty is not None and out:
+                    scores = penalty(torch.tensor([out]), scores)
+                nxt = int(scores[0].argmax())
                 if nxt in stop_ids:
                     break
+                out.append(nxt)
                 step = self.llm.get_input_embeddings()(torch.tensor([[nxt]]))
         return out

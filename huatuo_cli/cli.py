@@ -20,6 +20,7 @@ from huatuo_cli.extras import require
 #: subcommand name -> "module:attribute" of its click command
 SUBCOMMANDS: dict[str, str] = {
     "convert": "huatuo_convert.cli:convert",
+    "models": "huatuo_cli.models_cmd:models",
 }
 
 

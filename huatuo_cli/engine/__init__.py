@@ -1,0 +1,1 @@
+"""The inference engine: image encoder (ONNX Runtime) and language model (llama.cpp)."""

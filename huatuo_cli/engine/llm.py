@@ -1,0 +1,275 @@
+"""The language model on llama.cpp, fed with a mix of token ids and precomputed image embeddings.
+
+llama.cpp's own LLaVA vision graph is inexact in the version we ship (DESIGN.md 2), so image
+embeddings come from ONNX Runtime and enter the LLM here through `llama_batch.embd`. Sampling is
+done in numpy on the last logits so that greedy decoding and the official repetition penalty
+(HF semantics: divide positive logits, multiply negative ones, over the generated tokens) are the
+same arithmetic as the PyTorch reference.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence, Union
+
+import numpy as np
+
+from huatuo_cli.errors import HuatuoError
+from huatuo_cli.extras import require
+
+#: One prompt segment: token ids (a text chunk) or an image's embeddings [tokens, n_embd].
+Segment = Union[list[int], np.ndarray]
+#: Text that ends an answer even if the model forgets to emit end-of-generation.
+STOP_STRINGS = ("<|user|>",)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Decoding options. Greedy by default: draft reports must be reproducible."""
+
+    max_tokens: int = 512
+    temperature: float = 0.0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.2  # the official HuatuoGPT-Vision CLI's value
+    seed: int = 0
+
+
+@dataclass
+class Generation:
+    text: str
+    tokens: list[int]
+    prompt_tokens: int
+    prefill_s: float
+    decode_s: float
+    stopped_by: str  # "eog", "stop-string", "max-tokens"
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return len(self.tokens) / self.decode_s if self.decode_s > 0 else 0.0
+
+
+def apply_repetition_penalty(logits: np.ndarray, previous: Sequence[int], penalty: float) -> np.ndarray:
+    """HF's RepetitionPenaltyLogitsProcessor on one row (the official CLI decodes with 1.2)."""
+    if penalty == 1.0 or not previous:
+        return logits
+    out = logits.copy()
+    ids = np.fromiter(set(previous), dtype=np.int64)
+    vals = out[ids]
+    out[ids] = np.where(vals > 0, vals / penalty, vals * penalty)
+    return out
+
+
+def choose_token(logits: np.ndarray, previous: Sequence[int], sampling: Sampling, rng: np.random.Generator) -> int:
+    """Greedy when temperature is 0, else temperature + nucleus sampling (seeded)."""
+    logits = apply_repetition_penalty(logits.astype(np.float64), previous, sampling.repetition_penalty)
+    if sampling.temperature <= 0:
+        return int(np.argmax(logits))
+    scaled = logits / sampling.temperature
+    probs = np.exp(scaled - scaled.max())
+    probs /= probs.sum()
+    if sampling.top_p < 1.0:
+        order = np.argsort(-probs)
+        cumulative = np.cumsum(probs[order])
+        keep = order[: int(np.searchsorted(cumulative, sampling.top_p) + 1)]
+        mask = np.zeros_like(probs)
+        mask[keep] = probs[keep]
+        probs = mask / mask.sum()
+    return int(rng.choice(len(probs), p=probs))
+
+
+def default_threads() -> int:
+    """Physical-ish core count: llama.cpp prefill is compute-bound and hyperthreads do not help."""
+    return max(1, (os.cpu_count() or 2))
+
+
+class LlamaEngine:
+    """A GGUF language model in llama.cpp with one sequence and our own decode loop."""
+
+    def __init__(
+        self,
+        gguf_path: Path,
+        *,
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        n_batch: int = 512,
+        n_gpu_layers: int | None = None,
+    ) -> None:
+        llama_cpp = require("llama_cpp")
+        self._lib = llama_cpp
+        self.gpu_offload = bool(llama_cpp.llama_supports_gpu_offload())
+        layers = (-1 if self.gpu_offload else 0) if n_gpu_layers is None else n_gpu_layers
+        threads = n_threads or default_threads()
+        try:
+            self.llm = llama_cpp.Llama(
+                model_path=str(gguf_path),
+                n_ctx=n_ctx,
+                n_batch=n_batch,
+                n_ubatch=n_batch,
+                n_threads=threads,
+                n_threads_batch=threads,
+                n_gpu_layers=layers,
+                logits_all=False,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError) as exc:
+            raise HuatuoError(f"llama.cpp could not load {Path(gguf_path).name}: {exc}") from exc
+        self.n_gpu_layers = layers
+        self.n_ctx = self.llm.n_ctx()
+        self.n_embd = self.llm.n_embd()
+        self.n_vocab = self.llm.n_vocab()
+        self.n_batch = n_batch
+        self._ctx = self.llm._ctx.ctx
+        self._vocab = llama_cpp.llama_model_get_vocab(self.llm._model.model)
+        self.add_bos = bool(self.llm._model.add_bos_token())
+        self.bos = self.llm.token_bos()
+
+    # -- text ------------------------------------------------------------------------------------
+    def tokenize_chunks(self, chunks: Sequence[str]) -> list[list[int]]:
+        """Token ids per text chunk; BOS (if the model wants one) only on the first, like LLaVA."""
+        out = []
+        for i, chunk in enumerate(chunks):
+            ids = self.llm.tokenize(chunk.encode("utf-8"), add_bos=False, special=True) if chunk else []
+            if i == 0 and self.add_bos and self.bos >= 0:
+                ids = [self.bos] + ids
+            out.append(list(ids))
+        return out
+
+    def piece(self, token: int) -> bytes:
+        return self.llm._model.token_to_piece(token, special=True)
+
+    def is_end(self, token: int) -> bool:
+        return bool(self._lib.llama_vocab_is_eog(self._vocab, token))
+
+    # -- decoding ----------------------------------------------------------------------------------
+    def _clear(self) -> None:
+        mem = self._lib.llama_get_memory(self._ctx)
+        self._lib.llama_memory_clear(mem, True)
+
+    def _decode_tokens(self, ids: Sequence[int], start: int, want_last: bool) -> None:
+        lib = self._lib
+        for off in range(0, len(ids), self.n_batch):
+            part = ids[off : off + self.n_batch]
+            batch = lib.llama_batch_init(len(part), 0, 1)
+            try:
+                batch.n_tokens = len(part)
+                for i, tok in enumerate(part):
+                    batch.token[i] = tok
+                    batch.pos[i] = start + off + i
+                    batch.n_seq_id[i] = 1
+                    batch.seq_id[i][0] = 0
+                    batch.logits[i] = 0
+                if want_last and off + len(part) == len(ids):
+                    batch.logits[len(part) - 1] = 1
+                self._check(lib.llama_decode(self._ctx, batch))
+            finally:
+                lib.llama_batch_free(batch)
+
+    def _decode_embeddings(self, embeds: np.ndarray, start: int, want_last: bool) -> None:
+        lib = self._lib
+        embeds = np.ascontiguousarray(embeds, dtype=np.float32)
+        if embeds.ndim != 2 or embeds.shape[1] != self.n_embd:
+            raise HuatuoError(f"image embeddings have width {embeds.shape[-1]}, the language model expects {self.n_embd}",
+                              hint="the bundle's vision and LLM files do not belong together")
+        for off in range(0, len(embeds), self.n_batch):
+            part = embeds[off : off + self.n_batch]
+            batch = lib.llama_batch_init(len(part), self.n_embd, 1)
+            try:
+                batch.n_tokens = len(part)
+                ctypes.memmove(batch.embd, part.ctypes.data, part.nbytes)
+                for i in range(len(part)):
+                    batch.pos[i] = start + off + i
+                    batch.n_seq_id[i] = 1
+                    batch.seq_id[i][0] = 0
+                    batch.logits[i] = 0
+                if want_last and off + len(part) == len(embeds):
+                    batch.logits[len(part) - 1] = 1
+                self._check(lib.llama_decode(self._ctx, batch))
+            finally:
+                lib.llama_batch_free(batch)
+
+    @staticmethod
+    def _check(code: int) -> None:
+        if code == 1:
+            raise HuatuoError("the conversation does not fit in the model's context window")
+        if code != 0:
+            raise RuntimeError(f"llama_decode failed with code {code}")
+
+    def _last_logits(self) -> np.ndarray:
+        ptr = self._lib.llama_get_logits_ith(self._ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
+
+    def prompt_length(self, segments: Sequence[Segment]) -> int:
+        return sum(len(s) for s in segments)
+
+    def prefill(self, segments: Sequence[Segment]) -> np.ndarray:
+        """Clear the KV cache, feed every segment, return the logits after the last position."""
+        total = self.prompt_length(segments)
+        if total == 0:
+            raise ValueError("empty prompt")
+        self._clear()
+        pos = 0
+        for k, seg in enumerate(segments):
+            last = k == len(segments) - 1
+            if isinstance(seg, np.ndarray):
+                self._decode_embeddings(seg, pos, last)
+            elif seg:
+                self._decode_tokens(seg, pos, last)
+            elif last:
+                raise ValueError("the last prompt segment must not be empty")
+            pos += len(seg)
+        return self._last_logits()
+
+    def generate(
+        self,
+        segments: Sequence[Segment],
+        sampling: Sampling = Sampling(),
+        on_text: Callable[[str], None] | None = None,
+    ) -> Generation:
+        """Prefill the prompt and decode; `on_text` receives the answer as it streams."""
+        segments = [s for s in segments if len(s)]  # empty text chunks carry nothing
+        n_prompt = self.prompt_length(segments)
+        if n_prompt + sampling.max_tokens > self.n_ctx:
+            raise HuatuoError(
+                f"the prompt needs {n_prompt} positions plus up to {sampling.max_tokens} answer tokens, "
+                f"but the context window is {self.n_ctx}",
+                hint="ask with fewer images or a shorter history, or lower --max-tokens",
+            )
+        rng = np.random.default_rng(sampling.seed)
+        t0 = time.perf_counter()
+        logits = self.prefill(segments)
+        t1 = time.perf_counter()
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        tokens: list[int] = []
+        text = ""
+        stopped_by = "max-tokens"
+        pos = n_prompt
+        for _ in range(sampling.max_tokens):
+            tok = choose_token(logits, tokens, sampling, rng)
+            if self.is_end(tok):
+                stopped_by = "eog"
+                break
+            tokens.append(tok)
+            piece = decoder.decode(self.piece(tok))
+            text += piece
+            stop = next((s for s in STOP_STRINGS if s in text), None)
+            if stop:
+                text = text[: text.index(stop)]
+                stopped_by = "stop-string"
+                break
+            if piece and on_text:
+                on_text(piece)
+            self._decode_tokens([tok], pos, True)
+            pos += 1
+            logits = self._last_logits()
+        t2 = time.perf_counter()
+        return Generation(text=text.strip(), tokens=tokens, prompt_tokens=n_prompt,
+                          prefill_s=t1 - t0, decode_s=t2 - t1, stopped_by=stopped_by)
+
+    def close(self) -> None:
+        self.llm.close()

@@ -1,0 +1,93 @@
+"""`huatuo models list | info | verify`: what bundles are installed and whether they are intact."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from huatuo_cli.bundle import load_bundle, read_manifest, verify_files
+from huatuo_cli.errors import HuatuoError
+from huatuo_cli.locate import find_bundle, installed_bundles, models_dirs
+
+
+@click.group()
+def models() -> None:
+    """List, describe and verify model bundles.
+
+    \b
+    Examples:
+      huatuo models list
+      huatuo models info ~/.local/share/huatuo/models/huatuo-7b-q4_k_m
+      huatuo models verify /srv/bundles/huatuo-7b-q4_k_m
+    """
+
+
+@models.command("list")
+def list_() -> None:
+    """Bundles in the default models folders (without re-hashing; use `verify` for that).
+
+    \b
+    Example:
+      huatuo models list
+    """
+    bundles = installed_bundles()
+    if not bundles:
+        click.echo("no bundles installed in " + " or ".join(str(d) for d in models_dirs()))
+        return
+    table = Table("bundle", "architecture", "quantization", "model id", "path")
+    for path in bundles:
+        manifest, digest = read_manifest(path)
+        table.add_row(path.name, manifest.architecture, manifest.quantization, digest[:12], str(path))
+    Console().print(table)
+
+
+@models.command()
+@click.argument("bundle", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+def info(bundle: str | None, as_json: bool) -> None:
+    """Show a bundle's manifest: source, prompt format, quantization, fidelity figures.
+
+    \b
+    Example:
+      huatuo models info /srv/bundles/huatuo-7b-q4_k_m --json
+    """
+    path = find_bundle(bundle)
+    manifest, digest = read_manifest(path)
+    if as_json:
+        click.echo(json.dumps({"model_id": digest, **json.loads(manifest.to_json())}, indent=2))
+        return
+    click.echo(f"bundle:        {path}")
+    click.echo(f"model id:      {digest}")
+    click.echo(f"architecture:  {manifest.architecture}")
+    click.echo(f"source:        {manifest.source}")
+    click.echo(f"prompt format: {manifest.prompt_format}")
+    click.echo(f"quantization:  {manifest.quantization}")
+    for entry in manifest.files:
+        click.echo(f"  {entry.role:12s} {entry.path}  {entry.size} bytes  sha256 {entry.sha256[:16]}…")
+    for name, figures in manifest.fidelity.items():
+        click.echo(f"fidelity {name}: {json.dumps(figures, sort_keys=True)}")
+
+
+@models.command()
+@click.argument("bundle", required=False)
+def verify(bundle: str | None) -> None:
+    """Re-hash every file of a bundle against its manifest; exit 1 on any mismatch.
+
+    \b
+    Example:
+      huatuo models verify /srv/bundles/huatuo-7b-q4_k_m
+    """
+    path = find_bundle(bundle)
+    manifest, _ = read_manifest(path)
+    problems = verify_files(path, manifest)
+    bad = {p.split(":")[0] for p in problems}
+    for entry in manifest.files:
+        click.echo(f"{'FAIL' if entry.path in bad else 'ok  '} {entry.path}")
+    if problems:
+        raise HuatuoError(f"bundle {Path(path).name} failed verification: " + "; ".join(problems))
+    load_bundle(path)  # the same check every loading command runs
+    click.echo(f"bundle {Path(path).name} verified: {len(manifest.files)} files match the manifest")
