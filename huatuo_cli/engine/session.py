@@ -1,0 +1,113 @@
+"""A loaded model bundle answering questions about images, with conversation history.
+
+This is the one place where the image encoder, the prompt format and the language model meet:
+`ask`, `batch` and the TUI all go through `Conversation`, so they send exactly the prompt the
+fidelity checks measured.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from huatuo_cli.bundle import Bundle, load_bundle
+from huatuo_cli.engine.llm import Generation, LlamaEngine, Sampling, Segment
+from huatuo_cli.errors import HuatuoError
+from huatuo_cli.prompt import MAX_IMAGES, PROMPT_FORMAT, Turn, render, split_at_images
+
+
+@dataclass
+class ModelInfo:
+    """What a result records about the model and where it ran."""
+
+    model_id: str
+    bundle: str
+    architecture: str
+    quantization: str
+    vision_path: str
+    vision_provider: str
+    vision_note: str | None
+    llm_gpu_offload: bool
+
+
+class VisionLanguageModel:
+    """A verified bundle, loaded once (per batch, per TUI session)."""
+
+    def __init__(
+        self,
+        bundle: Bundle | Path | str,
+        *,
+        device: str = "auto",
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+    ) -> None:
+        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        manifest = self.bundle.manifest
+        if manifest.prompt_format != PROMPT_FORMAT:
+            raise HuatuoError(f"bundle prompt format '{manifest.prompt_format}' is not supported by this huatuo "
+                              f"('{PROMPT_FORMAT}')", hint="upgrade huatuo-cli or re-convert the bundle")
+        from huatuo_cli.engine.encoder import ImageEncoder
+
+        self.encoder = ImageEncoder.from_bundle(self.bundle, device=device)
+        self.llm = LlamaEngine(self.bundle.path("llm"), n_ctx=n_ctx, n_threads=n_threads)
+        self.info = ModelInfo(
+            model_id=self.bundle.manifest_sha256,
+            bundle=self.bundle.root.name,
+            architecture=manifest.architecture,
+            quantization=manifest.quantization,
+            vision_path="onnx",
+            vision_provider=self.encoder.provider,
+            vision_note=self.encoder.fallback_note,
+            llm_gpu_offload=self.llm.gpu_offload,
+        )
+
+    def encode_images(self, images: Sequence) -> list[np.ndarray]:
+        """One [tokens, n_embd] array per PIL image."""
+        if not images:
+            return []
+        if len(images) > MAX_IMAGES:
+            raise HuatuoError(f"{len(images)} images given; HuatuoGPT-Vision takes at most {MAX_IMAGES}")
+        return list(self.encoder.encode(list(images)))
+
+    def segments(self, turns: list[Turn], image_embeds: Sequence[np.ndarray]) -> list[Segment]:
+        """Token chunks and image embeddings in prompt order."""
+        chunks = split_at_images(render(turns))
+        if len(chunks) - 1 != len(image_embeds):
+            raise ValueError(f"{len(chunks) - 1} image markers for {len(image_embeds)} images")
+        token_chunks = self.llm.tokenize_chunks(chunks)
+        out: list[Segment] = []
+        for i, ids in enumerate(token_chunks):
+            out.append(ids)
+            if i < len(image_embeds):
+                out.append(image_embeds[i])
+        return out
+
+    def close(self) -> None:
+        self.llm.close()
+
+
+@dataclass
+class Conversation:
+    """Images given once, then questions and answers; follow-ups see the whole history."""
+
+    model: VisionLanguageModel
+    images: list = field(default_factory=list)
+    turns: list[Turn] = field(default_factory=list)
+    _embeds: list[np.ndarray] | None = None
+    encode_s: float = 0.0
+
+    def ask(self, question: str, sampling: Sampling = Sampling(),
+            on_text: Callable[[str], None] | None = None) -> Generation:
+        if self._embeds is None:
+            t0 = time.perf_counter()
+            self._embeds = self.model.encode_images(self.images)
+            self.encode_s = time.perf_counter() - t0
+        images_now = len(self.images) if not self.turns else 0
+        pending = self.turns + [Turn(question=question, images=images_now)]
+        result = self.model.llm.generate(self.model.segments(pending, self._embeds), sampling, on_text)
+        self.turns = pending[:-1] + [Turn(question=question, images=images_now, answer=result.text)]
+        return result
