@@ -1,0 +1,109 @@
+"""The audit trail: who asked which model what about which study, and how it ended.
+
+One JSON line per answered (or failed) question, appended to `audit.jsonl` in the platform's user
+data directory. Studies appear only as a salted hash: the salt is made once per installation and
+kept owner-only beside the log, so the same study gives the same reference on this machine (an
+auditor can correlate requests) while the reference cannot be reversed with a dictionary of UIDs.
+Nothing else about the patient is written; the answer is recorded by length only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import hashlib
+import hmac
+import json
+import os
+import secrets
+from pathlib import Path
+
+import platformdirs
+
+from huatuo_cli.privacy import append_line, open_private_fd, private_dir
+
+APP = "huatuo"
+LOG_NAME = "audit.jsonl"
+SALT_NAME = "audit.salt"
+SCHEMA = "huatuo.audit/1"
+
+
+def audit_dir() -> Path:
+    return Path(platformdirs.user_data_dir(APP))
+
+
+def audit_path() -> Path:
+    return audit_dir() / LOG_NAME
+
+
+def _salt() -> bytes:
+    """The installation's salt, created on first use (O_EXCL, so two first runs agree on one)."""
+    folder = private_dir(audit_dir())
+    path = folder / SALT_NAME
+    try:
+        fd = open_private_fd(path, os.O_WRONLY | os.O_EXCL)
+    except FileExistsError:
+        pass
+    else:
+        try:
+            os.write(fd, secrets.token_hex(32).encode("ascii"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    text = path.read_text(encoding="ascii").strip()
+    if not text:  # a crash between create and write: make a new one
+        path.unlink()
+        return _salt()
+    return bytes.fromhex(text)
+
+
+def study_ref(study_id: str) -> str:
+    """Salted, irreversible reference for a study identifier (e.g. its StudyInstanceUID)."""
+    return hmac.new(_salt(), study_id.encode("utf-8"), hashlib.sha256).hexdigest()[:24]
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (containers)
+        return str(os.getuid())
+
+
+def record(
+    command: str,
+    *,
+    model_id: str | None,
+    study_id: str | None,
+    question: str,
+    answer_chars: int,
+    outcome: str,
+) -> dict:
+    """Append one audit entry and return it. `outcome` is "ok" or a short PHI-free failure reason."""
+    entry = {
+        "schema": SCHEMA,
+        "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "user": _os_user(),
+        "command": command,
+        "model_id": model_id,
+        "study": study_ref(study_id) if study_id else None,
+        "question": question,
+        "answer_chars": answer_chars,
+        "outcome": outcome,
+    }
+    private_dir(audit_dir())
+    append_line(audit_path(), json.dumps(entry, ensure_ascii=False))
+    return entry
+
+
+def read_entries(path: Path | None = None) -> list[dict]:
+    """Every complete entry of the log (a torn last line from a crash is skipped)."""
+    path = path or audit_path()
+    if not path.is_file():
+        return []
+    entries = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return entries

@@ -1,0 +1,112 @@
+"""results.jsonl and errors.jsonl: the durable state of a batch, and what resuming reads.
+
+Each record is appended as one line with a single O_APPEND write and fsynced before the next
+study starts, so after Ctrl-C, a crash or `kill -9` the files hold every finished answer plus at
+most one torn last line. Opening the folder again repairs that line (truncates it away) and
+reports which (study, question) pairs are done, so a rerun answers exactly the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from huatuo_cli.errors import HuatuoError
+from huatuo_cli.privacy import append_line, private_dir
+from huatuo_cli.record import SCHEMA
+
+RESULTS_NAME = "results.jsonl"
+ERRORS_NAME = "errors.jsonl"
+ERROR_SCHEMA = "huatuo.error/1"
+
+
+def read_jsonl(path: Path, *, repair: bool = False) -> list[dict]:
+    """Complete JSON lines of `path`. Unparseable lines at the very end are what a crash leaves (a
+    write cut short, NUL blocks after a power cut): they are dropped, and with `repair` truncated
+    away so the next append starts on a clean line. A bad line followed by good ones is not a
+    crash artefact: that is refused rather than silently skipped."""
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    records: list[dict] = []
+    torn: tuple[int, int] | None = None  # (line number, byte offset) of the first bad line
+    pos = 0
+    number = 0
+    while pos < len(data):
+        newline = data.find(b"\n", pos)
+        end = len(data) if newline < 0 else newline + 1
+        number += 1
+        text = data[pos:end].strip(b" \t\r\n")
+        if text:
+            try:
+                if newline < 0:
+                    raise ValueError("no newline: the write never completed")
+                record = json.loads(text)
+            except ValueError:
+                torn = torn or (number, pos)
+            else:
+                if torn:
+                    raise HuatuoError(f"{path.name} line {torn[0]} is not valid JSON",
+                                      hint="the file was edited or damaged; use a new --out folder")
+                records.append(record)
+        pos = end
+    if repair and torn:
+        with open(path, "r+b") as handle:
+            handle.truncate(torn[1])
+            os.fsync(handle.fileno())
+    return records
+
+
+@dataclass
+class BatchState:
+    """The output folder of one batch: what is done, and the appenders for what comes next."""
+
+    out: Path
+    results: list[dict] = field(default_factory=list)
+    errors: list[dict] = field(default_factory=list)
+
+    @classmethod
+    def open(cls, out: str | os.PathLike) -> "BatchState":
+        out = private_dir(out)
+        results = read_jsonl(out / RESULTS_NAME, repair=True)
+        for record in results:
+            if record.get("schema") != SCHEMA:
+                raise HuatuoError(f"{RESULTS_NAME} in the output folder has schema {record.get('schema')!r}, "
+                                  f"this huatuo writes {SCHEMA!r}", hint="use a new --out folder")
+        errors = read_jsonl(out / ERRORS_NAME, repair=True)
+        return cls(out=out, results=results, errors=errors)
+
+    @property
+    def done(self) -> set[tuple[str, str]]:
+        return {(r["study"], r["question"]) for r in self.results}
+
+    def pending(self, study: str, questions: list[str]) -> list[str]:
+        done = self.done
+        return [q for q in questions if (study, q) not in done]
+
+    def answers_for(self, study: str) -> list[dict]:
+        return [r for r in self.results if r["study"] == study]
+
+    def add_result(self, record: dict) -> None:
+        if (record["study"], record["question"]) in self.done:
+            raise ValueError("result recorded twice")  # a bug in the loop, never a user error
+        append_line(self.out / RESULTS_NAME, json.dumps(record, ensure_ascii=False))
+        self.results.append(record)
+
+    def add_error(self, *, kind: str, key: str, reason: str, question: str | None = None) -> bool:
+        """Record a failure once: a rerun that meets the same bad file does not repeat the line.
+        `kind` is "file" (key: path relative to the batch folder) or "study" (key: study key)."""
+        entry = {"schema": ERROR_SCHEMA, "kind": kind, "key": key, "question": question, "reason": reason}
+        if any(all(e.get(k) == v for k, v in entry.items()) for e in self.errors):
+            return False
+        append_line(self.out / ERRORS_NAME, json.dumps(entry, ensure_ascii=False))
+        self.errors.append(entry)
+        return True
+
+    def open_errors(self) -> list[dict]:
+        """Errors still standing: a study that failed once and was answered on a rerun is not one."""
+        done = self.done
+        return [e for e in self.errors
+                if not (e["kind"] == "study" and e.get("question") and (e["key"], e["question"]) in done)]

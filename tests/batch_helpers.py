@@ -1,0 +1,98 @@
+"""Batch test material: real pydicom test files as studies, and a plain-python answer function.
+
+The model is not the subject of the batch tests: `describe` answers from the pixels themselves
+(size and mean), which is deterministic and lets a test tell which images an answer was given for.
+Decoding here is pydicom's own `pixel_array`, standing in for the imaging module until it is merged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from pydicom.data import get_testdata_file
+
+from huatuo_cli.batch.runner import BadFile, Job, StudyInputs
+from huatuo_cli.record import Answer, sha256_path
+
+#: file name -> (PatientName, PatientID) of the pydicom test files the batch tests use
+SAMPLES = {
+    "CT_small.dcm": ("CompressedSamples^CT1", "1CT1"),
+    "MR_small.dcm": ("CompressedSamples^MR1", "4MR1"),
+    "SC_rgb.dcm": ("Lestrade^G", "ID1"),
+}
+
+
+def sample_folder(root: Path, *, truncated: bool = True, text_file: bool = True) -> Path:
+    """A batch folder: studies nested in sub-folders, names without extension, plus bad files."""
+    root.mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(SAMPLES):
+        sub = root / f"site{i % 2}" / f"s{i}"
+        sub.mkdir(parents=True, exist_ok=True)
+        shutil.copy(get_testdata_file(name, download=False), sub / f"IM{i:04d}")
+    if truncated:  # a study of its own whose pixel data is cut off
+        import pydicom
+        from pydicom.uid import generate_uid
+
+        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm", download=False))
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid(), generate_uid()
+        (root / "broken").mkdir(exist_ok=True)
+        ds.save_as(root / "broken" / "IM9999")
+        data = (root / "broken" / "IM9999").read_bytes()
+        (root / "broken" / "IM9999").write_bytes(data[: len(data) - 4000])
+    if text_file:
+        (root / "notes.txt").write_text("not an image\n")
+    return root
+
+
+def decode(path: Path) -> Image.Image:
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    arr = ds.pixel_array.astype(np.float64)
+    if arr.ndim == 3 and arr.shape[-1] != 3:
+        arr = arr[0]
+    arr = (arr - arr.min()) / max(float(arr.max() - arr.min()), 1e-9) * 255
+    return Image.fromarray(arr.astype(np.uint8)).convert("RGB")
+
+
+def jobs_for(root: Path) -> list:
+    """One job per file that pydicom reads as an image; BadFile for the rest (like the scan will)."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    out: list = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root).as_posix()
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            uid = str(ds.StudyInstanceUID)
+        except (InvalidDicomError, AttributeError, OSError) as exc:
+            out.append(BadFile(key=rel, reason=f"not a DICOM image ({type(exc).__name__})"))
+            continue
+        key = "study-" + hashlib.sha256(uid.encode()).hexdigest()[:12]
+
+        def load(path=path) -> StudyInputs:
+            return StudyInputs(images=[decode(path)], inputs=[sha256_path(path)], window="default")
+
+        out.append(Job(key=key, load=load, sources=[path], audit_id=uid))
+    return out
+
+
+def describe(images: list, question: str) -> Answer:
+    """Answer from the pixels: deterministic and image-dependent."""
+    arr = np.asarray(images[0], dtype=np.float64)
+    text = f"{question} -> {arr.shape[1]}x{arr.shape[0]} mean {arr.mean():.2f}"
+    return Answer(text=text, tokens=len(text.split()), timings={"decode_s": 0.01})
+
+
+def slow_describe(delay: float):
+    def answer(images: list, question: str) -> Answer:
+        time.sleep(delay)
+        return describe(images, question)
+
+    return answer
