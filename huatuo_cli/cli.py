@@ -21,6 +21,7 @@ from huatuo_cli.extras import require
 SUBCOMMANDS: dict[str, str] = {
     "convert": "huatuo_convert.cli:convert",
     "models": "huatuo_cli.models_cmd:models",
+    "doctor": "huatuo_cli.doctor:doctor",
 }
 
 

@@ -34,3 +34,25 @@ def isolated_user_dirs(tmp_path, monkeypatch):
     for var in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME", "XDG_STATE_HOME"):
         monkeypatch.setenv(var, str(tmp_path / var.lower()))
     monkeypatch.delenv("HUATUO_MODEL", raising=False)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every socket refused, and none of the offline variables libraries look at: whatever runs
+    under this fixture must work on an air-gapped workstation as installed."""
+    import socket
+
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    attempts: list[str] = []
+
+    def refuse(what):
+        def blocked(*args, **kwargs):
+            attempts.append(what)
+            raise OSError(f"test blocked network use: {what}")
+        return blocked
+
+    monkeypatch.setattr(socket, "socket", refuse("socket.socket"))
+    for name in ("create_connection", "getaddrinfo", "gethostbyname", "gethostbyname_ex", "socketpair"):
+        monkeypatch.setattr(socket, name, refuse(f"socket.{name}"))
+    return attempts

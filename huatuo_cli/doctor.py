@@ -1,0 +1,207 @@
+"""`huatuo doctor`: can this workstation run huatuo, and how fast will it be?
+
+Everything an IT person asks before a radiologist tries it: CPU features and memory, GPUs, the ONNX
+Runtime providers that actually load (not just the ones listed: a CUDA provider without its
+libraries is listed and then silently falls back to CPU), llama.cpp's build (CUDA offload or not),
+every installed bundle verified against its manifest, and proof that the runtime needs no network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+
+import click
+
+from huatuo_cli.offline import no_network
+
+SCHEMA = "huatuo.doctor/1"
+CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "asimd", "sve")
+#: Variables that make some libraries skip network lookups; the runtime must not need them.
+OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
+
+
+@dataclass
+class Check:
+    name: str
+    status: str   # ok | warn | fail | info
+    detail: str
+    data: dict | None = None
+
+
+def cpu_check() -> Check:
+    flags: set[str] = set()
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("flags", "Features") and not flags:
+                flags = set(value.split())
+            elif key == "model name" and value.strip():
+                model = value.strip()
+    except OSError:
+        pass
+    present = [f for f in CPU_FLAGS if f in flags]
+    status = "ok" if ("avx2" in flags or "asimd" in flags or not flags) else "warn"
+    detail = f"{model}, {os.cpu_count()} logical cores, " + (" ".join(present) or "feature flags unknown")
+    if status == "warn":
+        detail += " (no AVX2: llama.cpp will be slow)"
+    return Check("cpu", status, detail, {"model": model, "cores": os.cpu_count(), "flags": present})
+
+
+def memory_check() -> Check:
+    total = available = None
+    try:
+        import psutil
+
+        vm = psutil.virtual_memory()
+        total, available = vm.total, vm.available
+    except ImportError:
+        try:
+            info = {k: int(v.split()[0]) * 1024 for k, _, v in
+                    (line.partition(":") for line in Path("/proc/meminfo").read_text().splitlines()) if v}
+            total, available = info.get("MemTotal"), info.get("MemAvailable")
+        except (OSError, ValueError):
+            pass
+    if total is None:
+        return Check("memory", "info", "unknown")
+    gib = 1 << 30
+    status = "ok" if total >= 8 * gib else "warn"
+    detail = f"{total / gib:.1f} GiB total, {available / gib:.1f} GiB available" if available else f"{total / gib:.1f} GiB"
+    if status == "warn":
+        detail += " (the 7B model in Q4 needs about 6 GiB)"
+    return Check("memory", status, detail, {"total": total, "available": available})
+
+
+def gpu_check() -> Check:
+    tool = shutil.which("nvidia-smi")
+    if not tool:
+        return Check("gpu", "info", "none found (no nvidia-smi): CPU only", {"gpus": []})
+    try:
+        out = subprocess.run([tool, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return Check("gpu", "warn", f"nvidia-smi failed: {exc}")
+    gpus = [line.strip() for line in out.stdout.splitlines() if line.strip()]
+    if out.returncode != 0:
+        return Check("gpu", "warn", f"nvidia-smi exit {out.returncode}: {out.stderr.strip()[:200]}")
+    return Check("gpu", "ok" if gpus else "info", "; ".join(gpus) or "none", {"gpus": gpus})
+
+
+def onnx_providers_check() -> list[Check]:
+    """One session per listed provider on a 4-float identity model; a provider counts only if the
+    session really runs on it and returns its input."""
+    try:
+        import numpy as np
+        import onnxruntime as ort
+    except ImportError:
+        return [Check("onnxruntime", "fail", "not installed (pip install 'huatuo-cli[cpu]' or '[gpu]')")]
+    model = resources.files("huatuo_cli").joinpath("data/identity.onnx").read_bytes()
+    x = np.arange(4, dtype=np.float32)[None]
+    checks = []
+    for provider in ort.get_available_providers():
+        try:
+            options = ort.SessionOptions()
+            options.log_severity_level = 3
+            session = ort.InferenceSession(model, options, providers=[provider])
+            used = session.get_providers()[0]
+            ok = used == provider and np.array_equal(session.run(None, {"x": x})[0], x)
+            detail = "loads and runs" if ok else f"listed, but the session fell back to {used}"
+            checks.append(Check(f"onnxruntime {provider}", "ok" if ok else "warn", detail))
+        except Exception as exc:  # a provider whose libraries are missing raises here
+            checks.append(Check(f"onnxruntime {provider}", "warn", f"listed but does not load: {str(exc)[:200]}"))
+    checks.insert(0, Check("onnxruntime", "ok", f"version {ort.__version__}",
+                           {"loading": [c.name.split(" ", 1)[1] for c in checks if c.status == "ok"]}))
+    return checks
+
+
+def llama_check() -> Check:
+    try:
+        import llama_cpp
+    except ImportError:
+        return Check("llama.cpp", "fail", "llama-cpp-python not installed (pip install 'huatuo-cli[cpu]')")
+    offload = bool(llama_cpp.llama_supports_gpu_offload())
+    info = llama_cpp.llama_print_system_info()
+    info = info.decode() if isinstance(info, bytes) else str(info)
+    features = " ".join(part.split(":")[-1].strip() for part in info.split("|") if part.strip().endswith("= 1"))
+    detail = f"llama-cpp-python {llama_cpp.__version__}, GPU offload {'yes' if offload else 'no'}; {features}"
+    return Check("llama.cpp", "ok", detail, {"gpu_offload": offload, "system_info": info.strip()})
+
+
+def bundle_checks() -> list[Check]:
+    from huatuo_cli.bundle import load_bundle
+    from huatuo_cli.errors import HuatuoError
+    from huatuo_cli.locate import find_bundle, installed_bundles
+
+    paths = list(installed_bundles())
+    try:
+        chosen = find_bundle(None)
+        if chosen not in paths:
+            paths.insert(0, chosen)
+    except HuatuoError as exc:
+        if not paths:
+            return [Check("bundles", "warn", str(exc).splitlines()[0], {"hint": exc.hint})]
+    checks = []
+    for path in paths:
+        try:
+            bundle = load_bundle(path)
+            checks.append(Check(f"bundle {path.name}", "ok",
+                                f"verified, model id {bundle.manifest_sha256[:12]}, {bundle.manifest.quantization}"))
+        except HuatuoError as exc:
+            checks.append(Check(f"bundle {path.name}", "fail", str(exc)))
+    return checks
+
+
+def run_checks() -> list[Check]:
+    """Every check; engine imports and bundle loads run with the network blocked."""
+    saved = {k: os.environ.pop(k) for k in OFFLINE_VARS if k in os.environ}
+    try:
+        checks = [cpu_check(), memory_check(), gpu_check()]
+        with no_network() as attempts:
+            checks += onnx_providers_check()
+            checks.append(llama_check())
+            checks += bundle_checks()
+    finally:
+        os.environ.update(saved)
+    if attempts:
+        checks.append(Check("offline", "fail", f"{len(attempts)} network attempts were blocked: {sorted(set(attempts))}"))
+    else:
+        checks.append(Check("offline", "ok", "engines and bundles loaded with every Internet socket blocked and no "
+                            "offline variables set (" + ", ".join(OFFLINE_VARS) + " not needed)"))
+    return checks
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as one JSON object.")
+def doctor(as_json: bool) -> None:
+    """Check this machine: CPU, memory, GPUs, ONNX Runtime providers, llama.cpp, bundles, offline.
+
+    Exit code 1 when a check fails. Bundles are re-hashed, which takes a few seconds per GB.
+
+    \b
+    Examples:
+      huatuo doctor
+      huatuo doctor --json > doctor.json
+    """
+    checks = run_checks()
+    failed = any(c.status == "fail" for c in checks)
+    if as_json:
+        click.echo(json.dumps({"schema": SCHEMA, "ok": not failed, "checks": [asdict(c) for c in checks]}, indent=2))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        colours = {"ok": "green", "warn": "yellow", "fail": "red", "info": "cyan"}
+        table = Table("check", "status", "detail", title="huatuo doctor")
+        for c in checks:
+            table.add_row(c.name, f"[{colours[c.status]}]{c.status}[/]", c.detail)
+        Console().print(table)
+    if failed:
+        raise SystemExit(1)
