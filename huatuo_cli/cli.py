@@ -22,6 +22,8 @@ SUBCOMMANDS: dict[str, str] = {
     "convert": "huatuo_convert.cli:convert",
     "models": "huatuo_cli.models_cmd:models",
     "doctor": "huatuo_cli.doctor:doctor",
+    "ask": "huatuo_cli.ask_cmd:ask",
+    "batch": "huatuo_cli.batch.cmd:batch",
 }
 
 

@@ -1,0 +1,130 @@
+"""`huatuo ask PATH... QUESTION`: one question (and follow-ups) about one study, answer streamed.
+
+stdout carries only the answer (or, with --json, one versioned result per answer), so it can be
+piped; the not-for-diagnostic-use notice and progress go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from huatuo_cli.privacy import NOTICE
+
+WINDOW_HELP = "auto (default), a CT preset (lung, mediastinum, bone, brain, ...), C,W (e.g. 40,400) or R/G/B presets"
+FRAME_HELP = "frame of multi-frame images: a 0-based index, mid or all (default: the middle frame)"
+DEVICE_HELP = "where the vision encoder runs: auto (GPU if it loads, else CPU), cpu or cuda"
+
+
+def sampling_options(command):
+    """--max-tokens, --temperature, --seed: shared by ask and batch."""
+    command = click.option("--seed", type=int, default=0, show_default=True, help="sampling seed")(command)
+    command = click.option("--temperature", type=click.FloatRange(0, 2), default=0.0, show_default=True,
+                           help="0 is greedy (reproducible drafts)")(command)
+    command = click.option("--max-tokens", type=click.IntRange(1, 4096), default=512, show_default=True,
+                           help="longest answer in tokens")(command)
+    return command
+
+
+def check_window_frame(window: str, frame: str | None) -> None:
+    """Parse --window/--frame before any work, so a typo is a usage error (exit 2)."""
+    from huatuo_cli.errors import HuatuoError
+    from huatuo_cli.imaging import parse_frame, parse_window
+
+    for name, value, parse in (("--window", window, parse_window), ("--frame", frame, parse_frame)):
+        if value is None:
+            continue
+        try:
+            parse(value)
+        except HuatuoError as exc:
+            raise click.BadParameter(str(exc), param_hint=name) from exc
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.argument("question")
+@click.option("--model", "model_path", metavar="BUNDLE", help="model bundle (default: HUATUO_MODEL, config, models folder)")
+@click.option("--window", default="auto", show_default=True, help=WINDOW_HELP)
+@click.option("--frame", default=None, help=FRAME_HELP)
+@sampling_options
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--json", "as_json", is_flag=True, help="print a versioned JSON result instead of streaming text")
+@click.option("-i", "--interactive", is_flag=True, help="then read follow-up questions from the terminal")
+def ask(paths: tuple[Path, ...], question: str, model_path: str | None, window: str, frame: str | None,
+        max_tokens: int, temperature: float, seed: int, device: str, as_json: bool, interactive: bool) -> None:
+    """Ask QUESTION about the images in PATH (DICOM files, PNG/JPEG/TIFF, or series folders).
+
+    A folder contributes representative images of each series (at most 6 images in all).
+
+    \b
+    Examples:
+      huatuo ask scan.dcm "Is there a pneumothorax?"
+      huatuo ask --window lung ct_series/ "Describe the findings."
+      huatuo ask --json --model /srv/bundles/huatuo-7b-q4_k_m cxr.dcm "Any fracture?" > answer.json
+      huatuo ask -i mri/ "What sequence is this?"
+    """
+    from huatuo_cli import audit
+    from huatuo_cli.answering import load_model
+    from huatuo_cli.engine.llm import Sampling
+    from huatuo_cli.engine.session import Conversation
+    from huatuo_cli.errors import HuatuoError
+    from huatuo_cli.inputs import inputs_from_paths
+    from huatuo_cli.locate import find_bundle
+    from huatuo_cli.record import answer_from_generation, build_record
+
+    bundle = find_bundle(model_path)
+    check_window_frame(window, frame)
+    study_key, audit_id, inputs = inputs_from_paths(paths, window=window, frame=frame)
+    sampling = Sampling(max_tokens=max_tokens, temperature=temperature, seed=seed)
+    model = load_model(bundle, device=device)
+    conversation = Conversation(model, images=inputs.images)
+    click.echo(NOTICE, err=True)
+    while True:
+        stream = None if as_json else (lambda text: click.echo(text, nl=False))
+        t0 = time.perf_counter()
+        try:
+            generation = conversation.ask(question, sampling, on_text=stream)
+        except HuatuoError as exc:
+            audit.record("ask", model_id=model.info.model_id, study_id=audit_id, question=question,
+                         answer_chars=0, outcome="error")
+            if not (interactive and conversation.turns):
+                raise
+            click.echo(f"Error: {exc}", err=True)  # a follow-up failed (e.g. context full); the session goes on
+            question = _follow_up()
+            if not question:
+                break
+            continue
+        encode_s, conversation.encode_s = conversation.encode_s, 0.0
+        answer = answer_from_generation(generation, encode_s)
+        audit.record("ask", model_id=model.info.model_id, study_id=audit_id, question=question,
+                     answer_chars=len(answer.text), outcome="ok")
+        if as_json:
+            record = build_record(study=study_key, question=question, answer=answer, model=model.info,
+                                  inputs=inputs.inputs, window=inputs.window, total_s=time.perf_counter() - t0)
+            click.echo(json.dumps(record, ensure_ascii=False, indent=None if interactive else 2))
+        else:
+            click.echo()
+        if not interactive:
+            break
+        question = _follow_up()
+        if not question:
+            break
+    model.close()
+
+
+def _follow_up() -> str | None:
+    """Next question from stdin; empty line, 'exit' or end of input stops."""
+    try:
+        text = click.prompt("follow-up (empty to stop)", default="", show_default=False, err=True)
+    except (EOFError, click.Abort):
+        return None
+    text = text.strip()
+    return None if text.lower() in ("", "exit", "quit") else text
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(ask())

@@ -1,0 +1,104 @@
+"""From paths on disk to what the model sees: the one place where `ask` and `batch` meet imaging.
+
+A study becomes at most `MAX_IMAGES` images: representatives of its series (middle slice plus
+evenly spaced ones, localizers skipped), shared out over the series. Every input is named by
+content hash and by the PHI-free keys of the scan; UIDs and paths stay inside `Job` for the audit
+hash and the SR references and are never printed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from huatuo_cli.batch.runner import BadFile, Job, StudyInputs
+from huatuo_cli.errors import HuatuoError
+from huatuo_cli.prompt import MAX_IMAGES
+from huatuo_cli.record import sha256_path
+
+
+def pick_representatives(series_list: Sequence[Any], limit: int = MAX_IMAGES) -> list:
+    """Representatives of several series, shared out so each series shows up, `limit` in all."""
+    series_list = [s for s in series_list if s.stacks]
+    if not series_list:
+        return []
+    per = max(1, limit // len(series_list))
+    picks = [rep for s in series_list for rep in s.representatives(per)]
+    return picks[:limit]
+
+
+def render(reps: Sequence[Any], *, window: str, frame: str | None, limit: int = MAX_IMAGES) -> StudyInputs:
+    """Decode the chosen images (imaging's viewer pipeline). Raises HuatuoError for a bad image."""
+    from huatuo_cli.imaging import load_image
+
+    images, hashes, windows = [], [], []
+    for rep in reps:
+        rendered = load_image(rep.instance.path, window=window, frame=rep.frame if frame is None else frame)
+        images.extend(rendered.frames)
+        hashes.append(sha256_path(rep.instance.path))
+        if rendered.meta and rendered.meta.window not in windows:
+            windows.append(rendered.meta.window)
+    if len(images) > limit:
+        raise HuatuoError(f"{len(images)} images selected; HuatuoGPT-Vision takes at most {limit}",
+                          hint="pick one frame with --frame, or fewer files")
+    return StudyInputs(images=images, inputs=hashes, window="; ".join(windows) or window)
+
+
+def _dicom_sources(reps: Sequence[Any]) -> list[Path]:
+    seen, out = set(), []
+    for rep in reps:
+        if rep.instance.kind == "dicom" and rep.instance.path not in seen:
+            seen.add(rep.instance.path)
+            out.append(rep.instance.path)
+    return out
+
+
+def jobs_from_folder(root: Path, *, per: str = "study", window: str = "auto", frame: str | None = None,
+                     images: int = MAX_IMAGES) -> list[Job | BadFile]:
+    """Scan `root` (headers only) into batch jobs, one per study or per series, and bad files."""
+    from huatuo_cli.imaging import scan
+
+    result = scan(root)
+    jobs: list[Job | BadFile] = []
+    for study in result.studies:
+        units = [(study.key, None, study.series)] if per == "study" else \
+            [(f"{study.key}/{s.key}", s.key, [s]) for s in study.series]
+        for key, series_key, series_list in units:
+            reps = pick_representatives(series_list, images)
+
+            def load(reps=reps) -> StudyInputs:
+                return render(reps, window=window, frame=frame, limit=images)
+
+            jobs.append(Job(key=key, series=series_key, load=load, sources=_dicom_sources(reps),
+                            audit_id=study.uid))
+    for skipped in result.skipped:
+        jobs.append(BadFile(key=os.path.relpath(skipped.path, root), reason=skipped.reason))
+    return jobs
+
+
+def inputs_from_paths(paths: Sequence[Path], *, window: str = "auto", frame: str | None = None
+                      ) -> tuple[str, str | None, StudyInputs]:
+    """`ask`'s inputs: files and/or series folders -> (study key, audit id, decoded inputs).
+
+    A file that is not a usable image is an error here (with its PHI-free reason): the user named it.
+    """
+    from huatuo_cli.imaging import scan
+
+    reps, keys, uids = [], [], []
+    for path in paths:
+        result = scan(path)
+        if result.skipped and Path(path).is_file():
+            raise HuatuoError(f"argument {list(paths).index(path) + 1} cannot be used: {result.skipped[0].reason}")
+        series = [s for study in result.studies for s in study.series]
+        if not series:
+            raise HuatuoError(f"argument {list(paths).index(path) + 1} holds no usable image")
+        budget = MAX_IMAGES - len(reps)
+        if budget <= 0:
+            raise HuatuoError(f"more than {MAX_IMAGES} images given; HuatuoGPT-Vision takes at most {MAX_IMAGES}")
+        reps.extend(pick_representatives(series, budget))
+        for study in result.studies:
+            if study.key not in keys:
+                keys.append(study.key)
+                uids.append(study.uid)
+    return "+".join(keys), "+".join(uids) or None, render(reps, window=window, frame=frame)
