@@ -36,7 +36,8 @@ def private_dir(path: str | os.PathLike) -> Path:
 
 
 def open_private_fd(path: str | os.PathLike, flags: int) -> int:
-    """os.open with O_CREAT and mode 0600, re-applied with fchmod because the umask may have cut it."""
+    """os.open with O_CREAT and mode 0600, re-applied with fchmod: O_CREAT leaves the mode of an
+    existing file (say one from before an upgrade, 0644) alone, and a strict umask may have cut it."""
     fd = os.open(path, flags | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
     try:
         os.fchmod(fd, FILE_MODE)

@@ -71,3 +71,11 @@ def test_audit_log_is_appended_never_rewritten():
     first = audit.audit_path().read_bytes()
     audit.record("ask", model_id=None, study_id=None, question="q2", answer_chars=2, outcome="ok")
     assert audit.audit_path().read_bytes().startswith(first)
+
+
+def test_appending_tightens_an_existing_loose_file(tmp_path):
+    path = tmp_path / "results.jsonl"
+    path.write_text("{}\n")
+    os.chmod(path, 0o644)
+    append_line(path, "{}")
+    assert mode(path) == 0o600 and path.read_text() == "{}\n{}\n"
