@@ -1,0 +1,93 @@
+"""Image embeddings injected into llama.cpp give the PyTorch reference's greedy answer.
+
+The F16 GGUF is written by `huatuo convert gguf`; image embeddings come first from the reference
+itself (isolating the injection through `llama_batch.embd`), then from ONNX Runtime (the path
+the workstation runs).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from huatuo_cli.cli import cli
+from huatuo_cli.engine.llm import LlamaEngine, Sampling
+from huatuo_cli.errors import HuatuoError
+from huatuo_cli.prompt import Turn, render, split_at_images
+from huatuo_convert.reference import LlavaReference
+from tests.conftest import LAYOUTS
+
+N_TOKENS = 16
+
+
+def convert_gguf(src, out, quant="f16"):
+    res = CliRunner().invoke(cli, ["convert", "gguf", str(src), str(out), "--quant", quant])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def engine_segments(engine: LlamaEngine, prompt: str, embeds: list[np.ndarray]):
+    chunks = engine.tokenize_chunks(split_at_images(prompt))
+    segs = []
+    for i, ids in enumerate(chunks):
+        segs.append(ids)
+        if i < len(embeds):
+            segs.append(embeds[i])
+    return segs
+
+
+@pytest.fixture(scope="module")
+def pixels():
+    gen = torch.Generator().manual_seed(7)
+    return torch.randn(2, 3, 56, 56, generator=gen)
+
+
+@pytest.mark.parametrize("arch,layout", LAYOUTS[::3])  # qwen2-embedded, llama-folder
+def test_injected_embeddings_reproduce_reference_greedy(make_checkpoint, tmp_path, pixels, arch, layout):
+    src = make_checkpoint(arch=arch, vision_layout=layout)
+    ref = LlavaReference.load(src)
+    engine = LlamaEngine(convert_gguf(src, tmp_path / "llm.gguf"), n_ctx=512, n_threads=2)
+    for n_images, question in ((1, "Is there a pleural effusion?"), (2, "比较这两张图像。Compare them.")):
+        prompt = render([Turn(question, images=n_images)])
+        # the runtime's token chunks are the reference's token chunks
+        assert engine.tokenize_chunks(split_at_images(prompt)) == ref.tokenizer.encode_chunks(prompt)
+        px = pixels[:n_images]
+        embeds, _ = ref.prompt_embeds(prompt, px)
+        expected = ref.greedy(embeds, N_TOKENS, repetition_penalty=1.2)
+        images = [e.numpy() for e in ref.image_embeds(px)]
+        got = engine.generate(engine_segments(engine, prompt, images), Sampling(max_tokens=N_TOKENS))
+        assert got.tokens == expected[: len(got.tokens)]
+        assert len(got.tokens) == len(expected) or got.stopped_by != "max-tokens"
+
+
+def test_last_logits_match_reference(make_checkpoint, tmp_path, pixels):
+    src = make_checkpoint()
+    ref = LlavaReference.load(src)
+    engine = LlamaEngine(convert_gguf(src, tmp_path / "llm.gguf", "f32"), n_ctx=512, n_threads=2)
+    prompt = render([Turn("Describe the abnormality.", images=1)])
+    embeds, _ = ref.prompt_embeds(prompt, pixels[:1])
+    expected = ref.logits(embeds)[-1].numpy()
+    got = engine.prefill(engine_segments(engine, prompt, [ref.image_embeds(pixels[:1])[0].numpy()]))
+    assert np.abs(got - expected).max() < 1e-3
+
+
+def test_context_overflow_is_a_clear_error(make_checkpoint, tmp_path):
+    src = make_checkpoint()
+    engine = LlamaEngine(convert_gguf(src, tmp_path / "llm.gguf"), n_ctx=64, n_threads=2)
+    prompt = render([Turn("Is there a pleural effusion?", images=1)])
+    image = np.zeros((16, engine.n_embd), dtype=np.float32)
+    with pytest.raises(HuatuoError, match="context window is 64"):
+        engine.generate(engine_segments(engine, prompt, [image]), Sampling(max_tokens=48))
+
+
+def test_sampling_is_seeded(make_checkpoint, tmp_path):
+    engine = LlamaEngine(convert_gguf(make_checkpoint(), tmp_path / "llm.gguf"), n_ctx=256, n_threads=2)
+    segs = [engine.tokenize_chunks(["<|user|>\nHello\n<|assistant|>\n"])[0]]
+    hot = Sampling(max_tokens=12, temperature=1.5, top_p=0.95, seed=11)
+    a, b = engine.generate(segs, hot), engine.generate(segs, hot)
+    c = engine.generate(segs, Sampling(max_tokens=12, temperature=1.5, top_p=0.95, seed=12))
+    assert a.tokens == b.tokens
+    assert a.tokens != c.tokens
