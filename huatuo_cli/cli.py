@@ -20,6 +20,7 @@ from huatuo_cli.extras import require
 #: subcommand name -> "module:attribute" of its click command
 SUBCOMMANDS: dict[str, str] = {
     "convert": "huatuo_convert.cli:convert",
+    "inspect": "huatuo_cli.imaging.inspect_cmd:inspect",
 }
 
 
@@ -67,6 +68,7 @@ def cli() -> None:
     Examples:
       huatuo convert synth /tmp/tiny --arch llava-qwen2
       huatuo convert gguf /tmp/tiny /tmp/tiny.gguf --quant f16
+      huatuo inspect ~/exports/ct-chest --window lung --png /tmp/preview
     """
 
 
