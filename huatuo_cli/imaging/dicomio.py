@@ -13,10 +13,14 @@ import warnings
 from pathlib import Path
 
 import pydicom
+import pydicom.config
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from huatuo_cli.imaging.reject import Rejected
+
+# pydicom's validation warnings quote element values (UIDs, names) on stderr: never PHI on a console.
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
 #: groups a preamble-less DICOM data set starts with (file meta, identifying)
 _FIRST_GROUPS = {0x0002, 0x0008}
@@ -40,6 +44,13 @@ def looks_like_raw_dicom(head: bytes) -> bool:
             if explicit or implicit_length < 0x10000:
                 return True
     return False
+
+
+def not_an_image(head: bytes) -> Rejected:
+    """The rejection for a file that is neither DICOM nor a readable picture (archives named)."""
+    if head[:2] == b"\x1f\x8b" or head[:4] == b"PK\x03\x04":
+        return Rejected("archive", "not an image: a compressed archive (gzip or zip); unpack it first")
+    return Rejected("not-dicom", "not a DICOM file and not a PNG, JPEG or TIFF image")
 
 
 def is_dicom_file(path: Path) -> bool:
@@ -67,9 +78,7 @@ def read_dicom(path: Path, *, headers_only: bool = False) -> Dataset:
         raise Rejected("unreadable", f"cannot open the file ({exc.strerror or 'I/O error'})") from None
     preamble = has_preamble(head)
     if not preamble and not looks_like_raw_dicom(head):
-        if head[:2] == b"\x1f\x8b" or head[:4] == b"PK\x03\x04":
-            raise Rejected("archive", "not an image: a compressed archive (gzip or zip); unpack it first")
-        raise Rejected("not-dicom", "not a DICOM file and not a PNG, JPEG or TIFF image")
+        raise not_an_image(head)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:

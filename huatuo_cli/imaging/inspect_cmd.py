@@ -7,6 +7,7 @@ study key / series key / index.
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -88,6 +89,7 @@ def inspect(path: Path, png_dir: Path | None, window: WindowChoice, frame: Frame
     """
     if not path.exists():
         raise HuatuoError("no such file or folder", hint="check the path you passed to inspect")
+    warnings.filterwarnings("ignore")  # library warnings may quote header values (PHI)
     result = scan(path)
     console = Console(soft_wrap=False, width=160)
     usable = 0

@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import pixel_array
 
 from huatuo_cli.errors import HuatuoError
-from huatuo_cli.imaging.dicomio import is_dicom_file, read_dicom
+from huatuo_cli.imaging.dicomio import is_dicom_file, not_an_image, read_dicom
 from huatuo_cli.imaging.frames import FrameChoice, frame_indices, frame_view, number_of_frames, parse_frame
 from huatuo_cli.imaging.reject import (
     Rejected,
@@ -149,7 +149,8 @@ def _load_plain(path: Path, choice: WindowChoice, frame: FrameChoice) -> Rendere
         image = Image.open(path)
         image.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        raise Rejected("not-dicom", "not a DICOM file and not a PNG, JPEG or TIFF image") from None
+        with open(path, "rb") as fh:
+            raise not_an_image(fh.read(8)) from None
     with image:
         pages = [page.copy() for page in ImageSequence.Iterator(image)]
         fmt = (image.format or "image").lower()
