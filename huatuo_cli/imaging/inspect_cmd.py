@@ -25,14 +25,20 @@ from huatuo_cli.imaging.windows import WindowChoice
 
 def _render_series(
     study: Study, series: Series, *, count: int, window: WindowChoice, frame: FrameChoice | None, out: Path | None
-) -> tuple[str, str]:
-    """Render the series' representatives; (status, window text). Writes PNGs when `out` is set."""
+) -> tuple[str, str, HuatuoError | None]:
+    """Render the series' representatives -> (status, window text, error). Writes PNGs when `out` is set.
+
+    With an explicit `frame`, each representative instance is rendered once with that frame.
+    """
+    reps = series.representatives(count)
+    if frame is not None:
+        reps = list({id(r.instance): r for r in reps}.values())
     windows, written = [], 0
-    for index, rep in enumerate(series.representatives(count)):
+    for index, rep in enumerate(reps):
         try:
             image = load_image(rep.instance.path, window=window, frame=rep.frame if frame is None else frame)
         except HuatuoError as exc:
-            return getattr(exc, "reason", None) or str(exc).splitlines()[0], ""
+            return getattr(exc, "reason", None) or str(exc).splitlines()[0], "", exc
         windows.append(image.meta.window)
         if out is not None:
             folder = out / study.key / series.key
@@ -42,18 +48,20 @@ def _render_series(
                 picture.save(folder / name)
                 written += 1
     status = "ok" if out is None else f"ok, {written} png"
-    return status, (windows[0] if windows else "")
+    return status, (windows[0] if windows else ""), None
 
 
-def _table(result: ScanResult, **render) -> tuple[Table, int]:
+def _table(result: ScanResult, **render) -> tuple[Table, int, list[HuatuoError]]:
     table = Table(title="huatuo inspect", title_justify="left")
     for column in ("study", "series", "#", "modality", "images", "frames", "size", "syntax", "window", "status"):
         table.add_column(column, overflow="fold", max_width=34 if column in ("syntax", "window", "status") else None)
-    usable = 0
+    usable, errors = 0, []
     for study in result.studies:
         for series in study.series:
-            status, window = _render_series(study, series, **render)
-            usable += status.startswith("ok")
+            status, window, error = _render_series(study, series, **render)
+            usable += error is None
+            if error is not None:
+                errors.append(error)
             instances = series.instances
             sizes = sorted({f"{i.rows}x{i.columns}" for i in instances})
             syntaxes = sorted({i.transfer_syntax for i in instances})
@@ -63,7 +71,7 @@ def _table(result: ScanResult, **render) -> tuple[Table, int]:
                 str(series.number_of_frames), ", ".join(sizes[:2]) + (" ..." if len(sizes) > 2 else ""),
                 "; ".join(syntaxes[:2]) + (" ..." if len(syntaxes) > 2 else ""), window, status,
             )
-    return table, usable
+    return table, usable, errors
 
 
 @click.command("inspect")
@@ -92,9 +100,9 @@ def inspect(path: Path, png_dir: Path | None, window: WindowChoice, frame: Frame
     warnings.filterwarnings("ignore")  # library warnings may quote header values (PHI)
     result = scan(path)
     console = Console(soft_wrap=False, width=160)
-    usable = 0
+    usable, errors = 0, []
     if result.studies:
-        table, usable = _table(result, count=count, window=window, frame=frame, out=png_dir)
+        table, usable, errors = _table(result, count=count, window=window, frame=frame, out=png_dir)
         console.print(table)
     reasons = Counter((s.category, s.reason) for s in result.skipped)
     if reasons:
@@ -104,6 +112,8 @@ def inspect(path: Path, png_dir: Path | None, window: WindowChoice, frame: Frame
     if usable == 0:
         if len(result.skipped) == 1 and not result.studies:
             raise HuatuoError(f"nothing to show: {result.skipped[0].reason}")
+        if len({str(e) for e in errors}) == 1:  # one cause for everything: say it, with its hint
+            raise errors[0]
         raise HuatuoError(
             "nothing usable found: no series could be rendered",
             hint="point inspect at DICOM images (CT, MR, CR/DX, US, ...) or PNG/JPEG/TIFF files",

@@ -133,6 +133,9 @@ class Skipped(NamedTuple):
     reason: str
     category: str
 
+    def __repr__(self) -> str:  # the path may name the patient
+        return f"Skipped(reason={self.reason!r}, category={self.category!r})"
+
 
 @dataclass
 class ScanResult:
