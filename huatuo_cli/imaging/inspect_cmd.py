@@ -97,7 +97,12 @@ def inspect(path: Path, png_dir: Path | None, window: WindowChoice, frame: Frame
     """
     if not path.exists():
         raise HuatuoError("no such file or folder", hint="check the path you passed to inspect")
-    warnings.filterwarnings("ignore")  # library warnings may quote header values (PHI)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # library warnings may quote header values (PHI)
+        _inspect(path, png_dir, window, frame, count)
+
+
+def _inspect(path: Path, png_dir: Path | None, window: WindowChoice, frame: FrameChoice | None, count: int) -> None:
     result = scan(path)
     console = Console(soft_wrap=False, width=160)
     usable, errors = 0, []

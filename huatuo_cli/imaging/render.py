@@ -38,9 +38,15 @@ def padding_mask(arr: np.ndarray, view: Dataset) -> np.ndarray | None:
 
 def modality_values(arr: np.ndarray, view: Dataset) -> np.ndarray:
     """Stored values -> modality units (HU for CT) as float32."""
-    if "ModalityLUTSequence" not in view and "RescaleSlope" not in view and "RescaleIntercept" not in view:
-        return arr.astype(np.float32)
-    return np.asarray(apply_modality_lut(arr, view), dtype=np.float32)
+    if "ModalityLUTSequence" in view:
+        return np.asarray(apply_modality_lut(arr, view), dtype=np.float32)
+    values = arr.astype(np.float32)
+    slope, intercept = float(view.get("RescaleSlope") or 1.0), float(view.get("RescaleIntercept") or 0.0)
+    if slope != 1.0:
+        values *= np.float32(slope)
+    if intercept != 0.0:
+        values += np.float32(intercept)
+    return values
 
 
 def _first(value):
@@ -106,13 +112,21 @@ def render_gray(
                 y, label = apply_window(values, window), window.label()
             channels.append(y)
             labels.append(label)
-    out = np.stack(channels * 3 if len(channels) == 1 else channels, axis=-1)
-    if str(view.get("PhotometricInterpretation", "")) == "MONOCHROME1":
-        out = 1.0 - out
-    if mask is not None:
-        out[mask] = 0.0
+    invert = str(view.get("PhotometricInterpretation", "")) == "MONOCHROME1"
+    planes = [_to_uint8(y, invert, mask) for y in channels]
+    out = np.stack(planes * 3 if len(planes) == 1 else planes, axis=-1)
     text = labels[0] if len(labels) == 1 else "R/G/B " + " | ".join(labels)
-    return np.rint(out * 255.0).astype(np.uint8), text
+    return out, text
+
+
+def _to_uint8(y: np.ndarray, invert: bool, mask: np.ndarray | None) -> np.ndarray:
+    """[0, 1] display values -> uint8, MONOCHROME1 inverted, padding black (done on one plane)."""
+    if invert:
+        y = 1.0 - y
+    out = np.rint(y * 255.0).astype(np.uint8)
+    if mask is not None:
+        out[mask] = 0
+    return out
 
 
 def render_color(arr: np.ndarray, ds: Dataset) -> np.ndarray:

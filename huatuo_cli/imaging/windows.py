@@ -146,6 +146,8 @@ def apply_window(values: np.ndarray, window: Window) -> np.ndarray:
     if window.function == "SIGMOID":
         return 1.0 / (1.0 + np.exp(-4.0 * (values - c) / w))
     if window.function == "LINEAR_EXACT":
-        return np.clip((values - c) / w + 0.5, 0.0, 1.0)
+        return np.clip(values * np.float32(1.0 / w) + np.float32(0.5 - c / w), 0.0, 1.0)
     w1 = max(w - 1.0, 1e-6)
-    return np.clip((values - (c - 0.5)) / w1 + 0.5, 0.0, 1.0)
+    scale = np.float32(1.0 / w1)
+    offset = np.float32(0.5 - (c - 0.5) / w1)
+    return np.clip(values * scale + offset, 0.0, 1.0)
