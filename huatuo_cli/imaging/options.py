@@ -6,6 +6,8 @@ accept exactly the same strings and report the same errors.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import click
 
 from huatuo_cli.errors import HuatuoError
@@ -20,29 +22,23 @@ WINDOW_HELP = (
 FRAME_HELP = "frame of multi-frame images: a 0-based index, mid or all"
 
 
-class WindowType(click.ParamType):
-    name = "WINDOW"
+class ParsedType(click.ParamType):
+    """A click type that delegates to one of the library parsers (HuatuoError -> usage error)."""
+
+    def __init__(self, name: str, parse: Callable[[str], object]) -> None:
+        self.name = name
+        self.parse = parse
 
     def convert(self, value, param, ctx):
         try:
-            return parse_window(value)
-        except HuatuoError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-class FrameType(click.ParamType):
-    name = "FRAME"
-
-    def convert(self, value, param, ctx):
-        try:
-            return parse_frame(value)
+            return self.parse(value)
         except HuatuoError as exc:
             self.fail(str(exc), param, ctx)
 
 
 def window_option(default: str = "auto"):
-    return click.option("--window", "window", type=WindowType(), default=default, show_default=True, help=WINDOW_HELP)
+    return click.option("--window", "window", type=ParsedType("WINDOW", parse_window), default=default, show_default=True, help=WINDOW_HELP)
 
 
 def frame_option(default: str | None = None):
-    return click.option("--frame", "frame", type=FrameType(), default=default, help=FRAME_HELP)
+    return click.option("--frame", "frame", type=ParsedType("FRAME", parse_frame), default=default, help=FRAME_HELP)
