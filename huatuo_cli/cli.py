@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, str] = {
     "doctor": "huatuo_cli.doctor:doctor",
     "ask": "huatuo_cli.ask_cmd:ask",
     "batch": "huatuo_cli.batch.cmd:batch",
+    "inspect": "huatuo_cli.imaging.inspect_cmd:inspect",
 }
 
 
@@ -71,6 +72,7 @@ def cli() -> None:
     Examples:
       huatuo convert synth /tmp/tiny --arch llava-qwen2
       huatuo convert gguf /tmp/tiny /tmp/tiny.gguf --quant f16
+      huatuo inspect ~/exports/ct-chest --window lung --png /tmp/preview
     """
 
 

@@ -1,0 +1,18 @@
+"""Imaging: read DICOM (and PNG/JPEG/TIFF) the way a radiologist's viewer shows it.
+
+Public API: `load_image` -> `RenderedImage` (frames + PHI-free `ImageMeta`), `scan` -> `ScanResult`
+(studies -> series -> stacks, representatives, skipped files), `parse_window`, `parse_frame`,
+`Rejected` (the `HuatuoError` every non-image file raises).
+"""
+
+from huatuo_cli.imaging.frames import FrameChoice, parse_frame
+from huatuo_cli.imaging.load import ImageMeta, RenderedImage, load_image, render_dataset
+from huatuo_cli.imaging.reject import Rejected
+from huatuo_cli.imaging.scan import Instance, Representative, ScanResult, Series, Skipped, Stack, Study, scan
+from huatuo_cli.imaging.windows import CT_PRESETS, Window, WindowChoice, parse_window
+
+__all__ = [
+    "CT_PRESETS", "FrameChoice", "ImageMeta", "Instance", "Rejected", "RenderedImage", "Representative",
+    "ScanResult", "Series", "Skipped", "Stack", "Study", "Window", "WindowChoice", "load_image",
+    "parse_frame", "parse_window", "render_dataset", "scan",
+]

@@ -1,0 +1,44 @@
+"""click option types for `--window` and `--frame`, shared by every command that renders images.
+
+They wrap the library parsers (`parse_window`, `parse_frame`) so the CLI and the Python API
+accept exactly the same strings and report the same errors.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import click
+
+from huatuo_cli.errors import HuatuoError
+from huatuo_cli.imaging.frames import parse_frame
+from huatuo_cli.imaging.windows import CT_PRESETS, parse_window
+
+WINDOW_HELP = (
+    "auto (default: the file's window, else a CT preset, else percentiles), a CT preset ("
+    + ", ".join(CT_PRESETS)
+    + "), C,W (e.g. 40,400), or three of them as R/G/B, e.g. lung/mediastinum/bone"
+)
+FRAME_HELP = "frame of multi-frame images: a 0-based index, mid or all"
+
+
+class ParsedType(click.ParamType):
+    """A click type that delegates to one of the library parsers (HuatuoError -> usage error)."""
+
+    def __init__(self, name: str, parse: Callable[[str], object]) -> None:
+        self.name = name
+        self.parse = parse
+
+    def convert(self, value, param, ctx):
+        try:
+            return self.parse(value)
+        except HuatuoError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def window_option(default: str = "auto"):
+    return click.option("--window", "window", type=ParsedType("WINDOW", parse_window), default=default, show_default=True, help=WINDOW_HELP)
+
+
+def frame_option(default: str | None = None):
+    return click.option("--frame", "frame", type=ParsedType("FRAME", parse_frame), default=default, help=FRAME_HELP)
