@@ -126,19 +126,13 @@ class LlamaEngine:
         self.n_batch = n_batch
         self._ctx = self.llm._ctx.ctx
         self._vocab = llama_cpp.llama_model_get_vocab(self.llm._model.model)
-        self.add_bos = bool(self.llm._model.add_bos_token())
-        self.bos = self.llm.token_bos()
 
     # -- text ------------------------------------------------------------------------------------
     def tokenize_chunks(self, chunks: Sequence[str]) -> list[list[int]]:
-        """Token ids per text chunk; BOS (if the model wants one) only on the first, like LLaVA."""
-        out = []
-        for i, chunk in enumerate(chunks):
-            ids = self.llm.tokenize(chunk.encode("utf-8"), add_bos=False, special=True) if chunk else []
-            if i == 0 and self.add_bos and self.bos >= 0:
-                ids = [self.bos] + ids
-            out.append(list(ids))
-        return out
+        """Token ids per text chunk, exactly as the converter's parity check tokenized them."""
+        from huatuo_cli.gguf_tokens import encode_text
+
+        return [encode_text(self.llm, chunk, add_bos=(i == 0)) for i, chunk in enumerate(chunks)]
 
     def piece(self, token: int) -> bytes:
         return self.llm._model.token_to_piece(token, special=True)
