@@ -84,6 +84,10 @@ class TensorFiles:
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self._handle(self.files[name]).get_slice(name).get_shape())
 
+    def get_rows(self, name: str, start: int, stop: int):
+        """Rows [start, stop) of tensor `name` (first axis), read without loading the rest."""
+        return self._handle(self.files[name]).get_slice(name)[start:stop]
+
 
 class PickleTensorFiles(TensorFiles):
     """Pickle `.bin` shards, loaded with `weights_only=True` and memory-mapped; only with --allow-pickle."""
@@ -103,6 +107,9 @@ class PickleTensorFiles(TensorFiles):
 
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self._state[name].shape)
+
+    def get_rows(self, name: str, start: int, stop: int):
+        return self._state[name][start:stop]
 
 
 @dataclass
