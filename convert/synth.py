@@ -58,6 +58,8 @@ class SynthSpec:
     image_size: int = 56
     patch_size: int = 14
     vision_projection_dim: int = 64
+    #: Embedding rows when larger than the tokenizer needs (benchmarks: Qwen2's real 151936).
+    padded_vocab_size: int | None = None
 
     def validate(self) -> None:
         if self.arch not in ARCHITECTURES:
@@ -87,6 +89,10 @@ def _llm_config(spec: SynthSpec, vocab: dict) -> dict:
     is_qwen = spec.arch == "llava-qwen2"
     # Qwen2 pads the embedding matrix beyond the tokenizer; Yi's is exactly the vocabulary.
     vocab_size = int(math.ceil(vocab["size"] / 64) * 64) if is_qwen else vocab["size"]
+    if spec.padded_vocab_size is not None:
+        if spec.padded_vocab_size < vocab["size"]:
+            raise HuatuoError(f"padded vocab size {spec.padded_vocab_size} is below the tokenizer's {vocab['size']}")
+        vocab_size = spec.padded_vocab_size
     config = {
         **ARCHITECTURES[spec.arch],
         "hidden_size": spec.hidden_size,

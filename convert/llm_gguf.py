@@ -1,0 +1,73 @@
+"""The one entry point that turns a checkpoint's language model into a verified GGUF.
+
+Direct types are streamed into a temp file beside the output; other types are made from an F16
+intermediate by llama.cpp's quantizer. Verification runs on the temp file, so a GGUF that fails
+its tolerance never appears under the output name. The figures go to `OUT.fidelity.json`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from huatuo_convert.atomic import atomic_output, check_target, temp_path, write_text_atomic
+from huatuo_convert.checkpoint import LlavaCheckpoint
+from huatuo_convert.gguf_arch import arch_for
+from huatuo_convert.gguf_write import DIRECT_TYPES, write_gguf_file
+from huatuo_convert.quantize import INTERMEDIATE, check_quant, llama_quantize
+
+
+def fidelity_path(out: Path) -> Path:
+    """Where the verification figures of `out` are written."""
+    out = Path(out)
+    return out.with_name(out.name + ".fidelity.json")
+
+
+def write_llm_gguf(
+    ckpt: LlavaCheckpoint,
+    out: Path,
+    quant: str = "f16",
+    *,
+    force: bool = False,
+    verify: bool = True,
+    name: str | None = None,
+    threads: int | None = None,
+    on_tensor: Callable[[str], None] | None = None,
+) -> tuple[Path, dict[str, Any] | None]:
+    """Write the language model of `ckpt` to `out` as GGUF of type `quant`; all or nothing.
+
+    With `verify`, tokenizer and logit parity against the PyTorch reference are measured on the
+    temp file first; a failed gate raises HuatuoError and leaves nothing behind. Returns the
+    output path and the fidelity record (None without verification), also written to
+    `fidelity_path(out)`.
+    """
+    from huatuo_convert.gguf_verify import check, verify_llm_gguf
+
+    quant = check_quant(quant)
+    out = Path(out)
+    arch_for(ckpt)  # unknown architecture: fail before touching the disk
+    check_target(out, force)
+    fidelity = None
+    with atomic_output(out, force=force) as tmp:
+        if quant in DIRECT_TYPES:
+            write_gguf_file(ckpt, tmp, quant, name=name, on_tensor=on_tensor)
+        else:
+            intermediate = temp_path(out, INTERMEDIATE)
+            try:
+                write_gguf_file(ckpt, intermediate, INTERMEDIATE, label=quant, name=name, on_tensor=on_tensor)
+                llama_quantize(intermediate, tmp, quant, threads=threads)
+            finally:
+                intermediate.unlink(missing_ok=True)
+        if verify:
+            fidelity = verify_llm_gguf(tmp, None, quant, ckpt=ckpt, threads=threads)
+            check(fidelity)
+    try:
+        if fidelity is not None:
+            write_text_atomic(fidelity_path(out), json.dumps(fidelity, indent=2, ensure_ascii=False) + "\n")
+        else:
+            fidelity_path(out).unlink(missing_ok=True)  # a stale record must not describe a new file
+    except BaseException:
+        out.unlink(missing_ok=True)
+        raise
+    return out, fidelity

@@ -1,0 +1,45 @@
+"""Output types: which are written directly, which go through llama.cpp's quantizer.
+
+k-quants (and the legacy 4/5-bit types) are made by `llama_model_quantize` from an F16
+intermediate written beside the output, exactly as llama.cpp's own `llama-quantize` does; the
+intermediate is removed whatever happens.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+
+from huatuo_cli.errors import HuatuoError
+from huatuo_cli.extras import require
+from huatuo_convert.gguf_write import DIRECT_TYPES
+
+#: --quant name -> LLAMA_FTYPE of llama.cpp (llama.h)
+LLAMA_QUANTS: dict[str, int] = {
+    "q4_0": 2, "q4_1": 3, "q5_0": 8, "q5_1": 9,
+    "q2_k": 10, "q3_k_s": 11, "q3_k_m": 12, "q3_k_l": 13,
+    "q4_k_s": 14, "q4_k_m": 15, "q5_k_s": 16, "q5_k_m": 17, "q6_k": 18,
+}
+QUANT_TYPES: tuple[str, ...] = DIRECT_TYPES + tuple(LLAMA_QUANTS)
+#: The type a quantized output is made from.
+INTERMEDIATE = "f16"
+
+
+def check_quant(quant: str) -> str:
+    quant = quant.lower()
+    if quant not in QUANT_TYPES:
+        raise HuatuoError(f"unknown quantization '{quant}'", hint=f"one of {', '.join(QUANT_TYPES)}")
+    return quant
+
+
+def llama_quantize(src: Path, dst: Path, quant: str, *, threads: int | None = None) -> None:
+    """Quantize GGUF `src` into `dst` with llama.cpp (keeps all metadata, sets general.file_type)."""
+    llama_cpp = require("llama_cpp")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = LLAMA_QUANTS[quant]
+    params.nthread = threads or os.cpu_count() or 1
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    if rc != 0:
+        raise HuatuoError(f"llama.cpp's quantizer failed to make {quant} (code {rc})",
+                          hint=f"check free disk space in {dst.parent}")
