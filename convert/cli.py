@@ -54,3 +54,28 @@ def synth(out: Path, **options) -> None:
     spec = SynthSpec(**options)
     write_synthetic_checkpoint(out, spec)
     click.echo(f"wrote synthetic {spec.arch} checkpoint ({spec.vision_layout} vision tower) to {out}")
+
+
+@convert.command()
+@click.argument("src", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--fp16/--no-fp16", default=True, show_default=True,
+              help="Also write vision-fp16.onnx (float16 weights, float32 inputs and outputs).")
+def vision(src: Path, out: Path, fp16: bool) -> None:
+    """Export the vision tower + projector to ONNX (fp32 and fp16) and validate it.
+
+    OUT is a new folder: vision-fp32.onnx, vision-fp16.onnx, preprocessor_config.json and
+    vision.fidelity.json (cosine and max abs diff per image against PyTorch). The command fails,
+    writing nothing, if a file is out of tolerance.
+
+    \b
+    Example:
+      huatuo convert vision /models/HuatuoGPT-Vision-7B /bundles/huatuo-7b/vision
+    """
+    from huatuo_convert.onnx_export import export_vision
+
+    result = export_vision(src, out, fp16=fp16)
+    for name, report in result.fidelity["files"].items():
+        click.echo(f"{name}: min cosine {report['min_cosine']:.7f}, max abs diff {report['max_abs_diff']:.2e} "
+                   f"over {len(report['images'])} images")
+    click.echo(f"wrote {out}")

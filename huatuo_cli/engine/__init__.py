@@ -1,0 +1,1 @@
+"""Runtime inference engine: image encoder (ONNX Runtime), provider selection, preprocessing."""
