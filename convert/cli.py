@@ -79,3 +79,30 @@ def vision(src: Path, out: Path, fp16: bool) -> None:
         click.echo(f"{name}: min cosine {report['min_cosine']:.7f}, max abs diff {report['max_abs_diff']:.2e} "
                    f"over {len(report['images'])} images")
     click.echo(f"wrote {out}")
+
+
+@convert.command()
+@click.argument("src", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.argument("out", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--type", "ftype", type=click.Choice(["f16", "f32"]), default="f16", show_default=True,
+              help="Weight type of the 2-D matrices (the patch convolution is always f16, as upstream).")
+@click.option("--threads", type=int, default=2, show_default=True, help="Threads for the fidelity measurement.")
+def mmproj(src: Path, out: Path, ftype: str, threads: int) -> None:
+    """Write CLIP + projector as an mmproj GGUF for llama.cpp tools and Ollama.
+
+    The file is loaded in llama.cpp's mtmd and its embeddings are compared with the PyTorch
+    reference; the figures go to OUT's `.fidelity.json` sidecar. They are expected to be poor:
+    llama.cpp's LLaVA graph has upstream defects (README "Vision"). huatuo's own runtime uses
+    the ONNX encoder.
+
+    \b
+    Example:
+      huatuo convert mmproj /models/HuatuoGPT-Vision-7B /bundles/huatuo-7b/mmproj-f16.gguf
+    """
+    from huatuo_convert.mmproj import convert_mmproj, fidelity_path
+
+    report = convert_mmproj(src, out, ftype=ftype, threads=threads)
+    click.echo(f"{out.name}: loads in llama.cpp mtmd; cosine to reference mean {report['mean_cosine']:.4f}, "
+               f"min {report['min_cosine']:.4f} over {len(report['images'])} images "
+               f"(upstream defects, see README)")
+    click.echo(f"wrote {out} and {fidelity_path(out).name}")

@@ -118,8 +118,11 @@ def _center_crop(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
     return pixels[top:top + height, left:left + width]
 
 
-def preprocess_image(image: Image.Image, config: PreprocessConfig) -> np.ndarray:
-    """One image -> float32 [3, H, W], as the official code computes `pixel_values[0]`."""
+def prepare_image(image: Image.Image, config: PreprocessConfig) -> np.ndarray:
+    """The geometric steps only: RGB, pad to square, resize, centre crop -> uint8 [H, W, 3].
+
+    Also what llama.cpp's mtmd is given when its mmproj is measured (same pixels, its own maths).
+    """
     image = image.convert("RGB")  # the official CLI opens every image with .convert('RGB')
     if config.pad_to_square:
         image = expand2square(image, config.background)
@@ -128,6 +131,12 @@ def preprocess_image(image: Image.Image, config: PreprocessConfig) -> np.ndarray
     pixels = np.asarray(image)
     if config.do_center_crop:
         pixels = _center_crop(pixels, config.crop_height, config.crop_width)
+    return np.ascontiguousarray(pixels)
+
+
+def preprocess_image(image: Image.Image, config: PreprocessConfig) -> np.ndarray:
+    """One image -> float32 [3, H, W], as the official code computes `pixel_values[0]`."""
+    pixels = prepare_image(image, config)
     out = pixels.astype(np.float32)
     if config.do_rescale:
         out = (pixels.astype(np.float64) * config.rescale_factor).astype(np.float32)
