@@ -34,8 +34,9 @@ FIDELITY_NAME = "vision.fidelity.json"
 PREPROCESSOR_NAME = "preprocessor_config.json"
 INPUT_NAME = "pixel_values"
 OUTPUT_NAME = "image_embeds"
-#: Measured on the synthetic towers and a CLIP-L/336-shaped one (README "Vision"): fp32 stays above
-#: 0.9999999, fp16 above 0.9999; the bounds leave an order of magnitude of room and no more.
+#: Measured on the synthetic towers and a random CLIP-L/336-shaped one (README "Vision"): fp32
+#: cosine 0.9999999999, max abs 1.5e-5; fp16 0.99999996, max abs 5.4e-3. Real CLIP weights have
+#: larger activations than random ones, so fp16 gets two orders of magnitude of room, fp32 five.
 TOLERANCES = {"fp32": Tolerance(min_cosine=0.99999), "fp16": Tolerance(min_cosine=0.999)}
 
 
@@ -143,6 +144,7 @@ def export_vision(
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the published folder is an ordinary one
     try:
         files = {"fp32": FP32_NAME}
         _export_fp32(export_encoder, image_size, tmp / FP32_NAME, metadata)

@@ -100,3 +100,13 @@ def test_plan_is_accepted_by_onnxruntime(tmp_path):
     plan = plan_providers(ort.get_available_providers(), tmp_path, 56, "auto")
     assert plan.names[-1] == CPU
     assert all(isinstance(name, str) and isinstance(opts, dict) for name, opts in plan.providers)
+
+
+def test_engine_imports_neither_torch_nor_transformers():
+    import subprocess
+    import sys
+
+    code = ("import sys, huatuo_cli.engine.encoder, huatuo_cli.engine.mtmd_encoder, huatuo_cli.engine.providers, "
+            "huatuo_cli.engine.preprocess; bad = {'torch', 'transformers', 'huatuo_convert', 'onnxruntime'} & "
+            "set(sys.modules); assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
