@@ -19,6 +19,8 @@ def convert() -> None:
     Examples:
       huatuo convert synth /tmp/tiny --arch llava-qwen2 --vision-layout folder
       huatuo convert gguf /tmp/tiny /tmp/tiny-f16.gguf --quant f16
+      huatuo convert vision /tmp/tiny /tmp/tiny-bundle/vision
+      huatuo convert mmproj /tmp/tiny /tmp/tiny-bundle/mmproj-f16.gguf
     """
 
 
