@@ -19,6 +19,8 @@ def convert() -> None:
     Examples:
       huatuo convert synth /tmp/tiny --arch llava-qwen2 --vision-layout folder
       huatuo convert gguf /tmp/tiny /tmp/tiny-f16.gguf --quant f16
+      huatuo convert vision /tmp/tiny /tmp/tiny-bundle/vision
+      huatuo convert mmproj /tmp/tiny /tmp/tiny-bundle/mmproj-f16.gguf
     """
 
 
@@ -96,3 +98,55 @@ def gguf(src: Path, out: Path, quant: str, force: bool, allow_pickle: bool, no_v
             f"mean KL {logits['mean_kl']:.3g}"
         )
         click.echo(f"figures: {fidelity_path(path)}")
+
+
+@convert.command()
+@click.argument("src", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--fp16/--no-fp16", default=True, show_default=True,
+              help="Also write vision-fp16.onnx (float16 weights, float32 inputs and outputs).")
+def vision(src: Path, out: Path, fp16: bool) -> None:
+    """Export the vision tower + projector to ONNX (fp32 and fp16) and validate it.
+
+    OUT is a new folder: vision-fp32.onnx, vision-fp16.onnx, preprocessor_config.json and
+    vision.fidelity.json (cosine and max abs diff per image against PyTorch). The command fails,
+    writing nothing, if a file is out of tolerance.
+
+    \b
+    Example:
+      huatuo convert vision /models/HuatuoGPT-Vision-7B /bundles/huatuo-7b/vision
+    """
+    from huatuo_convert.onnx_export import export_vision
+
+    result = export_vision(src, out, fp16=fp16)
+    for name, report in result.fidelity["files"].items():
+        click.echo(f"{name}: min cosine {report['min_cosine']:.7f}, max abs diff {report['max_abs_diff']:.2e} "
+                   f"over {len(report['images'])} images")
+    click.echo(f"wrote {out}")
+
+
+@convert.command()
+@click.argument("src", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.argument("out", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--type", "ftype", type=click.Choice(["f16", "f32"]), default="f16", show_default=True,
+              help="Weight type of the 2-D matrices (the patch convolution is always f16, as upstream).")
+@click.option("--threads", type=int, default=2, show_default=True, help="Threads for the fidelity measurement.")
+def mmproj(src: Path, out: Path, ftype: str, threads: int) -> None:
+    """Write CLIP + projector as an mmproj GGUF for llama.cpp tools and Ollama.
+
+    The file is loaded in llama.cpp's mtmd and its embeddings are compared with the PyTorch
+    reference; the figures go to OUT's `.fidelity.json` sidecar. They are expected to be poor:
+    llama.cpp's LLaVA graph has upstream defects (README "Vision"). huatuo's own runtime uses
+    the ONNX encoder.
+
+    \b
+    Example:
+      huatuo convert mmproj /models/HuatuoGPT-Vision-7B /bundles/huatuo-7b/mmproj-f16.gguf
+    """
+    from huatuo_convert.mmproj import convert_mmproj, fidelity_path
+
+    report = convert_mmproj(src, out, ftype=ftype, threads=threads)
+    click.echo(f"{out.name}: loads in llama.cpp mtmd; cosine to reference mean {report['mean_cosine']:.4f}, "
+               f"min {report['min_cosine']:.4f} over {len(report['images'])} images "
+               f"(upstream defects, see README)")
+    click.echo(f"wrote {out} and {fidelity_path(out).name}")

@@ -1,1 +1,2 @@
-"""The inference engine: image encoder (ONNX Runtime) and language model (llama.cpp)."""
+"""The inference engine: image encoders (ONNX Runtime, llama.cpp mtmd), preprocessing, provider
+selection, and the language model on llama.cpp."""

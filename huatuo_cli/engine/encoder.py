@@ -1,0 +1,91 @@
+"""The image encoder at run time: PIL images -> image embeddings with ONNX Runtime.
+
+Preprocessing is numpy/PIL (`preprocess`), the graph is the one `huatuo convert vision` wrote and
+validated, the provider is chosen at run time (`providers`). The provider that actually loaded is
+read back from the session and exposed as `.provider`, with `.fallback_note` set when it is not the
+one asked for: the user is told, nothing is assumed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from huatuo_cli.engine.preprocess import PreprocessConfig, preprocess
+from huatuo_cli.engine.providers import CUDA, MAX_IMAGES, TENSORRT, fallback_note, plan_providers
+from huatuo_cli.errors import HuatuoError
+from huatuo_cli.extras import require
+
+FP32_NAME = "vision-fp32.onnx"
+FP16_NAME = "vision-fp16.onnx"
+PREPROCESSOR_NAME = "preprocessor_config.json"
+
+
+class ImageEncoder:
+    """`ImageEncoder(path).encode([img, ...]) -> float32 [N, tokens, hidden]`."""
+
+    def __init__(
+        self,
+        onnx_path: Path | str,
+        *,
+        device: str = "auto",
+        preprocess_config: PreprocessConfig | None = None,
+        cache_dir: Path | str | None = None,
+        threads: int | None = None,
+        device_id: int = 0,
+    ) -> None:
+        """`cache_dir` is the bundle folder (TensorRT caches go below it); default: the ONNX file's folder."""
+        ort = require("onnxruntime")
+        self.path = Path(onnx_path)
+        if not self.path.is_file():
+            raise HuatuoError(f"image encoder {self.path.name} not found in {self.path.parent}")
+        self.config = preprocess_config or PreprocessConfig.from_file(self.path.parent / PREPROCESSOR_NAME)
+        self.image_size = self.config.crop_height
+        self.plan = plan_providers(ort.get_available_providers(), Path(cache_dir or self.path.parent),
+                                   self.image_size, device, device_id=device_id)
+        if TENSORRT in self.plan.names:
+            Path(self.plan.options(TENSORRT)["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=self.plan.providers)
+        except Exception as exc:  # onnxruntime raises its own types for a corrupt or foreign file
+            raise HuatuoError(f"cannot load image encoder {self.path.name}: {exc}") from exc
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        if list(inp.shape[1:]) != [3, self.image_size, self.image_size]:
+            raise HuatuoError(
+                f"image encoder {self.path.name} expects input {inp.shape}, but the preprocessor makes "
+                f"3x{self.image_size}x{self.image_size}")
+        self.provider: str = self.session.get_providers()[0]
+        self.fallback_note: str | None = fallback_note(self.plan, self.session.get_providers())
+
+    @classmethod
+    def from_folder(cls, folder: Path | str, *, device: str = "auto", **kwargs) -> "ImageEncoder":
+        """Pick the file for the device: fp16 for CUDA (half the memory traffic), else fp32.
+
+        TensorRT builds its own fp16 engine from the fp32 graph (`trt_fp16_enable`); the CPU runs
+        fp32, which is both faster and exact there.
+        """
+        folder = Path(folder)
+        ort = require("onnxruntime")
+        available = ort.get_available_providers()
+        cuda_first = device == "cuda" or (device == "auto" and CUDA in available and TENSORRT not in available)
+        name = FP16_NAME if cuda_first and (folder / FP16_NAME).is_file() else FP32_NAME
+        return cls(folder / name, device=device, **kwargs)
+
+    def encode_pixels(self, pixel_values: np.ndarray) -> np.ndarray:
+        """Preprocessed float32 [N,3,H,W] -> [N, tokens, hidden], in chunks the TensorRT profile allows."""
+        outs = []
+        for start in range(0, len(pixel_values), MAX_IMAGES):
+            chunk = np.ascontiguousarray(pixel_values[start:start + MAX_IMAGES], dtype=np.float32)
+            outs.append(self.session.run(None, {self.input_name: chunk})[0])
+        return np.concatenate(outs).astype(np.float32, copy=False)
+
+    def encode(self, images: Sequence[Image.Image]) -> np.ndarray:
+        return self.encode_pixels(preprocess(images, self.config))

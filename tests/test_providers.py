@@ -1,0 +1,112 @@
+"""Provider selection: a pure function of what onnxruntime offers and what the user asked for."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from huatuo_cli.engine.providers import (
+    CPU, CUDA, TENSORRT, ProviderPlan, fallback_note, machine_id, plan_providers, trt_cache_dir,
+)
+from huatuo_cli.errors import HuatuoError
+
+ALL = [TENSORRT, CUDA, CPU]
+BUNDLE = Path("/bundles/huatuo-7b")
+
+# (available, device) -> expected provider order
+CASES = [
+    (ALL, "auto", [TENSORRT, CUDA, CPU]),
+    (ALL, "tensorrt", [TENSORRT, CUDA, CPU]),
+    (ALL, "cuda", [CUDA, CPU]),
+    (ALL, "cpu", [CPU]),
+    ([CUDA, CPU], "auto", [CUDA, CPU]),
+    ([CUDA, CPU], "cuda", [CUDA, CPU]),
+    ([CUDA, CPU], "cpu", [CPU]),
+    ([TENSORRT, CPU], "auto", [TENSORRT, CPU]),
+    ([TENSORRT, CPU], "tensorrt", [TENSORRT, CPU]),
+    ([CPU], "auto", [CPU]),
+    ([CPU], "cpu", [CPU]),
+    (["AzureExecutionProvider", CPU], "auto", [CPU]),
+]
+
+
+@pytest.mark.parametrize("available,device,expected", CASES)
+def test_order(available, device, expected):
+    plan = plan_providers(available, BUNDLE, 336, device, machine="m1")
+    assert plan.names == expected
+    assert plan.preferred == expected[0]
+
+
+@pytest.mark.parametrize("available,device", [([CPU], "cuda"), ([CPU], "tensorrt"), ([CUDA, CPU], "tensorrt")])
+def test_asking_for_a_missing_gpu_provider_is_a_user_error(available, device):
+    with pytest.raises(HuatuoError, match=f"--device {device}.*no (Tensorrt|CUDA)ExecutionProvider") as err:
+        plan_providers(available, BUNDLE, 336, device)
+    assert "onnxruntime-gpu" in err.value.hint
+
+
+def test_unknown_device():
+    with pytest.raises(HuatuoError, match="unknown device 'npu'"):
+        plan_providers(ALL, BUNDLE, 336, "npu")
+
+
+@pytest.mark.parametrize("size,max_images", [(336, 6), (56, 2)])
+def test_tensorrt_options(size, max_images):
+    plan = plan_providers(ALL, BUNDLE, size, "auto", machine="abc123", max_images=max_images)
+    opts = plan.options(TENSORRT)
+    cache = str(BUNDLE / "trt-cache" / "abc123")
+    assert opts == {
+        "trt_fp16_enable": True,
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": cache,
+        "trt_timing_cache_enable": True,
+        "trt_timing_cache_path": cache,
+        "trt_profile_min_shapes": f"pixel_values:1x3x{size}x{size}",
+        "trt_profile_opt_shapes": f"pixel_values:1x3x{size}x{size}",
+        "trt_profile_max_shapes": f"pixel_values:{max_images}x3x{size}x{size}",
+    }
+    assert plan.options(CPU) == {}
+
+
+@pytest.mark.parametrize("device_id", [0, 1])
+def test_cuda_options(device_id):
+    plan = plan_providers(ALL, BUNDLE, 336, "cuda", device_id=device_id)
+    opts = plan.options(CUDA)
+    assert opts["device_id"] == device_id
+    assert opts["cudnn_conv_algo_search"] == "EXHAUSTIVE"
+    assert TENSORRT not in plan.names
+
+
+def test_cache_is_per_machine_inside_the_bundle():
+    mid = machine_id()
+    assert mid == machine_id() and len(mid) == 16
+    assert trt_cache_dir(BUNDLE) == BUNDLE / "trt-cache" / mid
+    assert trt_cache_dir(BUNDLE, "other") != trt_cache_dir(BUNDLE)
+
+
+def test_fallback_is_reported_never_assumed():
+    plan = plan_providers(ALL, BUNDLE, 336, "auto", machine="m")
+    assert fallback_note(plan, [TENSORRT, CUDA, CPU]) is None
+    note = fallback_note(plan, [CPU])
+    assert note and "TensorrtExecutionProvider was requested" in note and "running on CPUExecutionProvider" in note
+    assert "CUDAExecutionProvider" in fallback_note(plan, [CUDA, CPU])
+    assert fallback_note(ProviderPlan([(CPU, {})]), [CPU]) is None
+
+
+def test_plan_is_accepted_by_onnxruntime(tmp_path):
+    """The real onnxruntime takes the plan's list format (CPU build here: only CPU is planned)."""
+    import onnxruntime as ort
+
+    plan = plan_providers(ort.get_available_providers(), tmp_path, 56, "auto")
+    assert plan.names[-1] == CPU
+    assert all(isinstance(name, str) and isinstance(opts, dict) for name, opts in plan.providers)
+
+
+def test_engine_imports_neither_torch_nor_transformers():
+    import subprocess
+    import sys
+
+    code = ("import sys, huatuo_cli.engine.encoder, huatuo_cli.engine.mtmd_encoder, huatuo_cli.engine.providers, "
+            "huatuo_cli.engine.preprocess; bad = {'torch', 'transformers', 'huatuo_convert', 'onnxruntime'} & "
+            "set(sys.modules); assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
