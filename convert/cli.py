@@ -150,3 +150,32 @@ def mmproj(src: Path, out: Path, ftype: str, threads: int) -> None:
                f"min {report['min_cosine']:.4f} over {len(report['images'])} images "
                f"(upstream defects, see README)")
     click.echo(f"wrote {out} and {fidelity_path(out).name}")
+
+
+@convert.command("all")
+@click.argument("src", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--quant", default="q4_k_m", show_default=True, metavar="TYPE",
+              help="Type of the language model GGUF (f16, q8_0, q4_k_m, ...; see `convert gguf`).")
+@click.option("--no-mmproj", is_flag=True, help="Leave out the mmproj GGUF (only llama.cpp tools / Ollama use it).")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists (only after the new bundle passed).")
+@click.option("--allow-pickle", is_flag=True, help="Accept pytorch_model*.bin pickle weights (they can run code).")
+@click.option("--threads", type=int, default=None, help="CPU threads for quantization and verification.")
+def all_(src: Path, out: Path, quant: str, no_mmproj: bool, force: bool, allow_pickle: bool, threads: int | None) -> None:
+    """Build a verified model bundle: LLM GGUF + vision ONNX (fp32, fp16) + mmproj + manifest.json.
+
+    Every part is checked against the PyTorch reference as it is written, then the whole bundle
+    end to end (first greedy tokens for one image). manifest.json lists every file with its size
+    and sha256, the source config hash, architecture, prompt format, quantization, the measured
+    figures and tool versions. OUT appears only when everything passed.
+
+    \b
+    Example:
+      huatuo convert all /models/HuatuoGPT-Vision-7B /bundles/huatuo-7b-q4_k_m --quant q4_k_m
+    """
+    from huatuo_convert.bundle_build import build_bundle, summary
+
+    manifest = build_bundle(src, out, quant, force=force, with_mmproj=not no_mmproj, allow_pickle=allow_pickle,
+                            threads=threads, log=lambda msg: click.echo(f"- {msg}", err=True))
+    click.echo(summary(manifest))
+    click.echo(f"wrote bundle {out}")

@@ -22,17 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from huatuo_cli.errors import HuatuoError
+from huatuo_cli.engine.encoder import FP16_NAME, FP32_NAME, PREPROCESSOR_NAME
+from huatuo_cli.engine.providers import INPUT_NAME
 from huatuo_cli.extras import require
 from huatuo_convert.checkpoint import LlavaCheckpoint
 from huatuo_convert.onnx_validate import Tolerance, validate_onnx, validation_pixels
 from huatuo_convert.reference import VisionEncoder, build_vision
 
 OPSET = 17
-FP32_NAME = "vision-fp32.onnx"
-FP16_NAME = "vision-fp16.onnx"
 FIDELITY_NAME = "vision.fidelity.json"
-PREPROCESSOR_NAME = "preprocessor_config.json"
-INPUT_NAME = "pixel_values"
 OUTPUT_NAME = "image_embeds"
 #: Measured on the synthetic towers and a random CLIP-L/336-shaped one (README "Vision"): fp32
 #: cosine 0.9999999999, max abs 1.5e-5; fp16 0.99999996, max abs 5.4e-3. Real CLIP weights have

@@ -52,6 +52,7 @@ def load_reference_tokenizer(root: Path) -> ReferenceTokenizer:
             vocab_size=sp.get_piece_size(),
         )
     transformers = require("transformers")
+    transformers.logging.set_verbosity_error()  # it warns that `llava_qwen2` is not a model type it knows
     tok = transformers.AutoTokenizer.from_pretrained(str(root))
     return ReferenceTokenizer(
         encode_text=lambda text: list(tok(text, add_special_tokens=False).input_ids),

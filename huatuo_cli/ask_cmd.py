@@ -17,11 +17,18 @@ from huatuo_cli.privacy import NOTICE
 
 WINDOW_HELP = "auto (default), a CT preset (lung, mediastinum, bone, brain, ...), C,W (e.g. 40,400) or R/G/B presets"
 FRAME_HELP = "frame of multi-frame images: a 0-based index, mid or all (default: the middle frame)"
-DEVICE_HELP = "where the vision encoder runs: auto (GPU if it loads, else CPU), cpu or cuda"
+DEVICE_HELP = "where the vision encoder runs: auto (TensorRT, CUDA, CPU: the first that loads), cpu, cuda or tensorrt"
 
 
 def sampling_options(command):
-    """--max-tokens, --temperature, --seed: shared by ask and batch."""
+    """Decoding and engine options shared by ask and batch."""
+    command = click.option("--vision", type=click.Choice(["onnx", "mmproj"]), default="onnx", show_default=True,
+                           help="image encoder: onnx (exact) or the bundle's mmproj through llama.cpp "
+                                "(inexact upstream graph, for comparison)")(command)
+    command = click.option("--repetition-penalty", type=click.FloatRange(1.0, 2.0), default=1.2, show_default=True,
+                           help="the official HuatuoGPT-Vision CLI's value")(command)
+    command = click.option("--top-p", type=click.FloatRange(0.0, 1.0, min_open=True), default=1.0, show_default=True,
+                           help="nucleus sampling (with --temperature > 0)")(command)
     command = click.option("--seed", type=int, default=0, show_default=True, help="sampling seed")(command)
     command = click.option("--temperature", type=click.FloatRange(0, 2), default=0.0, show_default=True,
                            help="0 is greedy (reproducible drafts)")(command)
@@ -51,11 +58,12 @@ def check_window_frame(window: str, frame: str | None) -> None:
 @click.option("--window", default="auto", show_default=True, help=WINDOW_HELP)
 @click.option("--frame", default=None, help=FRAME_HELP)
 @sampling_options
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="print a versioned JSON result instead of streaming text")
 @click.option("-i", "--interactive", is_flag=True, help="then read follow-up questions from the terminal")
 def ask(paths: tuple[Path, ...], question: str, model_path: str | None, window: str, frame: str | None,
-        max_tokens: int, temperature: float, seed: int, device: str, as_json: bool, interactive: bool) -> None:
+        max_tokens: int, temperature: float, seed: int, top_p: float,
+        repetition_penalty: float, vision: str, device: str, as_json: bool, interactive: bool) -> None:
     """Ask QUESTION about the images in PATH (DICOM files, PNG/JPEG/TIFF, or series folders).
 
     A folder contributes representative images of each series (at most 6 images in all).
@@ -79,8 +87,9 @@ def ask(paths: tuple[Path, ...], question: str, model_path: str | None, window: 
     bundle = find_bundle(model_path)
     check_window_frame(window, frame)
     study_key, audit_id, inputs = inputs_from_paths(paths, window=window, frame=frame)
-    sampling = Sampling(max_tokens=max_tokens, temperature=temperature, seed=seed)
-    model = load_model(bundle, device=device)
+    sampling = Sampling(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                        repetition_penalty=repetition_penalty, seed=seed)
+    model = load_model(bundle, device=device, vision=vision)
     conversation = Conversation(model, images=inputs.images)
     click.echo(NOTICE, err=True)
     while True:

@@ -56,3 +56,13 @@ def no_network(monkeypatch):
     for name in ("create_connection", "getaddrinfo", "gethostbyname", "gethostbyname_ex", "socketpair"):
         monkeypatch.setattr(socket, name, refuse(f"socket.{name}"))
     return attempts
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(make_checkpoint, tmp_path_factory) -> Path:
+    """A real bundle (`huatuo convert all`, F16 LLM) of the default tiny synthetic checkpoint."""
+    from huatuo_convert.bundle_build import build_bundle
+
+    out = tmp_path_factory.mktemp("bundle") / "tiny-f16"
+    build_bundle(make_checkpoint(), out, "f16")
+    return out

@@ -40,11 +40,12 @@ def read_questions(question: tuple[str, ...], questions_file: Path | None) -> li
 @click.option("--frame", default=None, help=FRAME_HELP)
 @click.option("--images", type=click.IntRange(1, 6), default=6, show_default=True, help="images per study")
 @sampling_options
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True, help=DEVICE_HELP)
 @click.pass_context
 def batch(ctx: click.Context, folder: Path, out: Path, question: tuple[str, ...], questions_file: Path | None,
           per: str, write_srs: bool, model_path: str | None, window: str, frame: str | None, images: int,
-          max_tokens: int, temperature: float, seed: int, device: str) -> None:
+          max_tokens: int, temperature: float, seed: int, top_p: float,
+          repetition_penalty: float, vision: str, device: str) -> None:
     """Ask every question of every study under FOLDER; write results, errors and reports to OUT.
 
     OUT gets results.jsonl (one record per study and question, written as each finishes),
@@ -70,13 +71,14 @@ def batch(ctx: click.Context, folder: Path, out: Path, question: tuple[str, ...]
         raise click.UsageError("--out must not be inside FOLDER (the outputs would be scanned as inputs)")
     bundle = find_bundle(model_path)
     check_window_frame(window, frame)
-    sampling = Sampling(max_tokens=max_tokens, temperature=temperature, seed=seed)
+    sampling = Sampling(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                        repetition_penalty=repetition_penalty, seed=seed)
     jobs = jobs_from_folder(root, per=per, window=window, frame=frame, images=images)
     click.echo(f"{NOTICE}\n{sum(1 for j in jobs if hasattr(j, 'load'))} {per} jobs, "
                f"{sum(1 for j in jobs if not hasattr(j, 'load'))} unusable files, {len(asked)} questions", err=True)
 
     def make_answerer():
-        model = load_model(bundle, device=device)
+        model = load_model(bundle, device=device, vision=vision)
         return model_answerer(model, sampling), model.info
 
     summary = run_batch(jobs, asked, out, make_answerer, write_srs=write_srs, progress=make_progress(), root=root)

@@ -135,7 +135,17 @@ class LlamaEngine:
         return [encode_text(self.llm, chunk, add_bos=(i == 0)) for i, chunk in enumerate(chunks)]
 
     def piece(self, token: int) -> bytes:
-        return self.llm._model.token_to_piece(token, special=True)
+        """The token's bytes (special tokens rendered, so that stop markers are seen).
+
+        llama-cpp-python's own `token_to_piece` returns its whole 32-byte buffer, NULs included.
+        """
+        size = 64
+        while True:
+            buf = ctypes.create_string_buffer(size)
+            n = self._lib.llama_token_to_piece(self._vocab, token, buf, size, 0, True)
+            if n >= 0:
+                return buf.raw[:n]
+            size = -n
 
     def is_end(self, token: int) -> bool:
         return bool(self._lib.llama_vocab_is_eog(self._vocab, token))

@@ -20,6 +20,43 @@ from huatuo_cli.errors import HuatuoError
 from huatuo_cli.prompt import MAX_IMAGES, PROMPT_FORMAT, Turn, render, split_at_images
 
 
+class BundleImageEncoder:
+    """The bundle's image encoder: ONNX Runtime (exact; default) or the mmproj through llama.cpp mtmd.
+
+    The mmproj path exists for comparison with llama.cpp tools; its upstream graph is inexact
+    (README "Vision"), which the bundle's fidelity figures show.
+    """
+
+    def __init__(self, bundle: Bundle, *, vision: str = "onnx", device: str = "auto", threads: int | None = None) -> None:
+        from huatuo_cli.engine.preprocess import PreprocessConfig
+
+        self.vision = vision
+        self._onnx = self._mtmd = None
+        if vision == "onnx":
+            from huatuo_cli.engine.encoder import ImageEncoder
+
+            self._onnx = ImageEncoder.from_folder(bundle.path("vision-fp32").parent, device=device,
+                                                  cache_dir=bundle.root, threads=threads)
+            self.provider, self.fallback_note = self._onnx.provider, self._onnx.fallback_note
+        elif vision == "mmproj":
+            from huatuo_cli.engine.mtmd_encoder import MtmdImageEncoder
+
+            self._config = PreprocessConfig.from_file(bundle.path("preprocessor"))
+            self._mtmd = MtmdImageEncoder(bundle.path("mmproj"), threads=threads or 2, use_gpu=device != "cpu")
+            self.provider, self.fallback_note = "llama.cpp-mtmd", "mmproj path: inexact upstream vision graph"
+        else:
+            raise HuatuoError(f"unknown vision path '{vision}'", hint="use onnx (default) or mmproj")
+
+    def encode(self, images: list) -> np.ndarray:
+        if self._onnx is not None:
+            return self._onnx.encode(images)
+        return self._mtmd.encode(images, self._config)
+
+    def close(self) -> None:
+        if self._mtmd is not None:
+            self._mtmd.close()
+
+
 @dataclass
 class ModelInfo:
     """What a result records about the model and where it ran."""
@@ -42,6 +79,7 @@ class VisionLanguageModel:
         bundle: Bundle | Path | str,
         *,
         device: str = "auto",
+        vision: str = "onnx",
         n_ctx: int = 4096,
         n_threads: int | None = None,
     ) -> None:
@@ -50,16 +88,14 @@ class VisionLanguageModel:
         if manifest.prompt_format != PROMPT_FORMAT:
             raise HuatuoError(f"bundle prompt format '{manifest.prompt_format}' is not supported by this huatuo "
                               f"('{PROMPT_FORMAT}')", hint="upgrade huatuo-cli or re-convert the bundle")
-        from huatuo_cli.engine.encoder import ImageEncoder
-
-        self.encoder = ImageEncoder.from_bundle(self.bundle, device=device)
+        self.encoder = BundleImageEncoder(self.bundle, vision=vision, device=device, threads=n_threads)
         self.llm = LlamaEngine(self.bundle.path("llm"), n_ctx=n_ctx, n_threads=n_threads)
         self.info = ModelInfo(
             model_id=self.bundle.manifest_sha256,
             bundle=self.bundle.root.name,
             architecture=manifest.architecture,
             quantization=manifest.quantization,
-            vision_path="onnx",
+            vision_path=vision,
             vision_provider=self.encoder.provider,
             vision_note=self.encoder.fallback_note,
             llm_gpu_offload=self.llm.gpu_offload,
@@ -88,6 +124,7 @@ class VisionLanguageModel:
 
     def close(self) -> None:
         self.llm.close()
+        self.encoder.close()
 
 
 @dataclass

@@ -1,6 +1,4 @@
-"""PENDING INTEGRATION (not collected: rename to test_ask_batch_integration.py once the imaging
-package (issue 4) and the engine's encoder + a `tiny_bundle` fixture (a converted synthetic bundle
-folder) are merged into this branch).
+"""ask and batch on the real imaging scan and a real converted bundle.
 
 Part 1 needs only imaging: the issue's "done when" folder through the real scan, the real loop,
 a kill -9 half-way and a resume, with the plain-python answer function of tests.batch_helpers
@@ -94,7 +92,12 @@ def test_ask_and_batch_offline_end_to_end(tmp_path, tiny_bundle, no_network):
     assert res.exit_code == 0, res.output
     record = json.loads(res.stdout)
     assert record["schema"] == "huatuo.result/1" and record["inputs"][0]["sha256"]
+    # the notice goes to stderr; stdout is exactly one JSON document (which records the notice as a field)
+    assert "Not for diagnostic use" in res.stderr and record["notice"].startswith("Not for diagnostic use")
+    res = runner.invoke(cli, ["ask", "--model", str(tiny_bundle), "--max-tokens", "8", ct, "Describe."])
+    assert res.exit_code == 0, res.output
     assert "Not for diagnostic use" in res.stderr and "Not for diagnostic use" not in res.stdout
+    assert res.stdout.strip() and "\x00" not in res.stdout
     root = done_when_folder(tmp_path)
     res = runner.invoke(cli, ["batch", str(root), "--out", str(tmp_path / "out"), "--model", str(tiny_bundle),
                               "-q", "Describe.", "--max-tokens", "8", "--sr"])

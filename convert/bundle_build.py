@@ -1,0 +1,202 @@
+"""`huatuo convert all`: one checkpoint in, one verified model bundle out.
+
+The bundle is built in a hidden folder beside OUT and renamed into place only after every part
+passed its own check (LLM GGUF logit parity, ONNX embedding parity, mmproj measured) and the
+whole was checked end to end: the first greedy tokens of ONNX embeddings + GGUF against the
+PyTorch reference. A workstation therefore never sees a bundle nobody measured.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+import shutil
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+from huatuo_cli.bundle import Manifest, describe_files, write_manifest
+from huatuo_cli.errors import HuatuoError
+from huatuo_cli.prompt import PROMPT_FORMAT
+from huatuo_convert.checkpoint import LlavaCheckpoint
+
+#: file names inside a bundle, by role
+LLM_NAME = "llm-{quant}.gguf"
+VISION_DIR = "vision"
+MMPROJ_NAME = "mmproj-f16.gguf"
+#: end-to-end check: greedy tokens compared with the reference for one image and one question
+E2E_TOKENS = 16
+E2E_QUESTION = "Is there a pleural effusion?"
+
+
+def tool_versions() -> dict[str, str]:
+    names = ("huatuo-cli", "llama_cpp_python", "onnxruntime", "onnx", "torch", "transformers", "gguf", "safetensors")
+    out = {"python": platform.python_version()}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def end_to_end(bundle_dir: Path, llm_file: str, ckpt: LlavaCheckpoint) -> dict[str, Any]:
+    """First greedy tokens of the bundle (ONNX fp32 + GGUF) vs the PyTorch reference, one test image.
+
+    Both sides use the runtime's defaults (greedy, repetition penalty 1.2). For quantized LLMs a
+    difference is expected and recorded; for f32/f16 the caller gates on exact agreement.
+    """
+    import numpy as np
+    import torch
+
+    from huatuo_cli.engine.encoder import ImageEncoder
+    from huatuo_cli.engine.llm import LlamaEngine, Sampling
+    from huatuo_cli.engine.preprocess import preprocess
+    from huatuo_cli.prompt import Turn, render
+    from huatuo_convert.onnx_validate import validation_images
+    from huatuo_convert.reference import LlavaReference
+
+    ref = LlavaReference.load(ckpt)
+    encoder = ImageEncoder.from_folder(bundle_dir / VISION_DIR, device="cpu")
+    image = validation_images(encoder.image_size)[0][1]
+    prompt = render([Turn(E2E_QUESTION, images=1)])
+    pixels = preprocess([image], encoder.config)
+    embeds, _ = ref.prompt_embeds(prompt, torch.from_numpy(pixels))
+    expected = ref.greedy(embeds, E2E_TOKENS, repetition_penalty=Sampling().repetition_penalty)
+    engine = LlamaEngine(bundle_dir / llm_file, n_ctx=max(512, embeds.shape[1] + E2E_TOKENS + 8))
+    try:
+        from huatuo_cli.prompt import split_at_images
+
+        chunks = engine.tokenize_chunks(split_at_images(prompt))
+        got = engine.generate([chunks[0], encoder.encode([image])[0], chunks[1]], Sampling(max_tokens=E2E_TOKENS))
+    finally:
+        engine.close()
+    n = min(len(expected), len(got.tokens))
+    agree = next((i for i in range(n) if expected[i] != got.tokens[i]), n)
+    return {
+        "tokens_compared": max(len(expected), len(got.tokens)),
+        "identical": expected == got.tokens,
+        "first_divergence": None if expected == got.tokens else agree,
+        "reference_stopped_early": len(expected) < E2E_TOKENS,
+        "image_embedding_cosine": float(
+            np.dot(a := encoder.encode([image])[0].ravel(), b := ref.image_embeds(torch.from_numpy(pixels))[0].numpy().ravel())
+            / (np.linalg.norm(a) * np.linalg.norm(b))
+        ),
+    }
+
+
+def build_bundle(
+    src: Path,
+    out: Path,
+    quant: str = "q4_k_m",
+    *,
+    force: bool = False,
+    with_mmproj: bool = True,
+    allow_pickle: bool = False,
+    threads: int | None = None,
+    log: Callable[[str], None] = lambda _msg: None,
+) -> Manifest:
+    """Convert, verify and assemble; OUT appears only when everything passed."""
+    from huatuo_convert.llm_gguf import fidelity_path, write_llm_gguf
+    from huatuo_convert.onnx_export import export_vision
+
+    out = Path(out)
+    if out.exists() and not force:
+        raise HuatuoError(f"{out} already exists", hint="pass --force to replace it")
+    if not out.parent.is_dir():
+        raise HuatuoError(f"folder {out.parent} does not exist")
+    ckpt = LlavaCheckpoint.open(src, allow_pickle=allow_pickle)
+    if not ckpt.has_vision:
+        raise HuatuoError(f"{ckpt.hf_architecture} has no vision tower; a bundle needs a HuatuoGPT-Vision checkpoint")
+    ckpt.vision  # fail early, naming what was looked for, if the tower is missing
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        fidelity: dict[str, Any] = {}
+        llm_file = LLM_NAME.format(quant=quant)
+        log(f"language model -> {llm_file} (verified against the PyTorch reference)")
+        _, fidelity["llm"] = write_llm_gguf(ckpt, work / llm_file, quant, threads=threads)
+        fidelity_path(work / llm_file).unlink(missing_ok=True)  # folded into the manifest
+        log("vision tower + projector -> ONNX fp32/fp16 (validated)")
+        vision = export_vision(src, work / VISION_DIR)
+        fidelity["vision"] = vision.fidelity
+        roles = {f"{VISION_DIR}/{name}": _vision_role(name) for name in vision.files}
+        roles = {path: role for path, role in roles.items() if role}
+        if with_mmproj:
+            from huatuo_convert.mmproj import convert_mmproj, fidelity_path as mmproj_fidelity_path
+
+            log(f"vision tower -> {MMPROJ_NAME} (llama.cpp mtmd; measured, see upstream defects)")
+            fidelity["mmproj"] = convert_mmproj(src, work / MMPROJ_NAME, threads=threads or 2)
+            mmproj_fidelity_path(work / MMPROJ_NAME).unlink(missing_ok=True)
+            roles[MMPROJ_NAME] = "mmproj"
+        for stale in (work / VISION_DIR).glob("*.fidelity.json"):
+            stale.unlink()
+        log("end to end: ONNX embeddings + GGUF vs the reference, first greedy tokens")
+        fidelity["end_to_end"] = e2e = end_to_end(work, llm_file, ckpt)
+        if quant in ("f32", "f16") and not e2e["identical"]:
+            raise HuatuoError(
+                f"end-to-end check failed: the bundle's greedy answer diverges from the reference at token "
+                f"{e2e['first_divergence']}", hint="this is a converter bug; please report it with the manifest figures")
+        roles = {llm_file: "llm", **roles}
+        manifest = Manifest(
+            model_id=out.name,
+            created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            architecture=ckpt.arch,
+            source={
+                "checkpoint": Path(src).resolve().name,
+                "hf_architecture": ckpt.hf_architecture,
+                "config_sha256": ckpt.config_sha256,
+                "vision_layout": ckpt.vision.source,
+            },
+            prompt_format=PROMPT_FORMAT,
+            quantization=quant,
+            files=describe_files(work, roles),
+            fidelity=fidelity,
+            vision={
+                "select_layer": ckpt.select_layer,
+                "select_feature": ckpt.select_feature,
+                "image_size": ckpt.vision.config["image_size"],
+                "tokens_per_image": (ckpt.vision.config["image_size"] // ckpt.vision.config["patch_size"]) ** 2,
+                "image_aspect_ratio": ckpt.config.get("image_aspect_ratio", "pad"),
+            },
+            llm={
+                "family": ckpt.llm_family,
+                "hidden_size": ckpt.config["hidden_size"],
+                "layers": ckpt.config["num_hidden_layers"],
+                "context_length": ckpt.config.get("max_position_embeddings"),
+            },
+            tools=tool_versions(),
+        )
+        write_manifest(work, manifest)
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        work.rename(out)
+        return manifest
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+def _vision_role(name: str) -> str | None:
+    return {"vision-fp32.onnx": "vision-fp32", "vision-fp16.onnx": "vision-fp16",
+            "preprocessor_config.json": "preprocessor"}.get(name)
+
+
+def summary(manifest: Manifest) -> str:
+    """A few lines for the terminal: the figures an admin checks before shipping a bundle."""
+    f = manifest.fidelity
+    lines = [f"bundle {manifest.model_id}: {manifest.architecture}, {manifest.quantization}, {len(manifest.files)} files"]
+    if "llm" in f:
+        tok, logits = f["llm"]["tokenizer"], f["llm"]["logits"]
+        lines.append(f"  llm: tokenizer {tok['identical']}/{tok['strings']} identical; top-1 {logits['top1_agreement']:.2%}, "
+                     f"max |dlogit| {logits['max_abs_logit_delta']:.3g}, mean KL {logits['mean_kl']:.3g}")
+    for name, report in f.get("vision", {}).get("files", {}).items():
+        lines.append(f"  {name}: min cosine {report['min_cosine']:.6f}, max abs diff {report['max_abs_diff']:.2e}")
+    if "mmproj" in f:
+        lines.append(f"  mmproj (llama.cpp graph): mean cosine {f['mmproj']['mean_cosine']:.4f}, min {f['mmproj']['min_cosine']:.4f}")
+    e2e = f.get("end_to_end", {})
+    if e2e:
+        verdict = "identical" if e2e["identical"] else f"diverge at token {e2e['first_divergence']}"
+        lines.append(f"  end to end (ONNX + GGUF vs reference, {e2e['tokens_compared']} greedy tokens): {verdict}")
+    return "\n".join(lines)
