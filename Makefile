@@ -22,10 +22,15 @@ system-deps:
 	@if ! command -v dcm2pnm >/dev/null 2>&1; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk >/dev/null; fi
 
+# synthetic checkpoint -> verified bundle -> one question about a sample CT -> a batch over sample studies
 demo: install
 	rm -rf $(DEMO) && mkdir -p $(DEMO)
 	$(BIN)/huatuo convert synth $(DEMO)/checkpoint --arch llava-qwen2 --vision-layout folder
-	$(BIN)/huatuo convert gguf $(DEMO)/checkpoint $(DEMO)/llm-f16.gguf --quant f16
+	$(BIN)/huatuo convert all $(DEMO)/checkpoint $(DEMO)/bundle --quant q4_k_m
+	$(BIN)/huatuo ask --model $(DEMO)/bundle --max-tokens 48 "$$($(BIN)/python -m huatuo_cli.samples scan)" "Is there a pleural effusion?"
+	$(BIN)/python -m huatuo_cli.samples studies $(DEMO)/studies
+	$(BIN)/huatuo batch $(DEMO)/studies --out $(DEMO)/batch --model $(DEMO)/bundle -q "Describe the findings." --max-tokens 48 --sr
+	@echo "demo done: see $(DEMO)/batch/report.html (a random tiny model: the words are noise, the pipeline is real)"
 
 test: install system-deps
 	$(BIN)/python -m pytest -q
