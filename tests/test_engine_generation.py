@@ -95,3 +95,18 @@ def test_sampling_is_seeded(make_checkpoint, tmp_path):
     c = engine.generate(segs, Sampling(max_tokens=12, temperature=1.5, top_p=0.95, seed=12))
     assert a.tokens == b.tokens
     assert a.tokens != c.tokens
+
+
+def test_prompt_longer_than_a_batch_is_fed_in_parts(make_checkpoint, tmp_path, pixels):
+    """Image embeddings and text split across several llama_decode calls give the same logits."""
+    src = make_checkpoint()
+    gguf = convert_gguf(src, tmp_path / "llm.gguf", "f32")
+    ref = LlavaReference.load(src)
+    prompt = render([Turn("Describe the abnormality.", images=2)])
+    images = [e.numpy() for e in ref.image_embeds(pixels)]
+    whole = LlamaEngine(gguf, n_ctx=512, n_threads=2)
+    parts = LlamaEngine(gguf, n_ctx=512, n_threads=2, n_batch=5)
+    a = whole.prefill(engine_segments(whole, prompt, images))
+    b = parts.prefill(engine_segments(parts, prompt, images))
+    assert np.abs(a - b).max() < 1e-3
+    assert int(a.argmax()) == int(b.argmax())

@@ -155,47 +155,41 @@ class LlamaEngine:
         mem = self._lib.llama_get_memory(self._ctx)
         self._lib.llama_memory_clear(mem, True)
 
-    def _decode_tokens(self, ids: Sequence[int], start: int, want_last: bool) -> None:
+    def _decode_batch(self, n: int, start: int, want_last: bool, *, tokens: Sequence[int] | None = None,
+                      embeds: np.ndarray | None = None) -> None:
+        """One llama_decode of n positions from `start`: token ids, or embedding rows [n, n_embd]."""
         lib = self._lib
+        batch = lib.llama_batch_init(n, 0 if embeds is None else self.n_embd, 1)
+        try:
+            batch.n_tokens = n
+            if embeds is not None:
+                ctypes.memmove(batch.embd, embeds.ctypes.data, embeds.nbytes)
+            for i in range(n):
+                if tokens is not None:
+                    batch.token[i] = tokens[i]
+                batch.pos[i] = start + i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = 0
+            if want_last:
+                batch.logits[n - 1] = 1
+            self._check(lib.llama_decode(self._ctx, batch))
+        finally:
+            lib.llama_batch_free(batch)
+
+    def _decode_tokens(self, ids: Sequence[int], start: int, want_last: bool) -> None:
         for off in range(0, len(ids), self.n_batch):
             part = ids[off : off + self.n_batch]
-            batch = lib.llama_batch_init(len(part), 0, 1)
-            try:
-                batch.n_tokens = len(part)
-                for i, tok in enumerate(part):
-                    batch.token[i] = tok
-                    batch.pos[i] = start + off + i
-                    batch.n_seq_id[i] = 1
-                    batch.seq_id[i][0] = 0
-                    batch.logits[i] = 0
-                if want_last and off + len(part) == len(ids):
-                    batch.logits[len(part) - 1] = 1
-                self._check(lib.llama_decode(self._ctx, batch))
-            finally:
-                lib.llama_batch_free(batch)
+            self._decode_batch(len(part), start + off, want_last and off + len(part) == len(ids), tokens=part)
 
     def _decode_embeddings(self, embeds: np.ndarray, start: int, want_last: bool) -> None:
-        lib = self._lib
         embeds = np.ascontiguousarray(embeds, dtype=np.float32)
         if embeds.ndim != 2 or embeds.shape[1] != self.n_embd:
             raise HuatuoError(f"image embeddings have width {embeds.shape[-1]}, the language model expects {self.n_embd}",
                               hint="the bundle's vision and LLM files do not belong together")
         for off in range(0, len(embeds), self.n_batch):
-            part = embeds[off : off + self.n_batch]
-            batch = lib.llama_batch_init(len(part), self.n_embd, 1)
-            try:
-                batch.n_tokens = len(part)
-                ctypes.memmove(batch.embd, part.ctypes.data, part.nbytes)
-                for i in range(len(part)):
-                    batch.pos[i] = start + off + i
-                    batch.n_seq_id[i] = 1
-                    batch.seq_id[i][0] = 0
-                    batch.logits[i] = 0
-                if want_last and off + len(part) == len(embeds):
-                    batch.logits[len(part) - 1] = 1
-                self._check(lib.llama_decode(self._ctx, batch))
-            finally:
-                lib.llama_batch_free(batch)
+            part = np.ascontiguousarray(embeds[off : off + self.n_batch])
+            self._decode_batch(len(part), start + off, want_last and off + len(part) == len(embeds), embeds=part)
 
     @staticmethod
     def _check(code: int) -> None:
