@@ -272,6 +272,8 @@ def _write_safetensors(
 def write_synthetic_checkpoint(out: Path, spec: SynthSpec) -> Path:
     """Write a tiny random HuatuoGPT-Vision checkpoint to `out` (which must not exist or be empty)."""
     spec.validate()
+    for module in ("torch", "safetensors", "tokenizers", "sentencepiece"):
+        require(module)  # a missing extra fails before anything is written
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise HuatuoError(f"output folder {out} exists and is not empty")

@@ -52,7 +52,7 @@ class LazyGroup(click.Group):
             try:
                 module = require(module_name)
             except HuatuoError as exc:
-                raise UserError(exc) from exc
+                return _unavailable(cmd_name, exc)
             return getattr(module, attr)
         return super().get_command(ctx, cmd_name)
 
@@ -61,6 +61,16 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except HuatuoError as exc:
             raise UserError(exc) from exc
+
+
+def _unavailable(name: str, error: HuatuoError) -> click.Command:
+    """A stand-in for a subcommand whose extra is missing: listed in --help, explains itself when run."""
+
+    def fail(**_kwargs) -> None:
+        raise UserError(error)
+
+    return click.Command(name, callback=fail, help=f"(unavailable: {error.hint or error})",
+                         context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 
 
 @click.group(cls=LazyGroup, lazy_subcommands=SUBCOMMANDS, context_settings={"help_option_names": ["-h", "--help"]})

@@ -1,0 +1,53 @@
+"""The workstation runtime never imports torch, transformers or huatuo_convert at module level."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+HEAVY = ("torch", "transformers", "huatuo_convert", "optimum", "peft", "safetensors")
+SERVER_ONLY = ("torch", "transformers", "optimum", "peft", "safetensors", "sentencepiece", "onnx")
+
+
+def test_every_runtime_module_imports_without_heavy_packages():
+    code = (
+        "import importlib, pkgutil, sys, huatuo_cli\n"
+        "names = [m.name for m in pkgutil.walk_packages(huatuo_cli.__path__, 'huatuo_cli.') if m.name != 'huatuo_cli.__main__']\n"
+        "for name in names: importlib.import_module(name)\n"
+        f"bad = set({HEAVY!r}) & set(sys.modules)\n"
+        "assert not bad, bad\n"
+        "print(len(names))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert int(out.stdout) > 20  # the walk really found the runtime's modules
+
+
+def run_without(blocked: tuple[str, ...], body: str) -> None:
+    code = "import sys\n" f"for name in {blocked!r}: sys.modules[name] = None\n" + body  # importing them raises
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_workstation_commands_without_server_packages():
+    """A workstation install: every command's help works; a convert command names the extra to install."""
+    run_without(SERVER_ONLY, (
+        "from click.testing import CliRunner\n"
+        "from huatuo_cli.cli import cli\n"
+        "for args in (['--help'], ['ask', '--help'], ['batch', '--help'], ['inspect', '--help'], ['models', '--help'], ['doctor', '--help']):\n"
+        "    res = CliRunner().invoke(cli, args)\n"
+        "    assert res.exit_code == 0, (args, res.output)\n"
+        "res = CliRunner().invoke(cli, ['convert', 'synth', '/tmp/never'])\n"
+        "assert res.exit_code == 1 and \"huatuo-cli[convert]\" in res.output, res.output\n"
+        "assert 'Traceback' not in res.output\n"
+        "import os; assert not os.path.exists('/tmp/never'), 'a failed command left output behind'\n"
+    ))
+
+
+def test_help_survives_an_unloadable_convert_package():
+    run_without(("huatuo_convert",), (
+        "from click.testing import CliRunner\n"
+        "from huatuo_cli.cli import cli\n"
+        "res = CliRunner().invoke(cli, ['--help'])\n"
+        "assert res.exit_code == 0 and 'unavailable' in res.output, res.output\n"
+        "res = CliRunner().invoke(cli, ['convert', 'all', 'a', 'b'])\n"
+        "assert res.exit_code == 1 and \"huatuo-cli[convert]\" in res.output, res.output\n"
+    ))
