@@ -27,7 +27,7 @@ def run_without(blocked: tuple[str, ...], body: str) -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_workstation_commands_without_server_packages():
+def test_workstation_commands_without_server_packages(tmp_path):
     """A workstation install: every command's help works; a convert command names the extra to install."""
     run_without(SERVER_ONLY, (
         "from click.testing import CliRunner\n"
@@ -35,10 +35,10 @@ def test_workstation_commands_without_server_packages():
         "for args in (['--help'], ['ask', '--help'], ['batch', '--help'], ['inspect', '--help'], ['models', '--help'], ['doctor', '--help']):\n"
         "    res = CliRunner().invoke(cli, args)\n"
         "    assert res.exit_code == 0, (args, res.output)\n"
-        "res = CliRunner().invoke(cli, ['convert', 'synth', '/tmp/never'])\n"
+        f"res = CliRunner().invoke(cli, ['convert', 'synth', {str(tmp_path / 'never')!r}])\n"
         "assert res.exit_code == 1 and \"huatuo-cli[convert]\" in res.output, res.output\n"
         "assert 'Traceback' not in res.output\n"
-        "import os; assert not os.path.exists('/tmp/never'), 'a failed command left output behind'\n"
+        f"import os; assert not os.path.exists({str(tmp_path / 'never')!r}), 'a failed command left output behind'\n"
     ))
 
 
