@@ -51,10 +51,10 @@ def test_unknown_device():
 
 
 @pytest.mark.parametrize("size,max_images", [(336, 6), (56, 2)])
-def test_tensorrt_options(size, max_images):
-    plan = plan_providers(ALL, BUNDLE, size, "auto", machine="abc123", max_images=max_images)
+def test_tensorrt_options(size, max_images, tmp_path):
+    plan = plan_providers(ALL, tmp_path, size, "auto", machine="abc123", max_images=max_images)
     opts = plan.options(TENSORRT)
-    cache = str(BUNDLE / "trt-cache" / "abc123")
+    cache = str(tmp_path / "trt-cache" / "abc123")
     assert opts == {
         "trt_fp16_enable": True,
         "trt_engine_cache_enable": True,
@@ -77,11 +77,19 @@ def test_cuda_options(device_id):
     assert TENSORRT not in plan.names
 
 
-def test_cache_is_per_machine_inside_the_bundle():
+def test_cache_is_per_machine_inside_the_bundle(tmp_path):
     mid = machine_id()
     assert mid == machine_id() and len(mid) == 16
-    assert trt_cache_dir(BUNDLE) == BUNDLE / "trt-cache" / mid
-    assert trt_cache_dir(BUNDLE, "other") != trt_cache_dir(BUNDLE)
+    assert trt_cache_dir(tmp_path) == tmp_path / "trt-cache" / mid
+    assert trt_cache_dir(tmp_path, "other") != trt_cache_dir(tmp_path)
+
+
+def test_unwritable_bundle_caches_per_user():
+    """A bundle the user cannot write (here: a path that does not exist) caches in the user's cache dir."""
+    import platformdirs
+
+    cache = trt_cache_dir(BUNDLE)
+    assert cache == Path(platformdirs.user_cache_dir("huatuo")) / "trt-cache" / BUNDLE.name / machine_id()
 
 
 def test_fallback_is_reported_never_assumed():

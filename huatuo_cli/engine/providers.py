@@ -12,6 +12,7 @@ rebuild the engine). ONNX Runtime falls back silently when a provider's librarie
 from __future__ import annotations
 
 import hashlib
+import os
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,7 +62,18 @@ def machine_id() -> str:
 
 
 def trt_cache_dir(bundle_dir: Path | str, machine: str | None = None) -> Path:
-    return Path(bundle_dir) / TRT_CACHE_DIR / (machine or machine_id())
+    """`BUNDLE/trt-cache/<machine>/`; a read-only bundle (installed machine-wide) caches per user instead.
+
+    Engines are specific to GPU, driver and TensorRT version, so they never travel with the bundle;
+    the user-cache fallback is keyed by the bundle's folder name so two bundles never share engines.
+    """
+    bundle_dir = Path(bundle_dir)
+    machine = machine or machine_id()
+    if os.access(bundle_dir, os.W_OK):
+        return bundle_dir / TRT_CACHE_DIR / machine
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("huatuo")) / TRT_CACHE_DIR / bundle_dir.name / machine
 
 
 def tensorrt_options(cache: Path, image_size: int, max_images: int = MAX_IMAGES) -> dict[str, Any]:
