@@ -151,9 +151,54 @@ def read_manifest(root: Path) -> tuple[Manifest, str]:
     return manifest, hashlib.sha256(raw).hexdigest()
 
 
-def verify_files(root: Path, manifest: Manifest) -> list[str]:
+def _file_state(path: Path) -> list[int]:
+    """What must stay the same for a cached hash to stand: any write to the file changes ctime."""
+    st = path.stat()
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+class VerifiedCache:
+    """sha256 results of earlier full verifications, keyed by file identity and change time.
+
+    Re-hashing a 7B bundle (~7 GB) costs seconds on every `ask`; a file whose inode, size, mtime and
+    ctime are unchanged since it last hashed right is not read again. Writing to a file (even one
+    byte, even with its mtime put back) changes its ctime, so such a file is re-hashed and refused.
+    `huatuo models verify` never uses the cache.
+    """
+
+    def __init__(self, path: Path | None = None, *, trust: bool = True) -> None:
+        """`trust=False` records fresh results without answering from earlier ones (a full re-hash)."""
+        import platformdirs
+
+        self.trust = trust
+        self.path = path or Path(platformdirs.user_cache_dir("huatuo")) / "verified-files.json"
+        try:
+            self.entries: dict[str, list] = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            self.entries = {}
+
+    def holds(self, path: Path, sha256: str) -> bool:
+        if not self.trust:
+            return False
+        try:
+            return self.entries.get(str(path.resolve())) == _file_state(path) + [sha256]
+        except OSError:
+            return False
+
+    def remember(self, paths: dict[Path, str]) -> None:
+        for path, digest in paths.items():
+            self.entries[str(path.resolve())] = _file_state(path) + [digest]
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.entries))
+            os.replace(tmp, self.path)
+        except OSError:
+            pass  # a cache that cannot be written only costs time
+
+
+def verify_files(root: Path, manifest: Manifest, cache: VerifiedCache | None = None) -> list[str]:
     """Problems found (missing file, wrong size, wrong sha256), one line each naming the file."""
-    problems: list[str] = []
 
     def check(entry: BundleFile) -> str | None:
         path = Path(root) / entry.path
@@ -161,21 +206,29 @@ def verify_files(root: Path, manifest: Manifest) -> list[str]:
             return f"{entry.path}: missing"
         if path.stat().st_size != entry.size:
             return f"{entry.path}: size {path.stat().st_size} differs from the manifest's {entry.size}"
+        if cache is not None and cache.holds(path, entry.sha256):
+            return None
         if sha256_file(path) != entry.sha256:
             return f"{entry.path}: sha256 differs from the manifest (file modified or corrupt)"
         return None
 
     with ThreadPoolExecutor(max_workers=min(4, max(1, len(manifest.files)))) as pool:
         problems = [p for p in pool.map(check, manifest.files) if p]
+    if cache is not None and not problems:
+        cache.remember({Path(root) / f.path: f.sha256 for f in manifest.files})
     return problems
 
 
-def load_bundle(root: Path | str, *, verify: bool = True) -> Bundle:
-    """Read a bundle and (by default) re-hash every file; refuse it on any mismatch."""
+def load_bundle(root: Path | str, *, verify: bool = True, use_cache: bool = True) -> Bundle:
+    """Read a bundle and (by default) check every file's sha256; refuse it on any mismatch.
+
+    Files unchanged since they last hashed right are taken from `VerifiedCache` unless `use_cache`
+    is false.
+    """
     root = Path(root)
     manifest, digest = read_manifest(root)
     if verify:
-        problems = verify_files(root, manifest)
+        problems = verify_files(root, manifest, VerifiedCache() if use_cache else None)
         if problems:
             raise HuatuoError(
                 f"model bundle {root.name} failed verification: " + "; ".join(problems),

@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from huatuo_cli.bundle import load_bundle, read_manifest, verify_files
+from huatuo_cli.bundle import VerifiedCache, read_manifest, verify_files
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.locate import find_bundle, installed_bundles, models_dirs
 
@@ -83,11 +83,10 @@ def verify(bundle: str | None) -> None:
     """
     path = find_bundle(bundle)
     manifest, _ = read_manifest(path)
-    problems = verify_files(path, manifest)
+    problems = verify_files(path, manifest, VerifiedCache(trust=False))  # always a full re-hash
     bad = {p.split(":")[0] for p in problems}
     for entry in manifest.files:
         click.echo(f"{'FAIL' if entry.path in bad else 'ok  '} {entry.path}")
     if problems:
         raise HuatuoError(f"bundle {Path(path).name} failed verification: " + "; ".join(problems))
-    load_bundle(path)  # the same check every loading command runs
     click.echo(f"bundle {Path(path).name} verified: {len(manifest.files)} files match the manifest")

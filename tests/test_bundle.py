@@ -88,3 +88,39 @@ def test_not_a_bundle_is_a_clear_cli_error(tmp_path):
     assert res.exit_code == 1
     assert "not a model bundle" in res.output
     assert res.exception is None or isinstance(res.exception, SystemExit)
+
+
+def test_cached_verification_still_catches_a_flipped_byte_with_mtime_restored(tmp_path):
+    """A file unchanged since it hashed right is not re-read; any write to it is noticed anyway."""
+    import os
+
+    from huatuo_cli.bundle import VerifiedCache
+
+    root = make_bundle(tmp_path / "b")
+    load_bundle(root)  # full hash, remembered
+    cache = VerifiedCache()
+    entry = load_bundle(root, verify=False).manifest.file("llm")
+    assert cache.holds(root / entry.path, entry.sha256)
+    path = root / "llm.gguf"
+    before = path.stat()
+    data = bytearray(path.read_bytes())
+    data[7] ^= 0x01
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # put the modification time back
+    assert not VerifiedCache().holds(path, entry.sha256)
+    with pytest.raises(HuatuoError, match="llm.gguf: sha256 differs"):
+        load_bundle(root)
+
+
+def test_cache_is_not_trusted_by_models_verify(tmp_path, monkeypatch):
+    from huatuo_cli import bundle as bundle_mod
+
+    root = make_bundle(tmp_path / "b")
+    load_bundle(root)
+    hashed = []
+    real = bundle_mod.sha256_file
+    monkeypatch.setattr(bundle_mod, "sha256_file", lambda p: hashed.append(p) or real(p))
+    load_bundle(root)
+    assert hashed == []  # answered from the cache
+    res = CliRunner().invoke(cli, ["models", "verify", str(root)])
+    assert res.exit_code == 0 and len(hashed) == 2  # models verify re-reads every file
