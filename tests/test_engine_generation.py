@@ -58,7 +58,12 @@ def test_injected_embeddings_reproduce_reference_greedy(make_checkpoint, tmp_pat
         embeds, _ = ref.prompt_embeds(prompt, px)
         expected = ref.greedy(embeds, N_TOKENS, repetition_penalty=1.2)
         images = [e.numpy() for e in ref.image_embeds(px)]
-        got = engine.generate(engine_segments(engine, prompt, images), Sampling(max_tokens=N_TOKENS))
+        streamed: list[str] = []
+        got = engine.generate(engine_segments(engine, prompt, images), Sampling(max_tokens=N_TOKENS),
+                              on_text=streamed.append)
+        assert "".join(streamed).strip() == got.text  # what streams is the answer, nothing more
+        specials = {"<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|user|>", "<|assistant|>"}
+        assert not any(s in got.text for s in specials)  # control tokens never render as text
         assert got.tokens == expected[: len(got.tokens)]
         assert len(got.tokens) == len(expected) or got.stopped_by != "max-tokens"
 

@@ -30,3 +30,11 @@ def test_top_p_keeps_only_the_nucleus():
     rng = np.random.default_rng(1)
     draws = {choose_token(logits, [], s, rng) for _ in range(300)}
     assert draws == {0, 1}
+
+
+def test_stop_prefix_is_held_back_while_streaming():
+    from huatuo_cli.engine.llm import _pending_stop_prefix
+
+    assert _pending_stop_prefix("effusion <|us") == len("<|us")
+    assert _pending_stop_prefix("effusion <") == 1
+    assert _pending_stop_prefix("effusion.") == 0

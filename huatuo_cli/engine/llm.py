@@ -83,6 +83,11 @@ def choose_token(logits: np.ndarray, previous: Sequence[int], sampling: Sampling
     return int(rng.choice(len(probs), p=probs))
 
 
+def _pending_stop_prefix(text: str) -> int:
+    """Length of the longest end of `text` that could still grow into a stop string (held back)."""
+    return max((k for stop in STOP_STRINGS for k in range(1, len(stop)) if text.endswith(stop[:k])), default=0)
+
+
 def default_threads() -> int:
     """Physical-ish core count: llama.cpp prefill is compute-bound and hyperthreads do not help."""
     return max(1, (os.cpu_count() or 2))
@@ -134,15 +139,15 @@ class LlamaEngine:
 
         return [encode_text(self.llm, chunk, add_bos=(i == 0)) for i, chunk in enumerate(chunks)]
 
-    def piece(self, token: int) -> bytes:
-        """The token's bytes (special tokens rendered, so that stop markers are seen).
+    def piece(self, token: int, special: bool = False) -> bytes:
+        """The token's bytes; control tokens render as nothing unless `special`.
 
         llama-cpp-python's own `token_to_piece` returns its whole 32-byte buffer, NULs included.
         """
         size = 64
         while True:
             buf = ctypes.create_string_buffer(size)
-            n = self._lib.llama_token_to_piece(self._vocab, token, buf, size, 0, True)
+            n = self._lib.llama_token_to_piece(self._vocab, token, buf, size, 0, special)
             if n >= 0:
                 return buf.raw[:n]
             size = -n
@@ -245,26 +250,30 @@ class LlamaEngine:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         tokens: list[int] = []
         text = ""
+        emitted = 0  # characters of `text` already streamed
         stopped_by = "max-tokens"
         pos = n_prompt
         for _ in range(sampling.max_tokens):
             tok = choose_token(logits, tokens, sampling, rng)
-            if self.is_end(tok):
-                stopped_by = "eog"
+            if self.is_end(tok) or self.piece(tok, special=True).decode("utf-8", "replace") in STOP_STRINGS:
+                stopped_by = "eog" if self.is_end(tok) else "stop-string"
                 break
             tokens.append(tok)
-            piece = decoder.decode(self.piece(tok))
-            text += piece
+            text += decoder.decode(self.piece(tok))
             stop = next((s for s in STOP_STRINGS if s in text), None)
-            if stop:
+            if stop:  # the marker spelled out in plain tokens
                 text = text[: text.index(stop)]
                 stopped_by = "stop-string"
                 break
-            if piece and on_text:
-                on_text(piece)
+            safe = len(text) - _pending_stop_prefix(text)
+            if on_text and safe > emitted:
+                on_text(text[emitted:safe])
+                emitted = safe
             self._decode_tokens([tok], pos, True)
             pos += 1
             logits = self._last_logits()
+        if on_text and len(text) > emitted:
+            on_text(text[emitted:])
         t2 = time.perf_counter()
         return Generation(text=text.strip(), tokens=tokens, prompt_tokens=n_prompt,
                           prefill_s=t1 - t0, decode_s=t2 - t1, stopped_by=stopped_by)
