@@ -30,6 +30,7 @@ def test_follow_up_matches_reference_on_the_whole_history(tiny_bundle, make_chec
     sampling = Sampling(max_tokens=12)
     first = conv.ask("Is there a pleural effusion?", sampling)
     second = conv.ask("Where exactly?", sampling)
+    assert model.llm.last_prefill_reused > model.bundle.manifest.vision["tokens_per_image"]  # history not recomputed
     assert [t.answer for t in conv.turns] == [first.text, second.text]
     assert conv.turns[0].images == 1 and conv.turns[1].images == 0
     # the reference, given the same rendered two-turn prompt and the same image, answers the same

@@ -115,3 +115,26 @@ def test_prompt_longer_than_a_batch_is_fed_in_parts(make_checkpoint, tmp_path, p
     b = parts.prefill(engine_segments(parts, prompt, images))
     assert np.abs(a - b).max() < 1e-3
     assert int(a.argmax()) == int(b.argmax())
+
+
+def test_shared_prefix_is_reused_and_answers_do_not_change(make_checkpoint, tmp_path, pixels):
+    """A second question on the same image reuses the cached image positions; the answer is the
+    one a fresh engine gives (F32, so no rounding can differ)."""
+    src = make_checkpoint()
+    gguf = convert_gguf(src, tmp_path / "llm.gguf", "f32")
+    ref = LlavaReference.load(src)
+    image = [ref.image_embeds(pixels[:1])[0].numpy()]
+    first, second = (render([Turn(q, images=1)]) for q in ("Is there a pleural effusion?", "Any fracture?"))
+    warm = LlamaEngine(gguf, n_ctx=512, n_threads=2)
+    warm.generate(engine_segments(warm, first, image), Sampling(max_tokens=8))
+    again = warm.generate(engine_segments(warm, second, image), Sampling(max_tokens=8))
+    n_image = image[0].shape[0]
+    assert warm.last_prefill_reused >= n_image  # "<|user|>\n" + the image were not computed again
+    fresh = LlamaEngine(gguf, n_ctx=512, n_threads=2)
+    expected = fresh.generate(engine_segments(fresh, second, image), Sampling(max_tokens=8))
+    assert fresh.last_prefill_reused == 0
+    assert again.tokens == expected.tokens
+    # a different image shares only the text before it
+    other = [ref.image_embeds(pixels[1:2])[0].numpy()]
+    warm.generate(engine_segments(warm, second, other), Sampling(max_tokens=4))
+    assert warm.last_prefill_reused < n_image

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import codecs
 import ctypes
+import hashlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -83,6 +84,18 @@ def choose_token(logits: np.ndarray, previous: Sequence[int], sampling: Sampling
     return int(rng.choice(len(probs), p=probs))
 
 
+def _position_keys(segments: Sequence[Segment]) -> list:
+    """One comparable key per prompt position: the token id, or (digest of the image, row)."""
+    keys: list = []
+    for seg in segments:
+        if isinstance(seg, np.ndarray):
+            digest = hashlib.blake2b(np.ascontiguousarray(seg, dtype=np.float32).tobytes(), digest_size=16).digest()
+            keys.extend((digest, row) for row in range(len(seg)))
+        else:
+            keys.extend(int(t) for t in seg)
+    return keys
+
+
 def _pending_stop_prefix(text: str) -> int:
     """Length of the longest end of `text` that could still grow into a stop string (held back)."""
     return max((k for stop in STOP_STRINGS for k in range(1, len(stop)) if text.endswith(stop[:k])), default=0)
@@ -131,6 +144,9 @@ class LlamaEngine:
         self.n_batch = n_batch
         self._ctx = self.llm._ctx.ctx
         self._vocab = llama_cpp.llama_model_get_vocab(self.llm._model.model)
+        #: what each KV-cache position holds (token id, or (image digest, row)), for prefix reuse
+        self._cached: list = []
+        self.last_prefill_reused = 0
 
     # -- text ------------------------------------------------------------------------------------
     def tokenize_chunks(self, chunks: Sequence[str]) -> list[list[int]]:
@@ -159,6 +175,7 @@ class LlamaEngine:
     def _clear(self) -> None:
         mem = self._lib.llama_get_memory(self._ctx)
         self._lib.llama_memory_clear(mem, True)
+        self._cached = []
 
     def _decode_batch(self, n: int, start: int, want_last: bool, *, tokens: Sequence[int] | None = None,
                       embeds: np.ndarray | None = None) -> None:
@@ -211,21 +228,39 @@ class LlamaEngine:
         return sum(len(s) for s in segments)
 
     def prefill(self, segments: Sequence[Segment]) -> np.ndarray:
-        """Clear the KV cache, feed every segment, return the logits after the last position."""
-        total = self.prompt_length(segments)
-        if total == 0:
+        """Feed the prompt and return the logits after its last position.
+
+        Positions already in the KV cache from the previous call (the same study's image before a
+        second question, or the whole history before a follow-up) are kept and not computed again:
+        only the part after the longest common prefix is decoded.
+        """
+        keys = _position_keys(segments)
+        if not keys:
             raise ValueError("empty prompt")
-        self._clear()
+        keep = 0
+        for a, b in zip(self._cached, keys):
+            if a != b:
+                break
+            keep += 1
+        keep = min(keep, len(keys) - 1)  # the last position is always decoded: its logits are needed
+        mem = self._lib.llama_get_memory(self._ctx)
+        if keep == 0 or not self._lib.llama_memory_seq_rm(mem, 0, keep, -1):
+            self._clear()
+            keep = 0
+        self._cached = keys[:keep]
         pos = 0
-        for k, seg in enumerate(segments):
-            last = k == len(segments) - 1
-            if isinstance(seg, np.ndarray):
-                self._decode_embeddings(seg, pos, last)
-            elif seg:
-                self._decode_tokens(seg, pos, last)
-            elif last:
-                raise ValueError("the last prompt segment must not be empty")
-            pos += len(seg)
+        for seg in segments:
+            n = len(seg)
+            if pos + n > keep:
+                skip = max(0, keep - pos)
+                last = pos + n == len(keys)
+                if isinstance(seg, np.ndarray):
+                    self._decode_embeddings(seg[skip:], pos + skip, last)
+                else:
+                    self._decode_tokens(list(seg)[skip:], pos + skip, last)
+            pos += n
+        self._cached = keys
+        self.last_prefill_reused = keep
         return self._last_logits()
 
     def generate(
@@ -270,6 +305,7 @@ class LlamaEngine:
                 on_text(text[emitted:safe])
                 emitted = safe
             self._decode_tokens([tok], pos, True)
+            self._cached.append(tok)
             pos += 1
             logits = self._last_logits()
         if on_text and len(text) > emitted:
