@@ -2,7 +2,8 @@
 
 Runs the real `huatuo batch` command (click, in process) on a folder of sample studies: pydicom
 test files that render (CT, MR, US, CR-like, secondary capture; 64x64 to 1024x1024, plain and
-compressed), each copied as its own study with new Study/Series/SOP UIDs. Model: the Qwen2-0.5B /
+compressed), each copied as its own study with new Study/Series/SOP UIDs; a multi-frame file gives
+its representative frames (the 10-frame MR: 6), the others one image. Model: the Qwen2-0.5B /
 CLIP-L-shaped F16 bundle of bench_ttft.py (built once into bench/out/). Engines use the runtime's
 default thread count (all cores: 2 here).
 
@@ -50,7 +51,7 @@ ENGINE_CALLS = ((LlamaEngine, "_decode_tokens"), (LlamaEngine, "_decode_embeddin
 
 
 def make_studies(root: Path, n: int) -> None:
-    """n studies, one image each, from pydicom's test files with fresh UIDs."""
+    """n studies, one file each, from pydicom's test files with fresh UIDs."""
     for i in range(n):
         ds = pydicom.dcmread(get_testdata_file(SAMPLES[i % len(SAMPLES)], download=False))
         ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
@@ -170,7 +171,8 @@ def main() -> None:
         wall, clock = run_batch(work / "studies", work / "out", bundle, args)
         inside = clock.total
         n_answers = args.studies * args.questions
-        print(f"# huatuo batch: {args.studies} single-image studies x {args.questions} questions, --max-tokens "
+        images = clock.calls.get("LlamaEngine._decode_embeddings", 0) // args.questions
+        print(f"# huatuo batch: {args.studies} studies ({images} images) x {args.questions} questions, --max-tokens "
               f"{args.max_tokens}, Qwen2-0.5B/CLIP-L-shaped F16 bundle, ONNX fp32 encoder, CPU, {os.cpu_count()} threads")
         print("| figure | value |")
         print("|---|---:|")

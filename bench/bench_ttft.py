@@ -11,10 +11,11 @@ Each engine answers the same prompt (one image + one question), split into three
   first token choosing the first answer token from those logits (greedy, repetition penalty) and its text
 The PyTorch peer follows the official code: transformers' PIL CLIP image processor, LlavaReference
 (fp32, eager attention) for the image embeddings and the prompt embeddings, and one forward pass
-keeping only the last position's logits (as `generate` does). Medians over --runs after one
-warm-up; ratios are against the PyTorch peer in the same run, same thread count.
+keeping only the last position's logits (as `generate` does). All engines are loaded at once and
+take turns in each of --runs rounds (after a warm-up round); medians are printed, ratios are
+against the PyTorch peer in the same run, same thread count.
 
-    PYTHONPATH=$PWD python bench/bench_ttft.py --threads 2 --runs 3
+    PYTHONPATH=$PWD python bench/bench_ttft.py --threads 2 --runs 5
 """
 
 from __future__ import annotations
@@ -49,12 +50,24 @@ def timed_stages(steps: list[tuple[str, Callable[[object], object]]]) -> dict[st
     return out
 
 
-def median_stages(steps, runs: int) -> dict[str, float]:
-    timed_stages(steps)  # warm-up
-    samples = [timed_stages(steps) for _ in range(runs)]
-    med = {k: statistics.median(s[k] for s in samples) for k in STAGES}
-    med["total"] = statistics.median(sum(s.values()) for s in samples)
-    return med
+def interleaved_medians(engines: list[tuple[str, list]], runs: int) -> list[tuple[str, dict[str, float]]]:
+    """Median stage times per engine, the engines taking turns in every round (round 0: warm-up).
+
+    Turns, not one engine after the other: on a shared machine a burst of load then slows every
+    engine alike instead of one of them.
+    """
+    samples: dict[str, list[dict[str, float]]] = {name: [] for name, _ in engines}
+    for round_ in range(runs + 1):
+        for name, steps in engines:
+            times = timed_stages(steps)
+            if round_:
+                samples[name].append(times)
+    out = []
+    for name, _ in engines:
+        med = {k: statistics.median(s[k] for s in samples[name]) for k in STAGES}
+        med["total"] = statistics.median(sum(s.values()) for s in samples[name])
+        out.append((name, med))
+    return out
 
 
 def huatuo_steps(model: VisionLanguageModel, llm: LlamaEngine, image) -> list:
@@ -100,7 +113,7 @@ def pytorch_steps(ref, raw_preprocessor: dict, image) -> list:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -109,32 +122,33 @@ def main() -> None:
     rendered = load_image(get_testdata_file("693_UNCR.dcm", download=False), window="auto")
     image = rendered.frames[0].convert("RGB").resize((512, 512))  # already 512x512; resize is a no-op guard
 
-    rows: list[tuple[str, dict[str, float]]] = []
-    n_prompt = 0
-    for vision in ("onnx", "mmproj"):
-        model = VisionLanguageModel(bundle, device="cpu", vision=vision, n_ctx=2048, n_threads=args.threads)
-        q4 = LlamaEngine(q4_path, n_ctx=2048, n_threads=args.threads, n_gpu_layers=0)
-        try:
-            encoder = "ONNX Runtime CPU fp32" if vision == "onnx" else "llama.cpp mtmd (mmproj f16)"
-            for label, llm in (("F16", model.llm), ("Q4_K_M", q4)):
-                rows.append((f"huatuo: {encoder} + llama.cpp {label}", median_stages(huatuo_steps(model, llm, image), args.runs)))
-            n_prompt = model.llm.prompt_length(model.segments([Turn(QUESTION, images=1)], model.encode_images([image])))
-        finally:
-            q4.close()
-            model.close()
-
     from huatuo_convert.checkpoint import LlavaCheckpoint
     from huatuo_convert.reference import LlavaReference
 
+    onnx = VisionLanguageModel(bundle, device="cpu", vision="onnx", n_ctx=2048, n_threads=args.threads)
+    mmproj = VisionLanguageModel(bundle, device="cpu", vision="mmproj", n_ctx=2048, n_threads=args.threads)
+    q4 = LlamaEngine(q4_path, n_ctx=2048, n_threads=args.threads, n_gpu_layers=0)
     ckpt = LlavaCheckpoint.open(bundle.parent / "qwen2-0.5b-clip-l-checkpoint")
     ref = LlavaReference.load(ckpt)
-    rows.append(("PyTorch eager fp32 (LlavaReference, official preprocessing)",
-                 median_stages(pytorch_steps(ref, ckpt.preprocessor_config, image), args.runs)))
+    n_prompt = onnx.llm.prompt_length(onnx.segments([Turn(QUESTION, images=1)], onnx.encode_images([image])))
+    engines = [
+        ("huatuo: ONNX Runtime CPU fp32 + llama.cpp F16", huatuo_steps(onnx, onnx.llm, image)),
+        ("huatuo: ONNX Runtime CPU fp32 + llama.cpp Q4_K_M", huatuo_steps(onnx, q4, image)),
+        ("huatuo: llama.cpp mtmd (mmproj f16) + llama.cpp F16", huatuo_steps(mmproj, mmproj.llm, image)),
+        ("huatuo: llama.cpp mtmd (mmproj f16) + llama.cpp Q4_K_M", huatuo_steps(mmproj, q4, image)),
+        ("PyTorch eager fp32 (LlavaReference, official preprocessing)",
+         pytorch_steps(ref, ckpt.preprocessor_config, image)),
+    ]
+    try:
+        rows = interleaved_medians(engines, args.runs)
+    finally:
+        for engine in (q4, mmproj, onnx):
+            engine.close()
 
     base = rows[-1][1]["total"]
     print(f"# one 512x512 CT slice + one question ({n_prompt} prompt positions, 576 of them image), "
           f"Qwen2-0.5B-shaped LLM, CLIP-L/336-shaped tower; {args.threads} threads (2-core machine), "
-          f"median of {args.runs} after a warm-up; {platform.machine()}, torch {torch.__version__}")
+          f"median of {args.runs} interleaved rounds after a warm-up round; {platform.machine()}, torch {torch.__version__}")
     print("| engine | encode s | prefill s | first token ms | time to first token s | speed vs PyTorch |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, m in rows:
