@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -17,20 +16,10 @@ import pydicom
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
+from _common import median_seconds
 from huatuo_cli.imaging import load_image, scan
 
 warnings.simplefilter("ignore")
-
-
-def best_of(fn, repeat: int) -> float:
-    """Median seconds of `repeat` calls (after one warm-up)."""
-    fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
 
 
 def render_rows() -> None:
@@ -43,8 +32,8 @@ def render_rows() -> None:
     print(f"{'render (per slice)':34s} {'huatuo':>10s} {'pydicom':>10s} {'ratio':>6s}")
     for label, name in cases:
         path = get_testdata_file(name, download=False)
-        ours = best_of(lambda: load_image(path, window="40,400"), 15)
-        base = best_of(lambda: pydicom.dcmread(path).pixel_array, 15)
+        ours = median_seconds(lambda: load_image(path, window="40,400"), 15)
+        base = median_seconds(lambda: pydicom.dcmread(path).pixel_array, 15)
         print(f"{label:34s} {ours * 1e3:8.1f}ms {base * 1e3:8.1f}ms {ours / base:6.2f}")
 
 
@@ -74,9 +63,9 @@ def scan_rows() -> None:
         files = [Path(d) / f for d, _, fs in os.walk(root) for f in fs]
         result = scan(root)
         assert len(result.series) == 10 and not result.skipped
-        ours = best_of(lambda: scan(root), 3)
-        headers = best_of(lambda: [pydicom.dcmread(f, stop_before_pixels=True) for f in files], 3)
-        full = best_of(lambda: [pydicom.dcmread(f).pixel_array for f in files], 1)
+        ours = median_seconds(lambda: scan(root), 3)
+        headers = median_seconds(lambda: [pydicom.dcmread(f, stop_before_pixels=True) for f in files], 3)
+        full = median_seconds(lambda: [pydicom.dcmread(f).pixel_array for f in files], 1)
         print(f"\nscan+group {len(files)} files (512x512 CT, 10 series)")
         print(f"  huatuo scan                        {ours:7.2f}s")
         print(f"  pydicom dcmread headers only       {headers:7.2f}s   ratio {ours / headers:5.2f}")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _common import median_seconds
 from huatuo_cli.engine.encoder import ImageEncoder
 from huatuo_cli.engine.mtmd_encoder import MtmdImageEncoder
 from huatuo_cli.engine.preprocess import PreprocessConfig, prepare_image, preprocess
@@ -35,16 +35,6 @@ CLIP_L_336 = SynthSpec(
     vision_hidden_size=1024, vision_intermediate_size=4096, vision_layers=24, image_size=336, patch_size=14,
     hidden_size=896, intermediate_size=1024, num_layers=1, num_heads=14, num_kv_heads=2, shards=1, dtype="bf16",
 )
-
-
-def median_seconds(fn, runs: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def main() -> None:
