@@ -59,11 +59,13 @@ def check_window_frame(window: str, frame: str | None) -> None:
 @click.option("--frame", default=None, help=FRAME_HELP)
 @sampling_options
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--images", type=click.IntRange(1, 6), default=6, show_default=True,
+              help="most images sent from the given files and series folders (each costs 576 prompt positions)")
 @click.option("--json", "as_json", is_flag=True, help="print a versioned JSON result instead of streaming text")
 @click.option("-i", "--interactive", is_flag=True, help="then read follow-up questions from the terminal")
 def ask(paths: tuple[Path, ...], question: str, model_path: str | None, window: str, frame: str | None,
         max_tokens: int, temperature: float, seed: int, top_p: float,
-        repetition_penalty: float, vision: str, device: str, as_json: bool, interactive: bool) -> None:
+        repetition_penalty: float, vision: str, device: str, images: int, as_json: bool, interactive: bool) -> None:
     """Ask QUESTION about the images in PATH (DICOM files, PNG/JPEG/TIFF, or series folders).
 
     A folder contributes representative images of each series (at most 6 images in all).
@@ -86,7 +88,7 @@ def ask(paths: tuple[Path, ...], question: str, model_path: str | None, window: 
 
     bundle = find_bundle(model_path)
     check_window_frame(window, frame)
-    study_key, audit_id, inputs = inputs_from_paths(paths, window=window, frame=frame)
+    study_key, audit_id, inputs = inputs_from_paths(paths, window=window, frame=frame, images=images)
     sampling = Sampling(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                         repetition_penalty=repetition_penalty, seed=seed)
     model = load_model(bundle, device=device, vision=vision)

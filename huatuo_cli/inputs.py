@@ -77,8 +77,8 @@ def jobs_from_folder(root: Path, *, per: str = "study", window: str = "auto", fr
     return jobs
 
 
-def inputs_from_paths(paths: Sequence[Path], *, window: str = "auto", frame: str | None = None
-                      ) -> tuple[str, str | None, StudyInputs]:
+def inputs_from_paths(paths: Sequence[Path], *, window: str = "auto", frame: str | None = None,
+                      images: int = MAX_IMAGES) -> tuple[str, str | None, StudyInputs]:
     """`ask`'s inputs: files and/or series folders -> (study key, audit id, decoded inputs).
 
     A file that is not a usable image is an error here (with its PHI-free reason): the user named it.
@@ -93,12 +93,13 @@ def inputs_from_paths(paths: Sequence[Path], *, window: str = "auto", frame: str
         series = [s for study in result.studies for s in study.series]
         if not series:
             raise HuatuoError(f"argument {list(paths).index(path) + 1} holds no usable image")
-        budget = MAX_IMAGES - len(reps)
+        budget = images - len(reps)
         if budget <= 0:
-            raise HuatuoError(f"more than {MAX_IMAGES} images given; HuatuoGPT-Vision takes at most {MAX_IMAGES}")
+            raise HuatuoError(f"more than {images} images given", hint=f"HuatuoGPT-Vision takes at most {MAX_IMAGES}; "
+                              "see --images")
         reps.extend(pick_representatives(series, budget))
         for study in result.studies:
             if study.key not in keys:
                 keys.append(study.key)
                 uids.append(study.uid)
-    return "+".join(keys), "+".join(uids) or None, render(reps, window=window, frame=frame)
+    return "+".join(keys), "+".join(uids) or None, render(reps, window=window, frame=frame, limit=images)

@@ -107,3 +107,27 @@ def test_ask_and_batch_offline_end_to_end(tmp_path, tiny_bundle, no_network):
                if p.is_file() and p.suffix != ".dcm"]
     assert_no_phi(outputs + [res.output], root)
     assert not no_network  # nothing even tried
+
+
+def test_ask_sends_at_most_images_from_a_series_folder(tmp_path, tiny_bundle):
+    """A series folder contributes representatives, capped by --images; too many files is an error."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
+
+    ct = get_testdata_file("CT_small.dcm", download=False)
+    series = tmp_path / "series"
+    series.mkdir()
+    base = pydicom.dcmread(ct)
+    for i in range(5):
+        base.SOPInstanceUID = generate_uid()
+        base.InstanceNumber = i + 1
+        base.ImagePositionPatient = [0.0, 0.0, float(i * 5)]
+        base.save_as(series / f"IM{i}")
+    runner = CliRunner()
+    res = runner.invoke(cli, ["ask", "--model", str(tiny_bundle), "--json", "--max-tokens", "2", "--images", "2",
+                              str(series), "Describe."])
+    assert res.exit_code == 0, res.output
+    assert len(json.loads(res.stdout)["inputs"]) == 2
+    res = runner.invoke(cli, ["ask", "--model", str(tiny_bundle), "--images", "1", ct, str(series / "IM0"), "Compare."])
+    assert res.exit_code == 1 and "more than 1 images given" in res.output
