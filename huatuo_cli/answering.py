@@ -20,9 +20,9 @@ def model_answerer(model: Any, sampling: Any) -> AnswerFn:
         if cache["images"] is not images:
             first = Conversation(model, images=images)
             generation = first.ask(question, sampling)
-            cache.update(images=images, embeds=first._embeds)
+            cache.update(images=images, embeds=first.image_embeds)
             return answer_from_generation(generation, first.encode_s)
-        conversation = Conversation(model, images=images, _embeds=cache["embeds"])
+        conversation = Conversation(model, images=images, image_embeds=cache["embeds"])
         return answer_from_generation(conversation.ask(question, sampling))
 
     return answer
