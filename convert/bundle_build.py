@@ -54,7 +54,8 @@ def end_to_end(bundle_dir: Path, llm_file: str, ckpt: LlavaCheckpoint) -> dict[s
     from huatuo_cli.engine.encoder import ImageEncoder
     from huatuo_cli.engine.llm import LlamaEngine, Sampling
     from huatuo_cli.engine.preprocess import preprocess
-    from huatuo_cli.prompt import Turn, render
+    from huatuo_cli.engine.session import interleave
+    from huatuo_cli.prompt import Turn, render, split_at_images
     from huatuo_convert.onnx_validate import validation_images
     from huatuo_convert.reference import LlavaReference
 
@@ -62,28 +63,26 @@ def end_to_end(bundle_dir: Path, llm_file: str, ckpt: LlavaCheckpoint) -> dict[s
     encoder = ImageEncoder.from_folder(bundle_dir / VISION_DIR, device="cpu")
     image = validation_images(encoder.image_size)[0][1]
     prompt = render([Turn(E2E_QUESTION, images=1)])
-    pixels = preprocess([image], encoder.config)
-    embeds, _ = ref.prompt_embeds(prompt, torch.from_numpy(pixels))
+    pixels = torch.from_numpy(preprocess([image], encoder.config))
+    embeds, _ = ref.prompt_embeds(prompt, pixels)
     expected = ref.greedy(embeds, E2E_TOKENS, repetition_penalty=Sampling().repetition_penalty)
+    onnx_image = encoder.encode([image])[0]
+    reference_image = ref.image_embeds(pixels)[0].numpy()
     engine = LlamaEngine(bundle_dir / llm_file, n_ctx=max(512, embeds.shape[1] + E2E_TOKENS + 8))
     try:
-        from huatuo_cli.prompt import split_at_images
-
-        chunks = engine.tokenize_chunks(split_at_images(prompt))
-        got = engine.generate([chunks[0], encoder.encode([image])[0], chunks[1]], Sampling(max_tokens=E2E_TOKENS))
+        segments = interleave(engine.tokenize_chunks(split_at_images(prompt)), [onnx_image])
+        got = engine.generate(segments, Sampling(max_tokens=E2E_TOKENS))
     finally:
         engine.close()
     n = min(len(expected), len(got.tokens))
     agree = next((i for i in range(n) if expected[i] != got.tokens[i]), n)
+    a, b = onnx_image.ravel(), reference_image.ravel()
     return {
         "tokens_compared": max(len(expected), len(got.tokens)),
         "identical": expected == got.tokens,
         "first_divergence": None if expected == got.tokens else agree,
         "reference_stopped_early": len(expected) < E2E_TOKENS,
-        "image_embedding_cosine": float(
-            np.dot(a := encoder.encode([image])[0].ravel(), b := ref.image_embeds(torch.from_numpy(pixels))[0].numpy().ravel())
-            / (np.linalg.norm(a) * np.linalg.norm(b))
-        ),
+        "image_embedding_cosine": float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b))),
     }
 
 

@@ -15,6 +15,7 @@ from PIL import Image
 
 from huatuo_cli.cli import cli
 from huatuo_cli.engine.llm import LlamaEngine, Sampling
+from huatuo_cli.engine.session import interleave
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.prompt import Turn, render, split_at_images
 from huatuo_convert.reference import LlavaReference
@@ -30,13 +31,7 @@ def convert_gguf(src, out, quant="f16"):
 
 
 def engine_segments(engine: LlamaEngine, prompt: str, embeds: list[np.ndarray]):
-    chunks = engine.tokenize_chunks(split_at_images(prompt))
-    segs = []
-    for i, ids in enumerate(chunks):
-        segs.append(ids)
-        if i < len(embeds):
-            segs.append(embeds[i])
-    return segs
+    return interleave(engine.tokenize_chunks(split_at_images(prompt)), embeds)
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,16 @@ from huatuo_cli.errors import HuatuoError
 from huatuo_cli.prompt import MAX_IMAGES, PROMPT_FORMAT, Turn, render, split_at_images
 
 
+def interleave(token_chunks: Sequence[list[int]], image_embeds: Sequence[np.ndarray]) -> list[Segment]:
+    """Text chunk, image, text chunk, ...: the prompt as llama.cpp is fed (N images, N+1 chunks)."""
+    if len(token_chunks) != len(image_embeds) + 1:
+        raise ValueError(f"{len(token_chunks) - 1} image markers for {len(image_embeds)} images")
+    out: list[Segment] = [token_chunks[0]]
+    for ids, image in zip(token_chunks[1:], image_embeds):
+        out += [image, ids]
+    return out
+
+
 class BundleImageEncoder:
     """The bundle's image encoder: ONNX Runtime (exact; default) or the mmproj through llama.cpp mtmd.
 
@@ -112,15 +122,7 @@ class VisionLanguageModel:
     def segments(self, turns: list[Turn], image_embeds: Sequence[np.ndarray]) -> list[Segment]:
         """Token chunks and image embeddings in prompt order."""
         chunks = split_at_images(render(turns))
-        if len(chunks) - 1 != len(image_embeds):
-            raise ValueError(f"{len(chunks) - 1} image markers for {len(image_embeds)} images")
-        token_chunks = self.llm.tokenize_chunks(chunks)
-        out: list[Segment] = []
-        for i, ids in enumerate(token_chunks):
-            out.append(ids)
-            if i < len(image_embeds):
-                out.append(image_embeds[i])
-        return out
+        return interleave(self.llm.tokenize_chunks(chunks), image_embeds)
 
     def close(self) -> None:
         self.llm.close()
