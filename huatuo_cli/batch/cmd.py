@@ -15,7 +15,10 @@ def read_questions(question: tuple[str, ...], questions_file: Path | None) -> li
     if bool(question) == bool(questions_file):
         raise click.UsageError("give --question Q (repeatable) or --questions FILE, not both and not neither")
     if questions_file:
-        lines = questions_file.read_text(encoding="utf-8").splitlines()
+        try:
+            lines = questions_file.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise click.BadParameter("the file is not UTF-8 text; save it as UTF-8", param_hint="--questions") from None
         question = tuple(q.strip() for q in lines if q.strip() and not q.lstrip().startswith("#"))
         if not question:
             raise click.UsageError(f"{questions_file} holds no question")

@@ -9,7 +9,6 @@ signed report. Identifiers are only ever written into the file, never printed.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from huatuo_cli.privacy import NOTICE, write_private
@@ -21,10 +20,11 @@ SERIES_DESCRIPTION = "huatuo AI draft (unverified)"
 
 
 def read_evidence(sources: list[Path]):
-    """Headers of the source images, pixel data left on disk."""
-    import pydicom
+    """Headers of the source images, pixel data left on disk (read as the scan read them: files
+    without a preamble included)."""
+    from huatuo_cli.imaging.dicomio import read_dicom
 
-    return [pydicom.dcmread(os.fspath(p), stop_before_pixels=True) for p in sources]
+    return [read_dicom(Path(p), headers_only=True) for p in sources]
 
 
 def build_sr(sources: list[Path], answers: list[dict], *, model_id: str = "", software: str = ""):

@@ -63,6 +63,15 @@ def is_dicom_file(path: Path) -> bool:
     return has_preamble(head) or looks_like_raw_dicom(head)
 
 
+def read_head(path: Path, size: int = 132) -> bytes:
+    """The first bytes of a file (enough for the DICOM preamble); an unreadable file is `Rejected`."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(size)
+    except OSError as exc:
+        raise Rejected("unreadable", f"cannot open the file ({exc.strerror or 'I/O error'})") from None
+
+
 def read_dicom(path: Path, *, headers_only: bool = False) -> Dataset:
     """Read a DICOM file; raise `Rejected` (not a pydicom exception) when it cannot be read.
 
@@ -70,12 +79,7 @@ def read_dicom(path: Path, *, headers_only: bool = False) -> Dataset:
     folder scan needs. A missing transfer syntax in the file meta is filled in from the encoding
     pydicom detected, so that decoding still works (old files written without file meta).
     """
-    path = Path(path)
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(132)
-    except OSError as exc:
-        raise Rejected("unreadable", f"cannot open the file ({exc.strerror or 'I/O error'})") from None
+    head = read_head(path)
     preamble = has_preamble(head)
     if not preamble and not looks_like_raw_dicom(head):
         raise not_an_image(head)

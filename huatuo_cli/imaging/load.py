@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import pixel_array
 
 from huatuo_cli.errors import HuatuoError
-from huatuo_cli.imaging.dicomio import is_dicom_file, not_an_image, read_dicom
+from huatuo_cli.imaging.dicomio import is_dicom_file, not_an_image, read_dicom, read_head
 from huatuo_cli.imaging.frames import FrameChoice, frame_indices, frame_view, number_of_frames, parse_frame
 from huatuo_cli.imaging.reject import (
     Rejected,
@@ -80,9 +80,22 @@ def load_image(path: str | Path, *, window: str | WindowChoice = "auto", frame: 
 
 
 def render_dataset(ds: Dataset, *, window: str | WindowChoice = "auto", frame: FrameChoice | str = "mid") -> RenderedImage:
-    """Render an already-read DICOM dataset (pixel data included)."""
+    """Render an already-read DICOM dataset (pixel data included).
+
+    A header value that cannot be used (e.g. RescaleSlope "ab") is a corrupt file for the user,
+    not a crash; the message never quotes the value (it could be anything, PHI included).
+    """
     choice = parse_window(window)
     frame = parse_frame(frame)
+    try:
+        return _render_dataset(ds, choice, frame)
+    except HuatuoError:
+        raise
+    except (ValueError, TypeError):
+        raise Rejected("corrupt", "corrupt header: an image attribute has an invalid value") from None
+
+
+def _render_dataset(ds: Dataset, choice: WindowChoice, frame: FrameChoice) -> RenderedImage:
     check_header(ds)
     check_image_attributes(ds)
     ts = str(ds.file_meta.get("TransferSyntaxUID", ""))
@@ -149,8 +162,7 @@ def _load_plain(path: Path, choice: WindowChoice, frame: FrameChoice) -> Rendere
         image = Image.open(path)
         image.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        with open(path, "rb") as fh:
-            raise not_an_image(fh.read(8)) from None
+        raise not_an_image(read_head(path, 8)) from None
     with image:
         pages = [page.copy() for page in ImageSequence.Iterator(image)]
         fmt = (image.format or "image").lower()

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from huatuo_cli.errors import HuatuoError
-from huatuo_cli.imaging.dicomio import is_dicom_file, not_an_image, read_dicom
+from huatuo_cli.imaging.dicomio import is_dicom_file, not_an_image, read_dicom, read_head
 from huatuo_cli.imaging.frames import number_of_frames
 from huatuo_cli.imaging.reject import Rejected, check_header, check_transfer_syntax, short_syntax_name
 
@@ -212,8 +212,7 @@ def _plain_instance(path: Path) -> Instance:
             fmt, width, height = (image.format or "image"), image.width, image.height
             frames = getattr(image, "n_frames", 1)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        with open(path, "rb") as fh:
-            raise not_an_image(fh.read(8)) from None
+        raise not_an_image(read_head(path, 8)) from None
     return Instance(path=path, kind="image", rows=height, columns=width, number_of_frames=frames,
                     transfer_syntax=fmt.upper())
 
