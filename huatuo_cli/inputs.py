@@ -18,27 +18,41 @@ from huatuo_cli.prompt import MAX_IMAGES
 from huatuo_cli.record import sha256_path
 
 
-def pick_representatives(series_list: Sequence[Any], limit: int = MAX_IMAGES) -> list:
-    """Representatives of several series, shared out so each series shows up, `limit` in all."""
+def pick_representatives(series_list: Sequence[Any], limit: int = MAX_IMAGES, frame: str | None = None) -> list:
+    """Representatives of several series, shared out so each series shows up, `limit` in all.
+
+    With an explicit `frame` each instance is picked once (the frame is the user's choice).
+    """
     series_list = [s for s in series_list if s.stacks]
     if not series_list:
         return []
     per = max(1, limit // len(series_list))
-    picks = [rep for s in series_list for rep in s.representatives(per)]
+    picks = [rep for s in series_list for rep in s.representatives(per, one_per_instance=frame is not None)]
     return picks[:limit]
 
 
 def render(reps: Sequence[Any], *, window: str, frame: str | None, limit: int = MAX_IMAGES) -> StudyInputs:
-    """Decode the chosen images (imaging's viewer pipeline). Raises HuatuoError for a bad image."""
-    from huatuo_cli.imaging import load_image
+    """Decode the chosen images (imaging's viewer pipeline). Raises HuatuoError for a bad image.
+
+    Each file is read and hashed once, however many of its frames are representatives.
+    """
+    from huatuo_cli.imaging import load_image, render_dataset
+    from huatuo_cli.imaging.dicomio import read_dicom
 
     images, hashes, windows = [], [], []
+    by_path: dict[Path, list] = {}
     for rep in reps:
-        rendered = load_image(rep.instance.path, window=window, frame=rep.frame if frame is None else frame)
-        images.extend(rendered.frames)
-        hashes.append(sha256_path(rep.instance.path))
-        if rendered.meta and rendered.meta.window not in windows:
-            windows.append(rendered.meta.window)
+        by_path.setdefault(rep.instance.path, []).append(rep)
+    for path, path_reps in by_path.items():
+        dataset = read_dicom(path) if path_reps[0].instance.kind == "dicom" else None
+        for rep in path_reps:
+            chosen = rep.frame if frame is None else frame
+            rendered = (render_dataset(dataset, window=window, frame=chosen) if dataset is not None
+                        else load_image(path, window=window, frame=chosen))
+            images.extend(rendered.frames)
+            if rendered.meta and rendered.meta.window not in windows:
+                windows.append(rendered.meta.window)
+        hashes.append(sha256_path(path))
     if len(images) > limit:
         raise HuatuoError(f"{len(images)} images selected; HuatuoGPT-Vision takes at most {limit}",
                           hint="pick one frame with --frame, or fewer files")
@@ -65,7 +79,7 @@ def jobs_from_folder(root: Path, *, per: str = "study", window: str = "auto", fr
         units = [(study.key, None, study.series)] if per == "study" else \
             [(f"{study.key}/{s.key}", s.key, [s]) for s in study.series]
         for key, series_key, series_list in units:
-            reps = pick_representatives(series_list, images)
+            reps = pick_representatives(series_list, images, frame)
 
             def load(reps=reps) -> StudyInputs:
                 return render(reps, window=window, frame=frame, limit=images)
@@ -97,7 +111,7 @@ def inputs_from_paths(paths: Sequence[Path], *, window: str = "auto", frame: str
         if budget <= 0:
             raise HuatuoError(f"more than {images} images given", hint=f"HuatuoGPT-Vision takes at most {MAX_IMAGES}; "
                               "see --images")
-        reps.extend(pick_representatives(series, budget))
+        reps.extend(pick_representatives(series, budget, frame))
         for study in result.studies:
             if study.key not in keys:
                 keys.append(study.key)

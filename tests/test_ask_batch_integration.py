@@ -131,3 +131,19 @@ def test_ask_sends_at_most_images_from_a_series_folder(tmp_path, tiny_bundle):
     assert len(json.loads(res.stdout)["inputs"]) == 2
     res = runner.invoke(cli, ["ask", "--model", str(tiny_bundle), "--images", "1", ct, str(series / "IM0"), "Compare."])
     assert res.exit_code == 1 and "more than 1 images given" in res.output
+
+
+def test_explicit_frame_of_a_multiframe_file_is_sent_once(tiny_bundle):
+    from pydicom.data import get_testdata_file
+
+    multiframe = get_testdata_file("emri_small.dcm", download=False)  # 10 frames
+    runner = CliRunner()
+    one = runner.invoke(cli, ["ask", "--model", str(tiny_bundle), "--json", "--max-tokens", "1", "--frame", "0",
+                              multiframe, "Describe."])
+    spread = runner.invoke(cli, ["ask", "--model", str(tiny_bundle), "--json", "--max-tokens", "1", multiframe,
+                                 "Describe."])
+    assert one.exit_code == 0 and spread.exit_code == 0, (one.output, spread.output)
+    one, spread = json.loads(one.stdout), json.loads(spread.stdout)
+    assert len(one["inputs"]) == len(spread["inputs"]) == 1  # one file, hashed once
+    per_image = 16 + 1  # tiny tower: (56 / 14) ** 2 positions, plus the "\n" after each <image> marker
+    assert spread["prompt_tokens"] - one["prompt_tokens"] == 5 * per_image  # 6 spread frames vs the one chosen

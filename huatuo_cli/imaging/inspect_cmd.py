@@ -30,9 +30,7 @@ def _render_series(
 
     With an explicit `frame`, each representative instance is rendered once with that frame.
     """
-    reps = series.representatives(count)
-    if frame is not None:
-        reps = list({id(r.instance): r for r in reps}.values())
+    reps = series.representatives(count, one_per_instance=frame is not None)
     windows, written = [], 0
     for index, rep in enumerate(reps):
         try:

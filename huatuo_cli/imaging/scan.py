@@ -94,15 +94,19 @@ class Series:
     def number_of_frames(self) -> int:
         return sum(i.number_of_frames for i in self.instances)
 
-    def representatives(self, count: int = 3) -> list[Representative]:
+    def representatives(self, count: int = 3, *, one_per_instance: bool = False) -> list[Representative]:
         """Middle image plus evenly spaced ones of the main (largest non-localizer) stack.
 
-        A single multi-frame instance gives evenly spaced frames instead of instances.
+        A single multi-frame instance gives evenly spaced frames instead of instances, unless
+        `one_per_instance` (the caller picks the frame itself, e.g. `--frame 0`: repeating the
+        instance would send the same image several times).
         """
         if count < 1 or not self.stacks:
             return []
         candidates = [s for s in self.stacks if not s.is_localizer] or self.stacks
         main = max(candidates, key=lambda s: (len(s.instances), sum(i.number_of_frames for i in s.instances)))
+        if len(main.instances) == 1 and one_per_instance:
+            return [Representative(main.instances[0], main.instances[0].number_of_frames // 2)]
         if len(main.instances) == 1:
             only = main.instances[0]
             return [Representative(only, f) for f in spread(only.number_of_frames, count)]
