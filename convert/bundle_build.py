@@ -9,7 +9,6 @@ PyTorch reference. A workstation therefore never sees a bundle nobody measured.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import platform
 import shutil
 import tempfile
@@ -55,7 +54,7 @@ def end_to_end(bundle_dir: Path, llm_file: str, ckpt: LlavaCheckpoint) -> dict[s
     from huatuo_cli.engine.llm import LlamaEngine, Sampling
     from huatuo_cli.engine.preprocess import preprocess
     from huatuo_cli.engine.session import interleave
-    from huatuo_cli.prompt import Turn, render, split_at_images
+    from huatuo_cli.prompt import Turn, render
     from huatuo_convert.onnx_validate import validation_images
     from huatuo_convert.reference import LlavaReference
 
@@ -70,7 +69,7 @@ def end_to_end(bundle_dir: Path, llm_file: str, ckpt: LlavaCheckpoint) -> dict[s
     reference_image = ref.image_embeds(pixels)[0].numpy()
     engine = LlamaEngine(bundle_dir / llm_file, n_ctx=max(512, embeds.shape[1] + E2E_TOKENS + 8))
     try:
-        segments = interleave(engine.tokenize_chunks(split_at_images(prompt)), [onnx_image])
+        segments = interleave(engine.tokenize(prompt), [onnx_image])
         got = engine.generate(segments, Sampling(max_tokens=E2E_TOKENS))
     finally:
         engine.close()

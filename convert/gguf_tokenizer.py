@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.extras import require

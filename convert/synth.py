@@ -16,6 +16,7 @@ from typing import Iterator
 
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.extras import require
+from huatuo_convert.checkpoint import CLIP_HEAD_DIM  # the embedded layout carries no vision config
 from huatuo_convert.synth_tokenizers import write_qwen2_tokenizer, write_yi_tokenizer
 
 ARCHITECTURES = {
@@ -30,8 +31,6 @@ VISION_FOLDER = "vit/clip_vit_large_patch14_336"
 VISION_HUB_ID = "openai/clip-vit-large-patch14-336"
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
-#: CLIP's head size; the embedded layout carries no vision config, so heads = hidden / 64.
-CLIP_HEAD_DIM = 64
 
 
 @dataclass(frozen=True)

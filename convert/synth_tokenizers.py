@@ -12,6 +12,8 @@ import io
 import json
 from pathlib import Path
 
+from huatuo_cli.prompt import ASSISTANT_MARKER, USER_MARKER
+
 #: Qwen2's pre-tokenizer split pattern (tokenizer.json of Qwen/Qwen2-7B).
 QWEN2_SPLIT_REGEX = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -19,7 +21,7 @@ QWEN2_SPLIT_REGEX = (
 )
 QWEN2_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 #: HuatuoGPT's chat markers; registered as added tokens so that they are atomic.
-CHAT_MARKERS = ["<|user|>", "<|assistant|>"]
+CHAT_MARKERS = [USER_MARKER, ASSISTANT_MARKER]
 
 #: Training text: English and Chinese clinical phrases, numbers, whitespace runs, markers.
 TRAINING_CORPUS = """\

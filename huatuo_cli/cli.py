@@ -8,7 +8,6 @@ one-line message on stderr here, at the boundary, and nowhere else.
 
 from __future__ import annotations
 
-import importlib
 import sys
 
 import click

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from huatuo_cli.batch.runner import BadFile, Job, StudyInputs
+from huatuo_cli.bundle import sha256_file
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.prompt import MAX_IMAGES
-from huatuo_cli.record import sha256_path
 
 
 def pick_representatives(series_list: Sequence[Any], limit: int = MAX_IMAGES, frame: str | None = None) -> list:
@@ -52,7 +52,7 @@ def render(reps: Sequence[Any], *, window: str, frame: str | None, limit: int = 
             images.extend(rendered.frames)
             if rendered.meta and rendered.meta.window not in windows:
                 windows.append(rendered.meta.window)
-        hashes.append(sha256_path(path))
+        hashes.append(sha256_file(path))
     if len(images) > limit:
         raise HuatuoError(f"{len(images)} images selected; HuatuoGPT-Vision takes at most {limit}",
                           hint="pick one frame with --frame, or fewer files")

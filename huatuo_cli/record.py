@@ -8,9 +8,7 @@ field changes meaning; readers check it.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 from dataclasses import asdict, dataclass, field, is_dataclass
-from pathlib import Path
 from typing import Any
 
 from huatuo_cli.privacy import NOTICE
@@ -43,15 +41,6 @@ def answer_from_generation(generation: Any, encode_s: float = 0.0) -> Answer:
         stopped_by=generation.stopped_by,
         timings={"encode_s": encode_s, "prefill_s": generation.prefill_s, "decode_s": generation.decode_s},
     )
-
-
-def sha256_path(path: str | Path) -> str:
-    """Content hash of an input file: identifies it in results without naming it."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def model_dict(info: Any) -> dict:

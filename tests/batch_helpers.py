@@ -17,7 +17,8 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 
 from huatuo_cli.batch.runner import BadFile, Job, StudyInputs
-from huatuo_cli.record import Answer, sha256_path
+from huatuo_cli.bundle import sha256_file
+from huatuo_cli.record import Answer
 
 #: file name -> (PatientName, PatientID) of the pydicom test files the batch tests use
 SAMPLES = {
@@ -77,7 +78,7 @@ def jobs_for(root: Path) -> list:
         key = "study-" + hashlib.sha256(uid.encode()).hexdigest()[:12]
 
         def load(path=path) -> StudyInputs:
-            return StudyInputs(images=[decode(path)], inputs=[sha256_path(path)], window="default")
+            return StudyInputs(images=[decode(path)], inputs=[sha256_file(path)], window="default")
 
         out.append(Job(key=key, load=load, sources=[path], audit_id=uid))
     return out

@@ -26,7 +26,7 @@ from huatuo_cli.batch.runner import Job, run_batch
 from huatuo_cli.batch.sr import write_sr
 from huatuo_cli.cli import cli
 from huatuo_cli.inputs import jobs_from_folder
-from tests.batch_helpers import SAMPLES, describe, sample_folder, slow_describe
+from tests.batch_helpers import sample_folder
 from tests.test_batch_runner import ROOT, Counting, assert_no_phi
 
 QUESTIONS = ["Describe the image.", "Any abnormality?"]

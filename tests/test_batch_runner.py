@@ -8,7 +8,6 @@ durability across Ctrl-C and kill -9, resume without loss or duplicates, no PHI 
 from __future__ import annotations
 
 import io
-import json
 import os
 import signal
 import subprocess

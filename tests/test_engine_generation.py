@@ -11,13 +11,12 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from PIL import Image
 
 from huatuo_cli.cli import cli
 from huatuo_cli.engine.llm import LlamaEngine, Sampling
 from huatuo_cli.engine.session import interleave
 from huatuo_cli.errors import HuatuoError
-from huatuo_cli.prompt import Turn, render, split_at_images
+from huatuo_cli.prompt import Turn, render
 from huatuo_convert.reference import LlavaReference
 from tests.conftest import LAYOUTS
 
@@ -31,7 +30,7 @@ def convert_gguf(src, out, quant="f16"):
 
 
 def engine_segments(engine: LlamaEngine, prompt: str, embeds: list[np.ndarray]):
-    return interleave(engine.tokenize_chunks(split_at_images(prompt)), embeds)
+    return interleave(engine.tokenize(prompt), embeds)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +47,7 @@ def test_injected_embeddings_reproduce_reference_greedy(make_checkpoint, tmp_pat
     for n_images, question in ((1, "Is there a pleural effusion?"), (2, "比较这两张图像。Compare them.")):
         prompt = render([Turn(question, images=n_images)])
         # the runtime's token chunks are the reference's token chunks
-        assert engine.tokenize_chunks(split_at_images(prompt)) == ref.tokenizer.encode_chunks(prompt)
+        assert engine.tokenize(prompt) == ref.tokenizer.encode_chunks(prompt)
         px = pixels[:n_images]
         embeds, _ = ref.prompt_embeds(prompt, px)
         expected = ref.greedy(embeds, N_TOKENS, repetition_penalty=1.2)
@@ -89,7 +88,7 @@ def test_context_overflow_is_a_clear_error(make_checkpoint, tmp_path):
 
 def test_sampling_is_seeded(make_checkpoint, tmp_path):
     engine = LlamaEngine(convert_gguf(make_checkpoint(), tmp_path / "llm.gguf"), n_ctx=256, n_threads=2)
-    segs = [engine.tokenize_chunks(["<|user|>\nHello\n<|assistant|>\n"])[0]]
+    segs = engine.tokenize("<|user|>\nHello\n<|assistant|>\n")
     hot = Sampling(max_tokens=12, temperature=1.5, top_p=0.95, seed=11)
     a, b = engine.generate(segs, hot), engine.generate(segs, hot)
     c = engine.generate(segs, Sampling(max_tokens=12, temperature=1.5, top_p=0.95, seed=12))

@@ -22,11 +22,12 @@ import numpy as np
 
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.extras import require
+from huatuo_cli.prompt import USER_MARKER
 
 #: One prompt segment: token ids (a text chunk) or an image's embeddings [tokens, n_embd].
 Segment = Union[list[int], np.ndarray]
 #: Text that ends an answer even if the model forgets to emit end-of-generation.
-STOP_STRINGS = ("<|user|>",)
+STOP_STRINGS = (USER_MARKER,)
 
 
 @dataclass(frozen=True)
@@ -149,11 +150,12 @@ class LlamaEngine:
         self.last_prefill_reused = 0
 
     # -- text ------------------------------------------------------------------------------------
-    def tokenize_chunks(self, chunks: Sequence[str]) -> list[list[int]]:
-        """Token ids per text chunk, exactly as the converter's parity check tokenized them."""
-        from huatuo_cli.gguf_tokens import encode_text
+    def tokenize(self, prompt: str) -> list[list[int]]:
+        """Token ids of each text chunk between `<image>` markers, exactly as the converter's
+        parity check tokenized them (`huatuo_cli.gguf_tokens`)."""
+        from huatuo_cli.gguf_tokens import encode_chunks
 
-        return [encode_text(self.llm, chunk, add_bos=(i == 0)) for i, chunk in enumerate(chunks)]
+        return encode_chunks(self.llm, prompt)
 
     def piece(self, token: int, special: bool = False) -> bytes:
         """The token's bytes; control tokens render as nothing unless `special`.

@@ -19,13 +19,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from huatuo_cli.errors import HuatuoError
+from huatuo_cli.prompt import MAX_IMAGES  # the TensorRT profile covers exactly 1..MAX_IMAGES
 
 TENSORRT = "TensorrtExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 DEVICES = ("auto", "tensorrt", "cuda", "cpu")
-#: The official CLI accepts up to 6 images per prompt; the TensorRT profile covers exactly 1..6.
-MAX_IMAGES = 6
 INPUT_NAME = "pixel_values"
 TRT_CACHE_DIR = "trt-cache"
 

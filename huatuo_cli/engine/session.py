@@ -17,7 +17,7 @@ import numpy as np
 from huatuo_cli.bundle import Bundle, load_bundle
 from huatuo_cli.engine.llm import Generation, LlamaEngine, Sampling, Segment
 from huatuo_cli.errors import HuatuoError
-from huatuo_cli.prompt import MAX_IMAGES, PROMPT_FORMAT, Turn, render, split_at_images
+from huatuo_cli.prompt import MAX_IMAGES, PROMPT_FORMAT, Turn, render
 
 
 def interleave(token_chunks: Sequence[list[int]], image_embeds: Sequence[np.ndarray]) -> list[Segment]:
@@ -121,8 +121,7 @@ class VisionLanguageModel:
 
     def segments(self, turns: list[Turn], image_embeds: Sequence[np.ndarray]) -> list[Segment]:
         """Token chunks and image embeddings in prompt order."""
-        chunks = split_at_images(render(turns))
-        return interleave(self.llm.tokenize_chunks(chunks), image_embeds)
+        return interleave(self.llm.tokenize(render(turns)), image_embeds)
 
     def close(self) -> None:
         self.llm.close()
