@@ -66,6 +66,18 @@ class BatchState:
     out: Path
     results: list[dict] = field(default_factory=list)
     errors: list[dict] = field(default_factory=list)
+    #: (study, question) pairs answered, and error entries recorded: kept as sets so that a batch
+    #: of many thousand studies does not rescan every record for every question
+    done: set[tuple[str, str]] = field(init=False)
+    _error_keys: set[tuple] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.done = {(r["study"], r["question"]) for r in self.results}
+        self._error_keys = {self._error_key(e) for e in self.errors}
+
+    @staticmethod
+    def _error_key(entry: dict) -> tuple:
+        return (entry.get("kind"), entry.get("key"), entry.get("question"), entry.get("reason"))
 
     @classmethod
     def open(cls, out: str | os.PathLike) -> "BatchState":
@@ -77,10 +89,6 @@ class BatchState:
                                   f"this huatuo writes {SCHEMA!r}", hint="use a new --out folder")
         errors = read_jsonl(out / ERRORS_NAME, repair=True)
         return cls(out=out, results=results, errors=errors)
-
-    @property
-    def done(self) -> set[tuple[str, str]]:
-        return {(r["study"], r["question"]) for r in self.results}
 
     def pending(self, study: str, questions: list[str]) -> list[str]:
         done = self.done
@@ -94,15 +102,17 @@ class BatchState:
             raise ValueError("result recorded twice")  # a bug in the loop, never a user error
         append_line(self.out / RESULTS_NAME, json.dumps(record, ensure_ascii=False))
         self.results.append(record)
+        self.done.add((record["study"], record["question"]))
 
     def add_error(self, *, kind: str, key: str, reason: str, question: str | None = None) -> bool:
         """Record a failure once: a rerun that meets the same bad file does not repeat the line.
         `kind` is "file" (key: path relative to the batch folder) or "study" (key: study key)."""
         entry = {"schema": ERROR_SCHEMA, "kind": kind, "key": key, "question": question, "reason": reason}
-        if any(all(e.get(k) == v for k, v in entry.items()) for e in self.errors):
+        if self._error_key(entry) in self._error_keys:
             return False
         append_line(self.out / ERRORS_NAME, json.dumps(entry, ensure_ascii=False))
         self.errors.append(entry)
+        self._error_keys.add(self._error_key(entry))
         return True
 
     def open_errors(self) -> list[dict]:
