@@ -41,7 +41,7 @@ def tool_versions() -> dict[str, str]:
     return out
 
 
-def end_to_end(bundle_dir: Path, llm_file: str, ckpt: LlavaCheckpoint) -> dict[str, Any]:
+def end_to_end(bundle_dir: Path, llm_file: str, ref: Any) -> dict[str, Any]:
     """First greedy tokens of the bundle (ONNX fp32 + GGUF) vs the PyTorch reference, one test image.
 
     Both sides use the runtime's defaults (greedy, repetition penalty 1.2). For quantized LLMs a
@@ -56,9 +56,6 @@ def end_to_end(bundle_dir: Path, llm_file: str, ckpt: LlavaCheckpoint) -> dict[s
     from huatuo_cli.engine.session import interleave
     from huatuo_cli.prompt import Turn, render
     from huatuo_convert.onnx_validate import validation_images
-    from huatuo_convert.reference import LlavaReference
-
-    ref = LlavaReference.load(ckpt)
     encoder = ImageEncoder.from_folder(bundle_dir / VISION_DIR, device="cpu")
     image = validation_images(encoder.image_size)[0][1]
     prompt = render([Turn(E2E_QUESTION, images=1)])
@@ -99,6 +96,7 @@ def build_bundle(
     """Convert, verify and assemble; OUT appears only when everything passed."""
     from huatuo_convert.llm_gguf import fidelity_path, write_llm_gguf
     from huatuo_convert.onnx_export import export_vision
+    from huatuo_convert.reference import LlavaReference
 
     out = Path(out)
     if out.exists() and not force:
@@ -114,10 +112,11 @@ def build_bundle(
         fidelity: dict[str, Any] = {}
         llm_file = LLM_NAME.format(quant=quant)
         log(f"language model -> {llm_file} (verified against the PyTorch reference)")
-        _, fidelity["llm"] = write_llm_gguf(ckpt, work / llm_file, quant, threads=threads)
+        ref = LlavaReference.load(ckpt)  # loaded once: the LLM check and the end-to-end check share it
+        _, fidelity["llm"] = write_llm_gguf(ckpt, work / llm_file, quant, threads=threads, ref=ref)
         fidelity_path(work / llm_file).unlink(missing_ok=True)  # folded into the manifest
         log("vision tower + projector -> ONNX fp32/fp16 (validated)")
-        vision = export_vision(src, work / VISION_DIR)
+        vision = export_vision(ckpt, work / VISION_DIR)
         fidelity["vision"] = vision.fidelity
         roles = {f"{VISION_DIR}/{name}": _vision_role(name) for name in vision.files}
         roles = {path: role for path, role in roles.items() if role}
@@ -125,13 +124,13 @@ def build_bundle(
             from huatuo_convert.mmproj import convert_mmproj, fidelity_path as mmproj_fidelity_path
 
             log(f"vision tower -> {MMPROJ_NAME} (llama.cpp mtmd; measured, see upstream defects)")
-            fidelity["mmproj"] = convert_mmproj(src, work / MMPROJ_NAME, threads=threads or 2)
+            fidelity["mmproj"] = convert_mmproj(ckpt, work / MMPROJ_NAME, threads=threads or 2)
             mmproj_fidelity_path(work / MMPROJ_NAME).unlink(missing_ok=True)
             roles[MMPROJ_NAME] = "mmproj"
         for stale in (work / VISION_DIR).glob("*.fidelity.json"):
             stale.unlink()
         log("end to end: ONNX embeddings + GGUF vs the reference, first greedy tokens")
-        fidelity["end_to_end"] = e2e = end_to_end(work, llm_file, ckpt)
+        fidelity["end_to_end"] = e2e = end_to_end(work, llm_file, ref)
         if quant in ("f32", "f16") and not e2e["identical"]:
             raise HuatuoError(
                 f"end-to-end check failed: the bundle's greedy answer diverges from the reference at token "

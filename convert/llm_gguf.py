@@ -34,13 +34,14 @@ def write_llm_gguf(
     name: str | None = None,
     threads: int | None = None,
     on_tensor: Callable[[str], None] | None = None,
+    ref: Any = None,
 ) -> tuple[Path, dict[str, Any] | None]:
     """Write the language model of `ckpt` to `out` as GGUF of type `quant`; all or nothing.
 
     With `verify`, tokenizer and logit parity against the PyTorch reference are measured on the
     temp file first; a failed gate raises HuatuoError and leaves nothing behind. Returns the
     output path and the fidelity record (None without verification), also written to
-    `fidelity_path(out)`.
+    `fidelity_path(out)`. `ref`, a loaded `LlavaReference`, saves loading the reference again.
     """
     from huatuo_convert.gguf_verify import check, verify_llm_gguf
 
@@ -60,7 +61,7 @@ def write_llm_gguf(
             finally:
                 intermediate.unlink(missing_ok=True)
         if verify:
-            fidelity = verify_llm_gguf(tmp, None, quant, ckpt=ckpt, threads=threads)
+            fidelity = verify_llm_gguf(tmp, ref, quant, ckpt=ckpt, threads=threads)
             check(fidelity)
     try:
         if fidelity is not None:

@@ -97,3 +97,20 @@ def test_every_loading_command_refuses_a_flipped_byte(flipped_bundle, tmp_path, 
     res = runner.invoke(cli, ["doctor", "--json"])
     assert res.exit_code == 1
     assert name in res.output
+
+
+def test_pickle_only_checkpoint_builds_a_bundle_only_with_allow_pickle(make_checkpoint, tmp_path):
+    """--allow-pickle reaches every step (LLM, ONNX export, mmproj), not only the LLM."""
+    import torch
+    from safetensors.torch import load_file
+
+    src = tmp_path / "ckpt"
+    shutil.copytree(make_checkpoint(shards=1), src)
+    torch.save(load_file(str(src / "model.safetensors")), src / "pytorch_model.bin")
+    (src / "model.safetensors").unlink()
+    runner = CliRunner()
+    res = runner.invoke(cli, ["convert", "all", str(src), str(tmp_path / "b"), "--quant", "f16"])
+    assert res.exit_code == 1 and "--allow-pickle" in res.output
+    res = runner.invoke(cli, ["convert", "all", str(src), str(tmp_path / "b"), "--quant", "f16", "--allow-pickle"])
+    assert res.exit_code == 0, res.output
+    assert load_bundle(tmp_path / "b").manifest.fidelity["end_to_end"]["identical"]
