@@ -53,3 +53,14 @@ def test_markdown_quotes_model_output(tmp_path):
     text = render_markdown(tmp_path, results(), [])
     assert "<script>" not in text and "\n# not a heading" not in text and "> # not a heading" in text
     assert NOTICE in text
+
+
+def test_reports_hash_bad_file_paths_that_errors_jsonl_keeps(tmp_path):
+    """errors.jsonl (owner-only) names the unusable file so it can be found; the shareable
+    reports show only a hash of its path, since export folders are often patient names."""
+    from huatuo_cli.batch.report import render_html, render_markdown, shown_item
+
+    errors = [{"kind": "file", "key": "DOE^JOHN/IM0001", "question": None, "reason": "truncated file"}]
+    for text in (render_markdown(tmp_path, [], errors), render_html(tmp_path, [], errors)):
+        assert "DOE" not in text and "truncated file" in text
+        assert shown_item(errors[0]) in text

@@ -54,6 +54,15 @@ def _by_study(results: list[dict]) -> dict[str, list[dict]]:
     return grouped
 
 
+def shown_item(error: dict) -> str:
+    """How an error's item appears in a report. Unusable files are keyed by their path in
+    errors.jsonl (owner-only, so the user can find them), but export folders are often named after
+    patients: reports, made to be shared, show a hash of the path instead."""
+    if error.get("kind") == "file":
+        return "file-" + hashlib.sha256(str(error.get("key", "")).encode("utf-8")).hexdigest()[:12]
+    return str(error.get("key") or "")
+
+
 def _md_text(text: str) -> str:
     """Markdown-safe block: quote each line so model output cannot start headings or HTML blocks."""
     return "\n".join("> " + escape(line, quote=False) for line in (text or "(no answer)").splitlines() or [""])
@@ -74,7 +83,7 @@ def render_markdown(out: Path, results: list[dict], errors: list[dict]) -> str:
     if errors:
         lines += ["## Errors", "", "| kind | item | question | reason |", "|---|---|---|---|"]
         for e in errors:
-            cells = [e["kind"], e["key"], e.get("question") or "", e["reason"]]
+            cells = [e["kind"], shown_item(e), e.get("question") or "", e["reason"]]
             lines.append("| " + " | ".join(escape(c, quote=False).replace("|", "\\|").replace("\n", " ")
                                            for c in cells) + " |")
     return "\n".join(lines) + "\n"
@@ -111,8 +120,8 @@ def render_html(out: Path, results: list[dict], errors: list[dict]) -> str:
     if errors:
         parts.append("<h2>Errors</h2><table><tr><th>kind</th><th>item</th><th>question</th><th>reason</th></tr>")
         for err in errors:
-            parts.append("<tr>" + "".join(f"<td>{e(str(err.get(k) or ''))}</td>"
-                                          for k in ("kind", "key", "question", "reason")) + "</tr>")
+            cells = (err.get("kind"), shown_item(err), err.get("question"), err.get("reason"))
+            parts.append("<tr>" + "".join(f"<td>{e(str(c or ''))}</td>" for c in cells) + "</tr>")
         parts.append("</table>")
     parts.append("</body></html>\n")
     return "\n".join(parts)
