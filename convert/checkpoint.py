@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.extras import require
@@ -327,8 +327,3 @@ def _clip_config(raw: dict[str, Any]) -> dict[str, Any]:
     defaults = {"num_channels": 3, "layer_norm_eps": 1e-5, "hidden_act": "quick_gelu", "projection_dim": 768}
     return {k: raw.get(k, defaults.get(k)) for k in keys if raw.get(k, defaults.get(k)) is not None}
 
-
-def iter_llm_tensors(ckpt: LlavaCheckpoint) -> Iterator[tuple[str, Any]]:
-    """Language-model tensors one at a time, in checkpoint order (streaming conversion)."""
-    for name in ckpt.llm_tensor_names():
-        yield name, ckpt.get(name)

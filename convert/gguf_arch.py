@@ -92,10 +92,6 @@ def arch_for(ckpt: LlavaCheckpoint) -> LlmArch:
     return _REGISTRY[name]
 
 
-def supported_architectures() -> list[str]:
-    return sorted(_REGISTRY)
-
-
 _GLOBAL = {
     "model.embed_tokens.weight": "token_embd.weight",
     "model.norm.weight": "output_norm.weight",

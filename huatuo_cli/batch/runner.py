@@ -24,7 +24,6 @@ from huatuo_cli.record import Answer, build_record
 
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
-EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 SR_DIR = "sr"
 

@@ -14,7 +14,7 @@ import ctypes
 import hashlib
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence, Union
 
@@ -49,11 +49,6 @@ class Generation:
     prefill_s: float
     decode_s: float
     stopped_by: str  # "eog", "stop-string", "max-tokens"
-    timings: dict = field(default_factory=dict)
-
-    @property
-    def tokens_per_s(self) -> float:
-        return len(self.tokens) / self.decode_s if self.decode_s > 0 else 0.0
 
 
 def apply_repetition_penalty(logits: np.ndarray, previous: Sequence[int], penalty: float) -> np.ndarray:

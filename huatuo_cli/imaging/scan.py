@@ -125,10 +125,6 @@ class Study:
     kind: str = "dicom"  # "dicom" or "images"
     series: list[Series] = field(default_factory=list)
 
-    @property
-    def modalities(self) -> list[str]:
-        return sorted({s.modality for s in self.series if s.modality})
-
 
 class Skipped(NamedTuple):
     """A file the scan could not use: its path (never print it), a PHI-free reason, a category."""
