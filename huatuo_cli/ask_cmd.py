@@ -10,13 +10,13 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
+from huatuo_cli.imaging.options import frame_option, window_option
 from huatuo_cli.privacy import NOTICE
 
-WINDOW_HELP = "auto (default), a CT preset (lung, mediastinum, bone, brain, ...), C,W (e.g. 40,400) or R/G/B presets"
-FRAME_HELP = "frame of multi-frame images: a 0-based index, mid or all (default: the middle frame)"
 DEVICE_HELP = "where the vision encoder runs: auto (TensorRT, CUDA, CPU: the first that loads), cpu, cuda or tensorrt"
 
 
@@ -37,33 +37,19 @@ def sampling_options(command):
     return command
 
 
-def check_window_frame(window: str, frame: str | None) -> None:
-    """Parse --window/--frame before any work, so a typo is a usage error (exit 2)."""
-    from huatuo_cli.errors import HuatuoError
-    from huatuo_cli.imaging import parse_frame, parse_window
-
-    for name, value, parse in (("--window", window, parse_window), ("--frame", frame, parse_frame)):
-        if value is None:
-            continue
-        try:
-            parse(value)
-        except HuatuoError as exc:
-            raise click.BadParameter(str(exc), param_hint=name) from exc
-
-
 @click.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.argument("question")
 @click.option("--model", "model_path", metavar="BUNDLE", help="model bundle (default: HUATUO_MODEL, config, models folder)")
-@click.option("--window", default="auto", show_default=True, help=WINDOW_HELP)
-@click.option("--frame", default=None, help=FRAME_HELP)
+@window_option()
+@frame_option()
 @sampling_options
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--images", type=click.IntRange(1, 6), default=6, show_default=True,
               help="most images sent from the given files and series folders (each costs 576 prompt positions)")
 @click.option("--json", "as_json", is_flag=True, help="print a versioned JSON result instead of streaming text")
 @click.option("-i", "--interactive", is_flag=True, help="then read follow-up questions from the terminal")
-def ask(paths: tuple[Path, ...], question: str, model_path: str | None, window: str, frame: str | None,
+def ask(paths: tuple[Path, ...], question: str, model_path: str | None, window: Any, frame: Any,
         max_tokens: int, temperature: float, seed: int, top_p: float,
         repetition_penalty: float, vision: str, device: str, images: int, as_json: bool, interactive: bool) -> None:
     """Ask QUESTION about the images in PATH (DICOM files, PNG/JPEG/TIFF, or series folders).
@@ -87,7 +73,6 @@ def ask(paths: tuple[Path, ...], question: str, model_path: str | None, window: 
     from huatuo_cli.record import answer_from_generation, build_record
 
     bundle = find_bundle(model_path)
-    check_window_frame(window, frame)
     study_key, audit_id, inputs = inputs_from_paths(paths, window=window, frame=frame, images=images)
     sampling = Sampling(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                         repetition_penalty=repetition_penalty, seed=seed)

@@ -18,7 +18,7 @@ from huatuo_cli.errors import HuatuoError
 from huatuo_cli.prompt import MAX_IMAGES
 
 
-def pick_representatives(series_list: Sequence[Any], limit: int = MAX_IMAGES, frame: str | None = None) -> list:
+def pick_representatives(series_list: Sequence[Any], limit: int = MAX_IMAGES, frame: Any = None) -> list:
     """Representatives of several series, shared out so each series shows up, `limit` in all.
 
     With an explicit `frame` each instance is picked once (the frame is the user's choice).
@@ -31,7 +31,7 @@ def pick_representatives(series_list: Sequence[Any], limit: int = MAX_IMAGES, fr
     return picks[:limit]
 
 
-def render(reps: Sequence[Any], *, window: str, frame: str | None, limit: int = MAX_IMAGES) -> StudyInputs:
+def render(reps: Sequence[Any], *, window: Any, frame: Any, limit: int = MAX_IMAGES) -> StudyInputs:
     """Decode the chosen images (imaging's viewer pipeline). Raises HuatuoError for a bad image.
 
     Each file is read and hashed once, however many of its frames are representatives.
@@ -56,7 +56,7 @@ def render(reps: Sequence[Any], *, window: str, frame: str | None, limit: int = 
     if len(images) > limit:
         raise HuatuoError(f"{len(images)} images selected; HuatuoGPT-Vision takes at most {limit}",
                           hint="pick one frame with --frame, or fewer files")
-    return StudyInputs(images=images, inputs=hashes, window="; ".join(windows) or window)
+    return StudyInputs(images=images, inputs=hashes, window="; ".join(windows) or getattr(window, "text", str(window)))
 
 
 def _dicom_sources(reps: Sequence[Any]) -> list[Path]:
@@ -68,7 +68,7 @@ def _dicom_sources(reps: Sequence[Any]) -> list[Path]:
     return out
 
 
-def jobs_from_folder(root: Path, *, per: str = "study", window: str = "auto", frame: str | None = None,
+def jobs_from_folder(root: Path, *, per: str = "study", window: Any = "auto", frame: Any = None,
                      images: int = MAX_IMAGES) -> list[Job | BadFile]:
     """Scan `root` (headers only) into batch jobs, one per study or per series, and bad files."""
     from huatuo_cli.imaging import scan
@@ -91,7 +91,7 @@ def jobs_from_folder(root: Path, *, per: str = "study", window: str = "auto", fr
     return jobs
 
 
-def inputs_from_paths(paths: Sequence[Path], *, window: str = "auto", frame: str | None = None,
+def inputs_from_paths(paths: Sequence[Path], *, window: Any = "auto", frame: Any = None,
                       images: int = MAX_IMAGES) -> tuple[str, str | None, StudyInputs]:
     """`ask`'s inputs: files and/or series folders -> (study key, audit id, decoded inputs).
 

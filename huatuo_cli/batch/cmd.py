@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
-from huatuo_cli.ask_cmd import DEVICE_HELP, FRAME_HELP, WINDOW_HELP, check_window_frame, sampling_options
+from huatuo_cli.ask_cmd import DEVICE_HELP, sampling_options
+from huatuo_cli.imaging.options import frame_option, window_option
 from huatuo_cli.privacy import NOTICE
 
 
@@ -39,14 +41,14 @@ def read_questions(question: tuple[str, ...], questions_file: Path | None) -> li
               help="one answer per study, or per series")
 @click.option("--sr", "write_srs", is_flag=True, help="also write one DICOM Comprehensive SR per study (unverified)")
 @click.option("--model", "model_path", metavar="BUNDLE", help="model bundle (default: HUATUO_MODEL, config, models folder)")
-@click.option("--window", default="auto", show_default=True, help=WINDOW_HELP)
-@click.option("--frame", default=None, help=FRAME_HELP)
+@window_option()
+@frame_option()
 @click.option("--images", type=click.IntRange(1, 6), default=6, show_default=True, help="images per study")
 @sampling_options
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True, help=DEVICE_HELP)
 @click.pass_context
 def batch(ctx: click.Context, folder: Path, out: Path, question: tuple[str, ...], questions_file: Path | None,
-          per: str, write_srs: bool, model_path: str | None, window: str, frame: str | None, images: int,
+          per: str, write_srs: bool, model_path: str | None, window: Any, frame: Any, images: int,
           max_tokens: int, temperature: float, seed: int, top_p: float,
           repetition_penalty: float, vision: str, device: str) -> None:
     """Ask every question of every study under FOLDER; write results, errors and reports to OUT.
@@ -73,7 +75,6 @@ def batch(ctx: click.Context, folder: Path, out: Path, question: tuple[str, ...]
     if out == root or root in out.parents:
         raise click.UsageError("--out must not be inside FOLDER (the outputs would be scanned as inputs)")
     bundle = find_bundle(model_path)
-    check_window_frame(window, frame)
     sampling = Sampling(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                         repetition_penalty=repetition_penalty, seed=seed)
     jobs = jobs_from_folder(root, per=per, window=window, frame=frame, images=images)
