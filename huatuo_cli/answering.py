@@ -21,7 +21,7 @@ def model_answerer(model: Any, sampling: Any) -> AnswerFn:
             first = Conversation(model, images=images)
             generation = first.ask(question, sampling)
             cache.update(images=images, embeds=first.image_embeds)
-            return answer_from_generation(generation, first.encode_s)
+            return answer_from_generation(generation)
         conversation = Conversation(model, images=images, image_embeds=cache["embeds"])
         return answer_from_generation(conversation.ask(question, sampling))
 

@@ -94,8 +94,7 @@ def ask(paths: tuple[Path, ...], question: str, model_path: str | None, window: 
             if not question:
                 break
             continue
-        encode_s, conversation.encode_s = conversation.encode_s, 0.0
-        answer = answer_from_generation(generation, encode_s)
+        answer = answer_from_generation(generation)
         audit.record("ask", model_id=model.info.model_id, study_id=audit_id, question=question,
                      answer_chars=len(answer.text), outcome="ok")
         if as_json:

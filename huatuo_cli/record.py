@@ -32,14 +32,14 @@ class Answer:
         return self.tokens / decode if decode > 0 else 0.0
 
 
-def answer_from_generation(generation: Any, encode_s: float = 0.0) -> Answer:
+def answer_from_generation(generation: Any) -> Answer:
     """An engine `Generation` (huatuo_cli.engine.llm) as an Answer."""
     return Answer(
         text=generation.text,
         tokens=len(generation.tokens),
         prompt_tokens=generation.prompt_tokens,
         stopped_by=generation.stopped_by,
-        timings={"encode_s": encode_s, "prefill_s": generation.prefill_s, "decode_s": generation.decode_s},
+        timings={"encode_s": generation.encode_s, "prefill_s": generation.prefill_s, "decode_s": generation.decode_s},
     )
 
 

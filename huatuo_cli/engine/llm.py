@@ -49,6 +49,7 @@ class Generation:
     prefill_s: float
     decode_s: float
     stopped_by: str  # "eog", "stop-string", "max-tokens"
+    encode_s: float = 0.0  # image encoding done for this answer (0 when the embeddings were reused)
 
 
 def apply_repetition_penalty(logits: np.ndarray, previous: Sequence[int], penalty: float) -> np.ndarray:

@@ -137,16 +137,17 @@ class Conversation:
     turns: list[Turn] = field(default_factory=list)
     #: computed on the first question; pass them in to ask several independent questions of one study
     image_embeds: list[np.ndarray] | None = None
-    encode_s: float = 0.0
 
     def ask(self, question: str, sampling: Sampling = Sampling(),
             on_text: Callable[[str], None] | None = None) -> Generation:
+        encode_s = 0.0
         if self.image_embeds is None:
             t0 = time.perf_counter()
             self.image_embeds = self.model.encode_images(self.images)
-            self.encode_s = time.perf_counter() - t0
+            encode_s = time.perf_counter() - t0
         images_now = len(self.images) if not self.turns else 0
         pending = self.turns + [Turn(question=question, images=images_now)]
         result = self.model.llm.generate(self.model.segments(pending, self.image_embeds), sampling, on_text)
         self.turns = pending[:-1] + [Turn(question=question, images=images_now, answer=result.text)]
+        result.encode_s = encode_s
         return result
