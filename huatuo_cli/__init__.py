@@ -5,3 +5,5 @@ transformers and no `huatuo_convert`: heavy imports happen inside the functions 
 """
 
 __version__ = "0.1.0"
+#: the name of huatuo's folders in the platform's config, data and cache directories
+APP_NAME = "huatuo"

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import platformdirs
 
+from huatuo_cli import APP_NAME as APP
 from huatuo_cli.privacy import append_line, open_private_fd, private_dir
 
-APP = "huatuo"
 LOG_NAME = "audit.jsonl"
 SALT_NAME = "audit.salt"
 SCHEMA = "huatuo.audit/1"

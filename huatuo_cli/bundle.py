@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from huatuo_cli import APP_NAME
 from huatuo_cli.errors import HuatuoError
 
 MANIFEST_NAME = "manifest.json"
@@ -171,7 +172,7 @@ class VerifiedCache:
         import platformdirs
 
         self.trust = trust
-        self.path = path or Path(platformdirs.user_cache_dir("huatuo")) / "verified-files.json"
+        self.path = path or Path(platformdirs.user_cache_dir(APP_NAME)) / "verified-files.json"
         try:
             self.entries: dict[str, list] = json.loads(self.path.read_text())
         except (OSError, ValueError):

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import platformdirs
 
+from huatuo_cli import APP_NAME as APP
 from huatuo_cli.bundle import MANIFEST_NAME
 from huatuo_cli.errors import HuatuoError
 
-APP = "huatuo"
 ENV_MODEL = "HUATUO_MODEL"
 INSTALL_HINT = (
     "make a bundle on the conversion server with `huatuo convert all SRC OUT`, then copy it to "

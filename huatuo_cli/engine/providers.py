@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from huatuo_cli import APP_NAME
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.prompt import MAX_IMAGES  # the TensorRT profile covers exactly 1..MAX_IMAGES
 
@@ -72,7 +73,7 @@ def trt_cache_dir(bundle_dir: Path | str, machine: str | None = None) -> Path:
         return bundle_dir / TRT_CACHE_DIR / machine
     import platformdirs
 
-    return Path(platformdirs.user_cache_dir("huatuo")) / TRT_CACHE_DIR / bundle_dir.name / machine
+    return Path(platformdirs.user_cache_dir(APP_NAME)) / TRT_CACHE_DIR / bundle_dir.name / machine
 
 
 def tensorrt_options(cache: Path, image_size: int, max_images: int = MAX_IMAGES) -> dict[str, Any]:
