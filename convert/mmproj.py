@@ -25,6 +25,7 @@ import numpy as np
 
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.extras import require
+from huatuo_convert.atomic import atomic_output
 from huatuo_convert.checkpoint import LlavaCheckpoint
 
 #: CLIPVisionModel state-dict name -> GGUF name; `None` = deliberately not written. Anything
@@ -92,8 +93,9 @@ def write_mmproj(src: Path | str | LlavaCheckpoint, out: Path | str, *, ftype: s
     std = [float(x) for x in ckpt.preprocessor_config["image_std"]]
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial")
-    try:
+    # existence was checked above with its own message; the temp file, fsync, rename and the
+    # disk-full message are the converters' shared ones
+    with atomic_output(out, force=True) as tmp:
         w = gguf.GGUFWriter(str(tmp), arch="clip")
         w.add_bool("clip.has_text_encoder", False)
         w.add_bool("clip.has_vision_encoder", True)
@@ -134,10 +136,6 @@ def write_mmproj(src: Path | str | LlavaCheckpoint, out: Path | str, *, ftype: s
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
-        tmp.rename(out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return out
 
 
