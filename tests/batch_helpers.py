@@ -2,22 +2,18 @@
 
 The model is not the subject of the batch tests: `describe` answers from the pixels themselves
 (size and mean), which is deterministic and lets a test tell which images an answer was given for.
-Decoding here is pydicom's own `pixel_array`, standing in for the imaging module until it is merged.
+Jobs come from the real scan (`huatuo_cli.inputs.jobs_from_folder`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from pydicom.data import get_testdata_file
 
-from huatuo_cli.batch.runner import BadFile, Job, StudyInputs
-from huatuo_cli.bundle import sha256_file
 from huatuo_cli.record import Answer
 
 #: file name -> (PatientName, PatientID) of the pydicom test files the batch tests use
@@ -48,40 +44,6 @@ def sample_folder(root: Path, *, truncated: bool = True, text_file: bool = True)
     if text_file:
         (root / "notes.txt").write_text("not an image\n")
     return root
-
-
-def decode(path: Path) -> Image.Image:
-    import pydicom
-
-    ds = pydicom.dcmread(path)
-    arr = ds.pixel_array.astype(np.float64)
-    if arr.ndim == 3 and arr.shape[-1] != 3:
-        arr = arr[0]
-    arr = (arr - arr.min()) / max(float(arr.max() - arr.min()), 1e-9) * 255
-    return Image.fromarray(arr.astype(np.uint8)).convert("RGB")
-
-
-def jobs_for(root: Path) -> list:
-    """One job per file that pydicom reads as an image; BadFile for the rest (like the scan will)."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    out: list = []
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        rel = path.relative_to(root).as_posix()
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-            uid = str(ds.StudyInstanceUID)
-        except (InvalidDicomError, AttributeError, OSError) as exc:
-            out.append(BadFile(key=rel, reason=f"not a DICOM image ({type(exc).__name__})"))
-            continue
-        key = "study-" + hashlib.sha256(uid.encode()).hexdigest()[:12]
-
-        def load(path=path) -> StudyInputs:
-            return StudyInputs(images=[decode(path)], inputs=[sha256_file(path)], window="default")
-
-        out.append(Job(key=key, load=load, sources=[path], audit_id=uid))
-    return out
 
 
 def describe(images: list, question: str) -> Answer:
