@@ -39,7 +39,11 @@ def isolated_user_dirs(tmp_path, monkeypatch):
 @pytest.fixture
 def no_network(monkeypatch):
     """Every socket refused, and none of the offline variables libraries look at: whatever runs
-    under this fixture must work on an air-gapped workstation as installed."""
+    under this fixture must work on an air-gapped workstation as installed.
+
+    Deliberately independent of (and stricter than) `huatuo_cli.offline.no_network`, which is part
+    of what is tested: a test's oracle should not be the code under test.
+    """
     import socket
 
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
