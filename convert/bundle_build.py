@@ -94,7 +94,7 @@ def build_bundle(
     log: Callable[[str], None] = lambda _msg: None,
 ) -> Manifest:
     """Convert, verify and assemble; OUT appears only when everything passed."""
-    from huatuo_convert.llm_gguf import fidelity_path, write_llm_gguf
+    from huatuo_convert.llm_gguf import write_llm_gguf
     from huatuo_convert.onnx_export import export_vision
     from huatuo_convert.reference import LlavaReference
 
@@ -113,22 +113,18 @@ def build_bundle(
         llm_file = LLM_NAME.format(quant=quant)
         log(f"language model -> {llm_file} (verified against the PyTorch reference)")
         ref = LlavaReference.load(ckpt)  # loaded once: the LLM check and the end-to-end check share it
-        _, fidelity["llm"] = write_llm_gguf(ckpt, work / llm_file, quant, threads=threads, ref=ref)
-        fidelity_path(work / llm_file).unlink(missing_ok=True)  # folded into the manifest
+        _, fidelity["llm"] = write_llm_gguf(ckpt, work / llm_file, quant, threads=threads, ref=ref, sidecar=False)
         log("vision tower + projector -> ONNX fp32/fp16 (validated)")
-        vision = export_vision(ckpt, work / VISION_DIR)
+        vision = export_vision(ckpt, work / VISION_DIR, sidecar=False)
         fidelity["vision"] = vision.fidelity
         roles = {f"{VISION_DIR}/{name}": _vision_role(name) for name in vision.files}
         roles = {path: role for path, role in roles.items() if role}
         if with_mmproj:
-            from huatuo_convert.mmproj import convert_mmproj, fidelity_path as mmproj_fidelity_path
+            from huatuo_convert.mmproj import convert_mmproj
 
             log(f"vision tower -> {MMPROJ_NAME} (llama.cpp mtmd; measured, see upstream defects)")
-            fidelity["mmproj"] = convert_mmproj(ckpt, work / MMPROJ_NAME, threads=threads or 2)
-            mmproj_fidelity_path(work / MMPROJ_NAME).unlink(missing_ok=True)
+            fidelity["mmproj"] = convert_mmproj(ckpt, work / MMPROJ_NAME, threads=threads or 2, sidecar=False)
             roles[MMPROJ_NAME] = "mmproj"
-        for stale in (work / VISION_DIR).glob("*.fidelity.json"):
-            stale.unlink()
         log("end to end: ONNX embeddings + GGUF vs the reference, first greedy tokens")
         fidelity["end_to_end"] = e2e = end_to_end(work, llm_file, ref)
         if quant in ("f32", "f16") and not e2e["identical"]:

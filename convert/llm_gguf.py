@@ -35,6 +35,7 @@ def write_llm_gguf(
     threads: int | None = None,
     on_tensor: Callable[[str], None] | None = None,
     ref: Any = None,
+    sidecar: bool = True,
 ) -> tuple[Path, dict[str, Any] | None]:
     """Write the language model of `ckpt` to `out` as GGUF of type `quant`; all or nothing.
 
@@ -42,6 +43,7 @@ def write_llm_gguf(
     temp file first; a failed gate raises HuatuoError and leaves nothing behind. Returns the
     output path and the fidelity record (None without verification), also written to
     `fidelity_path(out)`. `ref`, a loaded `LlavaReference`, saves loading the reference again.
+    `sidecar=False` (the bundle builder, which puts the figures in manifest.json) writes no sidecar.
     """
     from huatuo_convert.gguf_verify import check, verify_llm_gguf
 
@@ -63,6 +65,8 @@ def write_llm_gguf(
         if verify:
             fidelity = verify_llm_gguf(tmp, ref, quant, ckpt=ckpt, threads=threads)
             check(fidelity)
+    if not sidecar:
+        return out, fidelity
     try:
         if fidelity is not None:
             write_text_atomic(fidelity_path(out), json.dumps(fidelity, indent=2, ensure_ascii=False) + "\n")

@@ -182,17 +182,20 @@ def fidelity_path(mmproj: Path | str) -> Path:
     return mmproj.with_name(mmproj.stem + ".fidelity.json")
 
 
-def convert_mmproj(src: Path | str | LlavaCheckpoint, out: Path | str, *, ftype: str = "f16", threads: int = 2) -> dict:
-    """Write the mmproj, load it in llama.cpp's mtmd, measure it, write the sidecar; all or nothing."""
+def convert_mmproj(src: Path | str | LlavaCheckpoint, out: Path | str, *, ftype: str = "f16", threads: int = 2,
+                   sidecar: bool = True) -> dict:
+    """Write the mmproj, load it in llama.cpp's mtmd, measure it, write the sidecar (unless
+    `sidecar=False`: the bundle builder keeps the figures in manifest.json); all or nothing."""
     out = Path(out)
-    sidecar = fidelity_path(out)
-    if sidecar.exists():
-        raise HuatuoError(f"output {sidecar} already exists", hint="choose a new file name or remove it")
+    record = fidelity_path(out)
+    if sidecar and record.exists():
+        raise HuatuoError(f"output {record} already exists", hint="choose a new file name or remove it")
     ckpt = src if isinstance(src, LlavaCheckpoint) else LlavaCheckpoint.open(src)
     write_mmproj(ckpt, out, ftype=ftype)
     try:
         report = {"file": out.name, "type": ftype, **measure_mmproj(out, ckpt, threads=threads)}
-        sidecar.write_text(json.dumps(report, indent=2))
+        if sidecar:
+            record.write_text(json.dumps(report, indent=2))
     except BaseException:
         out.unlink(missing_ok=True)
         raise

@@ -112,11 +112,13 @@ def export_vision(
     fp16: bool = True,
     tolerances: dict | None = None,
     select_layer: int | None = None,
+    sidecar: bool = True,
 ) -> VisionExport:
     """Export, validate, and only then publish `out/` (which must not exist).
 
     `select_layer` overrides the checkpoint's (tests use it to prove validation can fail).
-    Raises HuatuoError, leaving nothing behind, when a file is out of tolerance.
+    Raises HuatuoError, leaving nothing behind, when a file is out of tolerance. `sidecar=False`
+    (the bundle builder, which puts the figures in manifest.json) leaves out vision.fidelity.json.
     """
     torch = require("torch")
     out = Path(out)
@@ -174,7 +176,8 @@ def export_vision(
             "images": [img["name"] for img in results[FP32_NAME]["images"]],
             "files": results,
         }
-        (tmp / FIDELITY_NAME).write_text(json.dumps(fidelity, indent=2))
+        if sidecar:
+            (tmp / FIDELITY_NAME).write_text(json.dumps(fidelity, indent=2))
         (tmp / PREPROCESSOR_NAME).write_text(json.dumps(preprocessor, indent=2))
         tmp.rename(out)
     except BaseException:

@@ -34,6 +34,7 @@ def test_bundle_on_unseen_dimensions_matches_reference_end_to_end(make_checkpoin
     for key in ("llm", "vision", "mmproj"):
         assert manifest["fidelity"][key]
     assert {f["role"] for f in manifest["files"]} == {"llm", "vision-fp32", "vision-fp16", "preprocessor", "mmproj"}
+    assert not list((tmp_path / "b").rglob("*.fidelity.json"))  # the figures live in manifest.json only
     assert manifest["source"]["config_sha256"] and manifest["prompt_format"] == "huatuo-v1"
     assert "llama_cpp_python" in manifest["tools"] or "llama-cpp-python" in manifest["tools"]
 
