@@ -11,16 +11,20 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-# torch first, pinned to the CPU wheel that ships on local disk; llama-cpp-python builds once and
-# is reused from pip's cache.
+# torch first, pinned to the CPU wheel that ships on local disk. llama-cpp-python is huatuo's portable
+# build (every x86-64 CPU variant, chosen at run time; packaging/llama_wheel.py): built once per
+# machine into a folder keyed by its build flags (~/.cache/huatuo-build), never taken from pip's
+# cache, which is keyed by the sdist alone and would hand back a -march=native build.
 install: $(BIN)/python
 	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/python packaging/llama_wheel.py --install $(BIN)/python
 	$(BIN)/pip install -q -e '.[cpu,convert,dev]'
 
-# Reference tools the tests compare against (dcmtk's dcm2pnm, dsrdump). Needs root on Debian.
+# What the tests run against: dcmtk (reference renderer, dsrdump), qemu-user (an older CPU),
+# binutils (objdump reads the AMX kernel). Needs root on Debian.
 system-deps:
-	@if ! command -v dcm2pnm >/dev/null 2>&1; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk >/dev/null; fi
+	@if ! command -v dcm2pnm >/dev/null 2>&1 || ! command -v qemu-x86_64 >/dev/null 2>&1 || ! command -v objdump >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk qemu-user binutils >/dev/null; fi
 
 # synthetic checkpoint -> verified bundle -> one question about a sample CT -> a batch over sample studies
 demo: install
