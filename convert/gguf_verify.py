@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from huatuo_cli.engine.cpu_backend import llama
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.extras import require
 from huatuo_cli.gguf_tokens import encode_chunks, encode_text
@@ -69,7 +70,7 @@ def logit_prompts() -> list[str]:
 
 
 def tokenizer_parity(gguf_path: Path, ref: LlavaReference) -> dict[str, Any]:
-    llama_cpp = require("llama_cpp")
+    llama_cpp = llama()
     vocab = llama_cpp.Llama(str(gguf_path), vocab_only=True, verbose=False)
     mismatches: list[dict[str, Any]] = []
     for text in TOKENIZER_CORPUS:
@@ -86,7 +87,7 @@ def tokenizer_parity(gguf_path: Path, ref: LlavaReference) -> dict[str, Any]:
 
 
 def logit_parity(gguf_path: Path, ref: LlavaReference, threads: int | None = None) -> dict[str, Any]:
-    llama_cpp = require("llama_cpp")
+    llama_cpp = llama()
     np = require("numpy")
     torch = require("torch")
     prompts = [sum(ref.tokenizer.encode_chunks(p), []) for p in logit_prompts()]

@@ -11,8 +11,8 @@ import ctypes
 import os
 from pathlib import Path
 
+from huatuo_cli.engine.cpu_backend import llama
 from huatuo_cli.errors import HuatuoError
-from huatuo_cli.extras import require
 from huatuo_convert.gguf_write import DIRECT_TYPES
 
 #: --quant name -> LLAMA_FTYPE of llama.cpp (llama.h)
@@ -35,7 +35,7 @@ def check_quant(quant: str) -> str:
 
 def llama_quantize(src: Path, dst: Path, quant: str, *, threads: int | None = None) -> None:
     """Quantize GGUF `src` into `dst` with llama.cpp (keeps all metadata, sets general.file_type)."""
-    llama_cpp = require("llama_cpp")
+    llama_cpp = llama()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = LLAMA_QUANTS[quant]
     params.nthread = threads or os.cpu_count() or 1

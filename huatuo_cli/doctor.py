@@ -122,17 +122,37 @@ def onnx_providers_check() -> list[Check]:
     return checks
 
 
-def llama_check() -> Check:
+def llama_check() -> list[Check]:
+    """The llama.cpp build, the CPU kernels chosen for this machine and their self-test verdict."""
+    from huatuo_cli.engine.cpu_backend import activate
+    from huatuo_cli.errors import HuatuoError
+
     try:
         import llama_cpp
     except ImportError:
-        return Check("llama.cpp", "fail", "llama-cpp-python not installed (pip install 'huatuo-cli[cpu]')")
+        return [Check("llama.cpp", "fail", "llama-cpp-python not installed (pip install 'huatuo-cli[cpu]')")]
+    try:
+        backend = activate()
+    except HuatuoError as exc:
+        return [Check("llama.cpp", "fail", str(exc))]
     offload = bool(llama_cpp.llama_supports_gpu_offload())
     info = llama_cpp.llama_print_system_info()
     info = info.decode() if isinstance(info, bytes) else str(info)
-    features = " ".join(part.split(":")[-1].strip() for part in info.split("|") if part.strip().endswith("= 1"))
-    detail = f"llama-cpp-python {llama_cpp.__version__}, GPU offload {'yes' if offload else 'no'}; {features}"
-    return Check("llama.cpp", "ok", detail, {"gpu_offload": offload, "system_info": info.strip()})
+    features = [part.split("=")[0].split(":")[-1].strip() for part in info.split("|") if part.strip().endswith("= 1")]
+    build = (f"portable build {backend.build_info['key']} (CPU variants chosen at run time)" if backend.build_info
+             else "single-CPU build (not huatuo's portable build: `make install` replaces it)")
+    kernels = [k for k in ("AVX2", "AVX512", "AVX512_VNNI", "AMX_INT8") if k in features]
+    kernels.append("repack on" if backend.repack else "repack off")
+    checks = [
+        Check("llama.cpp", "ok" if backend.build_info else "warn",
+              f"llama-cpp-python {llama_cpp.__version__}, {build}, GPU offload {'yes' if offload else 'no'}",
+              {"gpu_offload": offload, "system_info": info.strip(), "build": backend.build_info}),
+        Check("llama.cpp CPU kernels", "warn" if backend.fallback else "ok",
+              f"{backend.variant}: {' '.join(kernels)}; {backend.verdict}",
+              {"variant": backend.variant, "kernels": kernels, "repack": backend.repack,
+               "runnable_variants": backend.ranked, "selftest": backend.tested}),
+    ]
+    return checks
 
 
 def bundle_checks() -> list[Check]:
@@ -166,7 +186,7 @@ def run_checks() -> list[Check]:
         checks = [cpu_check(), memory_check(), gpu_check()]
         with no_network() as attempts:
             checks += onnx_providers_check()
-            checks.append(llama_check())
+            checks += llama_check()
             checks += bundle_checks()
     finally:
         os.environ.update(saved)

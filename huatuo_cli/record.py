@@ -74,7 +74,7 @@ def build_record(
         "answer": answer.text,
         "model": {k: info.get(k) for k in ("model_id", "bundle", "architecture", "quantization")} if info else {},
         "provider": {"vision": info.get("vision_provider"), "vision_note": info.get("vision_note"),
-                     "llm_gpu_offload": info.get("llm_gpu_offload")} if info else {},
+                     "llm_gpu_offload": info.get("llm_gpu_offload"), "llm_cpu": info.get("llm_cpu")} if info else {},
         "inputs": [{"sha256": h} for h in inputs],
         "window": window,
         "tokens": answer.tokens,

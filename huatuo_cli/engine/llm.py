@@ -12,7 +12,6 @@ from __future__ import annotations
 import codecs
 import ctypes
 import hashlib
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +19,10 @@ from typing import Callable, Sequence, Union
 
 import numpy as np
 
+from huatuo_cli.engine import cpu_backend
+from huatuo_cli.engine.cpu_backend import llama
+from huatuo_cli.engine.threads import default_threads
 from huatuo_cli.errors import HuatuoError
-from huatuo_cli.extras import require
 from huatuo_cli.prompt import USER_MARKER
 
 #: One prompt segment: token ids (a text chunk) or an image's embeddings [tokens, n_embd].
@@ -98,11 +99,6 @@ def _pending_stop_prefix(text: str) -> int:
     return max((k for stop in STOP_STRINGS for k in range(1, len(stop)) if text.endswith(stop[:k])), default=0)
 
 
-def default_threads() -> int:
-    """Physical-ish core count: llama.cpp prefill is compute-bound and hyperthreads do not help."""
-    return max(1, (os.cpu_count() or 2))
-
-
 class LlamaEngine:
     """A GGUF language model in llama.cpp with one sequence and our own decode loop."""
 
@@ -115,8 +111,9 @@ class LlamaEngine:
         n_batch: int = 512,
         n_gpu_layers: int | None = None,
     ) -> None:
-        llama_cpp = require("llama_cpp")
+        llama_cpp = llama()
         self._lib = llama_cpp
+        self.cpu_kernels = cpu_backend.describe()
         self.gpu_offload = bool(llama_cpp.llama_supports_gpu_offload())
         layers = (-1 if self.gpu_offload else 0) if n_gpu_layers is None else n_gpu_layers
         threads = n_threads or default_threads()

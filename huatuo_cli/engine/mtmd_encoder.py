@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from huatuo_cli.engine.cpu_backend import llama
 from huatuo_cli.engine.preprocess import PreprocessConfig, prepare_image
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.extras import require
@@ -41,8 +42,8 @@ class MtmdImageEncoder:
 
     def __init__(self, mmproj_path: Path | str, *, threads: int = 2, use_gpu: bool = False,
                  verbose: bool = False) -> None:
+        llama_cpp = llama()
         self.mtmd = require("llama_cpp.mtmd_cpp")
-        llama_cpp = require("llama_cpp")
         llama_cpp.llama_backend_init()
         if not verbose:
             _silence(llama_cpp, self.mtmd)

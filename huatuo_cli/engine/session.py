@@ -79,6 +79,7 @@ class ModelInfo:
     vision_provider: str
     vision_note: str | None
     llm_gpu_offload: bool
+    llm_cpu: str  # the llama.cpp CPU kernels in use, e.g. 'zen4, repack on'
 
 
 class VisionLanguageModel:
@@ -109,6 +110,7 @@ class VisionLanguageModel:
             vision_provider=self.encoder.provider,
             vision_note=self.encoder.fallback_note,
             llm_gpu_offload=self.llm.gpu_offload,
+            llm_cpu=self.llm.cpu_kernels,
         )
 
     def encode_images(self, images: Sequence) -> list[np.ndarray]:

@@ -1,0 +1,80 @@
+"""The CPU kernel self-test, run in a child process by `cpu_backend` so that a crash is caught.
+
+    python -m huatuo_cli.engine.cpu_selftest VARIANT_LIBRARY|"" MODEL.gguf [MODEL.gguf ...]
+
+Loads the given ggml CPU variant (none: the build's own), then decodes 64 tokens in batches of 32
+through each tiny GGUF (`cpu_backend.SELFTEST_MODELS`, shipped in huatuo_cli/data: Q4_K_M, i.e.
+Q4_K and Q6_K weights, and Q8_0), first with weight repacking
+off, then on, and prints one JSON line per stage. Batches of two or more tokens are what reach the
+AMX and repacked kernels (a single token takes another path), and every weight row is 256 wide so
+that the AMX kernels take the weights at all. The repacked logits must match the plain ones: a
+kernel that computes garbage is as unusable as one that crashes.
+
+HUATUO_SELFTEST_FAULT=repack makes this child dereference NULL before the repacked decode (a real
+SIGSEGV), for the tests of the guard that must see a child die where the AMX defect kills it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+TOKENS = 64
+BATCH = 32
+#: largest |repacked - plain| logit difference allowed, relative to the largest |plain| logit
+MAX_REL_DIFF = 0.05
+
+
+def _report(stage: str, result: str, **extra) -> None:
+    print(json.dumps({"stage": stage, "result": result, **extra}), flush=True)
+
+
+def _logits(llama_cpp, model: Path) -> np.ndarray:
+    llm = llama_cpp.Llama(str(model), n_ctx=TOKENS * 2, n_batch=BATCH, n_ubatch=BATCH, n_threads=2,
+                          n_threads_batch=2, logits_all=True, verbose=False)
+    try:
+        ids = np.random.default_rng(0).integers(0, llm.n_vocab(), TOKENS).tolist()
+        llm.eval(ids)
+        return np.array(llm.scores[:TOKENS], dtype=np.float32)
+    finally:
+        llm.close()
+
+
+def main(argv: list[str]) -> int:
+    from huatuo_cli.engine.cpu_backend import load_variant, set_repack
+    from huatuo_cli.engine.threads import apply_openmp_defaults
+
+    apply_openmp_defaults()
+    import llama_cpp
+
+    lib_dir = Path(llama_cpp.__file__).parent / "lib"
+    variant, models = argv[0], [Path(m) for m in argv[1:]]
+    missing = [m.name for m in models if not m.is_file()]
+    if not models or missing:
+        _report("plain", f"cannot run: self-test models missing {missing} (a broken install)")
+        return 1
+    if variant and not load_variant(lib_dir, Path(variant)):
+        _report("plain", "does not load")
+        return 1
+    set_repack(llama_cpp, False)
+    plain = [_logits(llama_cpp, m) for m in models]
+    _report("plain", "ok")
+    if os.environ.get("HUATUO_SELFTEST_FAULT") == "repack":
+        ctypes.string_at(0)  # SIGSEGV, as the miscompiled AMX kernel does
+    set_repack(llama_cpp, True)
+    worst = 0.0
+    for ref, model in zip(plain, models):
+        got = _logits(llama_cpp, model)
+        worst = max(worst, float(np.abs(got - ref).max() / max(1e-6, float(np.abs(ref).max()))))
+    _report("repack", "ok" if worst <= MAX_REL_DIFF else f"mismatch (max relative logit difference {worst:.3g})",
+            max_rel_diff=worst)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
