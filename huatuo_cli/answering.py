@@ -28,7 +28,8 @@ def model_answerer(model: Any, sampling: Any) -> AnswerFn:
     return answer
 
 
-def load_model(bundle: Any, *, device: str = "auto", vision: str = "onnx", n_ctx: int = 4096) -> Any:
+def load_model(bundle: Any, *, device: str = "auto", vision: str = "onnx", n_ctx: int = 4096,
+               threads: int | None = None) -> Any:
     from huatuo_cli.engine.session import VisionLanguageModel
 
-    return VisionLanguageModel(bundle, device=device, vision=vision, n_ctx=n_ctx)
+    return VisionLanguageModel(bundle, device=device, vision=vision, n_ctx=n_ctx, n_threads=threads)

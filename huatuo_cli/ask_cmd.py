@@ -22,6 +22,8 @@ DEVICE_HELP = "where the vision encoder runs: auto (TensorRT, CUDA, CPU: the fir
 
 def sampling_options(command):
     """Decoding and engine options shared by ask and batch."""
+    command = click.option("--threads", type=click.IntRange(1, 256), default=None,
+                           help="llama.cpp and ONNX Runtime threads [default: physical cores]")(command)
     command = click.option("--vision", type=click.Choice(["onnx", "mmproj"]), default="onnx", show_default=True,
                            help="image encoder: onnx (exact) or the bundle's mmproj through llama.cpp "
                                 "(inexact upstream graph, for comparison)")(command)
@@ -51,7 +53,7 @@ def sampling_options(command):
 @click.option("-i", "--interactive", is_flag=True, help="then read follow-up questions from the terminal")
 def ask(paths: tuple[Path, ...], question: str, model_path: str | None, window: Any, frame: Any,
         max_tokens: int, temperature: float, seed: int, top_p: float,
-        repetition_penalty: float, vision: str, device: str, images: int, as_json: bool, interactive: bool) -> None:
+        repetition_penalty: float, vision: str, threads: int | None, device: str, images: int, as_json: bool, interactive: bool) -> None:
     """Ask QUESTION about the images in PATH (DICOM files, PNG/JPEG/TIFF, or series folders).
 
     A folder contributes representative images of each series (at most 6 images in all).
@@ -76,7 +78,7 @@ def ask(paths: tuple[Path, ...], question: str, model_path: str | None, window: 
     study_key, audit_id, inputs = inputs_from_paths(paths, window=window, frame=frame, images=images)
     sampling = Sampling(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                         repetition_penalty=repetition_penalty, seed=seed)
-    model = load_model(bundle, device=device, vision=vision)
+    model = load_model(bundle, device=device, vision=vision, threads=threads)
     conversation = Conversation(model, images=inputs.images)
     click.echo(NOTICE, err=True)
     while True:

@@ -50,7 +50,7 @@ def read_questions(question: tuple[str, ...], questions_file: Path | None) -> li
 def batch(ctx: click.Context, folder: Path, out: Path, question: tuple[str, ...], questions_file: Path | None,
           per: str, write_srs: bool, model_path: str | None, window: Any, frame: Any, images: int,
           max_tokens: int, temperature: float, seed: int, top_p: float,
-          repetition_penalty: float, vision: str, device: str) -> None:
+          repetition_penalty: float, vision: str, threads: int | None, device: str) -> None:
     """Ask every question of every study under FOLDER; write results, errors and reports to OUT.
 
     OUT gets results.jsonl (one record per study and question, written as each finishes),
@@ -82,7 +82,7 @@ def batch(ctx: click.Context, folder: Path, out: Path, question: tuple[str, ...]
                f"{sum(1 for j in jobs if not hasattr(j, 'load'))} unusable files, {len(asked)} questions", err=True)
 
     def make_answerer():
-        model = load_model(bundle, device=device, vision=vision)
+        model = load_model(bundle, device=device, vision=vision, threads=threads)
         return model_answerer(model, sampling), model.info
 
     summary = run_batch(jobs, asked, out, make_answerer, write_srs=write_srs, progress=make_progress(), root=root)
