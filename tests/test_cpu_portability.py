@@ -1,0 +1,265 @@
+"""The engine runs on every x86-64 CPU: the portable build, the run-time self-test guard, qemu, AMX.
+
+What is real here: the installed llama.cpp build and its variant libraries, child processes that
+really die (a variant library that executes `ud2` or writes through NULL when ggml initialises it,
+and a self-test child that dereferences NULL before its repacked decode, where the miscompiled AMX
+kernel kills it), the whole `huatuo ask` on a converted tiny bundle, an older CPU emulated by
+`qemu-x86_64 -cpu Haswell`, and, where the machine has AMX, batched decodes through AMX-repacked
+Q4_K weights.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import llama_cpp
+from huatuo_cli.engine import cpu_backend
+from huatuo_cli.engine.threads import physical_cores
+
+ROOT = Path(__file__).resolve().parent.parent
+LIB_DIR = Path(llama_cpp.__file__).parent / "lib"
+HUATUO = [sys.executable, "-m", "huatuo_cli"]
+
+
+def _llama_wheel():
+    spec = importlib.util.spec_from_file_location("llama_wheel", ROOT / "packaging" / "llama_wheel.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _cpu_flags() -> set[str]:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.partition(":")[2].split())
+    return set()
+
+
+def _cpu_model() -> str:
+    return cpu_backend._cpu_model() or "unknown CPU"
+
+
+# --- the build ------------------------------------------------------------------------------------
+
+# objdump of ggml_backend_amx_mul_mat as GCC 12 -O3 compiles it without -fno-dse (seen here) and with it
+MISCOMPILED = """
+   8656e:	vpxor  %xmm0,%xmm0,%xmm0
+   86572:	vmovdqa64 %zmm0,0xc0(%rsp)
+   8657a:	movb   $0x1,0xc0(%rsp)
+   86582:	ldtilecfg 0xc0(%rsp)
+"""
+CORRECT = """
+   2ff1e:	vpxor  %xmm0,%xmm0,%xmm0
+   2ff22:	mov    0x0(%rip),%rdx
+   2ff29:	vmovdqa64 %zmm0,0xc0(%rsp)
+   2ff31:	vmovdqa 0x0(%rip),%xmm0
+   2ff39:	movb   $0x1,0xc0(%rsp)
+   2ff41:	mov    %rdx,0xf0(%rsp)
+   2ff49:	vmovdqa %xmm0,0xd0(%rsp)
+   2ff52:	ldtilecfg 0xc0(%rsp)
+"""
+
+
+def test_tile_config_check_tells_the_miscompiled_kernel_from_a_correct_one():
+    check = _llama_wheel().tile_config_stores
+    assert check(MISCOMPILED) == [{"colsb": False, "rows": False}]
+    assert check(CORRECT) == [{"colsb": True, "rows": True}]
+
+
+def test_installed_build_is_portable_with_every_cpu_variant():
+    info = cpu_backend.build_info(LIB_DIR)
+    assert info is not None, "llama-cpp-python is not huatuo's portable build (run `make install`)"
+    wheel = _llama_wheel()
+    assert info["cmake_flags"] == list(wheel.CMAKE_FLAGS) and info["key"] == wheel.build_key()["key"]
+    names = {p.name for p in LIB_DIR.glob("libggml-cpu-*.so")}
+    for variant in ("x64", "sse42", "haswell", "skylakex", "icelake", "zen4", "alderlake", "sapphirerapids"):
+        assert f"libggml-cpu-{variant}.so" in names
+    # the always-loaded libraries are built for plain x86-64: no AVX-512 register anywhere in them
+    for lib in ("libggml-base.so", "libllama.so"):
+        out = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(LIB_DIR / lib)], capture_output=True,
+                             text=True, check=True).stdout
+        assert "%zmm" not in out and "%ymm" not in out, f"{lib} is compiled for a newer CPU than x86-64"
+
+
+def test_installed_amx_kernel_loads_a_complete_tile_configuration():
+    assert _llama_wheel().check_amx_library(LIB_DIR / "libggml-cpu-sapphirerapids.so") == "ok"
+
+
+# --- threads ----------------------------------------------------------------------------------------
+
+def test_threads_follow_physical_cores_not_hyperthreads(tmp_path):
+    # 4 logical CPUs, 2 cores with 2 hyper-threads each
+    for cpu, core in ((0, 0), (1, 1), (2, 0), (3, 1)):
+        topo = tmp_path / f"cpu{cpu}" / "topology"
+        topo.mkdir(parents=True)
+        (topo / "physical_package_id").write_text("0\n")
+        (topo / "core_id").write_text(f"{core}\n")
+    assert physical_cores({0, 1, 2, 3}, sysfs=tmp_path) == 2
+    assert physical_cores({0, 2}, sysfs=tmp_path) == 1  # affinity to one core's two threads
+    assert physical_cores({0, 1, 2, 3}, sysfs=tmp_path / "missing") == 4
+
+
+# --- the run-time guard -------------------------------------------------------------------------------
+
+FAULTY_VARIANT = r"""
+int ggml_backend_score(void) { return 1 << 30; }  /* claims to be the best variant for this CPU */
+void * ggml_backend_init(void) {
+#ifdef FAULT_SIGILL
+    __builtin_trap();          /* ud2: SIGILL, as code for an instruction set this CPU lacks */
+#else
+    *(volatile int *)0 = 0;    /* SIGSEGV */
+#endif
+    return 0;
+}
+"""
+
+
+def variants_with_a_faulty_best(tmp_path: Path, fault: str) -> Path:
+    """The installed variant libraries plus one that ranks first and dies as ggml initialises it."""
+    folder = tmp_path / "variants"
+    folder.mkdir()
+    for lib in LIB_DIR.glob("libggml-cpu-*.so"):
+        (folder / lib.name).symlink_to(lib)
+    src = tmp_path / "faulty.c"
+    src.write_text(FAULTY_VARIANT)
+    subprocess.run(["cc", "-shared", "-fPIC", "-O0", f"-DFAULT_{fault}", "-o",
+                    str(folder / "libggml-cpu-zzfaulty.so"), str(src)], check=True)
+    return folder
+
+
+def ask(bundle: Path, env: dict, *prefix: str) -> subprocess.CompletedProcess:
+    from pydicom.data import get_testdata_file
+
+    ct = get_testdata_file("CT_small.dcm", download=False)
+    cmd = [*prefix, *HUATUO, "ask", "--json", "--max-tokens", "12", "--model", str(bundle), ct,
+           "Is there a pleural effusion?"]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+
+
+def guard_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "self-test" in line]
+
+
+@pytest.fixture
+def child_env(tmp_path):
+    env = dict(os.environ)
+    env.pop(cpu_backend.ENV_VARIANT, None)
+    env.pop(cpu_backend.ENV_REPACK, None)
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")  # no verdict from an earlier test
+    return env
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault,signal_name", [("SIGILL", "SIGILL"), ("SIGSEGV", "SIGSEGV")])
+def test_a_variant_that_dies_in_the_self_test_is_skipped_and_ask_still_answers(tmp_path, tiny_bundle, child_env,
+                                                                                 fault, signal_name):
+    baseline = ask(tiny_bundle, child_env)
+    assert baseline.returncode == 0, baseline.stderr
+    expected = json.loads(baseline.stdout)
+    assert guard_lines(baseline.stderr) == []  # nothing failed: nothing said
+
+    env = dict(child_env, XDG_CACHE_HOME=str(tmp_path / "cache2"),
+               HUATUO_CPU_VARIANTS_DIR=str(variants_with_a_faulty_best(tmp_path, fault)))
+    first = ask(tiny_bundle, env)
+    assert first.returncode == 0, first.stderr
+    assert "Segmentation fault" not in first.stderr and "Traceback" not in first.stderr
+    lines = guard_lines(first.stderr)
+    assert len(lines) == 1 and f"zzfaulty kernels died ({signal_name})" in lines[0], first.stderr
+    record = json.loads(first.stdout)
+    assert record["provider"]["llm_cpu"] == expected["provider"]["llm_cpu"]  # the next correct variant
+    assert record["tokens"] == expected["tokens"] and record["answer"] == expected["answer"]
+
+    # the verdict is cached for this machine and build: the next run neither re-tests nor says it again
+    verdicts = json.loads((tmp_path / "cache2" / "huatuo" / "cpu-selftest.json").read_text())["verdicts"]
+    assert verdicts["zzfaulty"]["plain"] == f"died ({signal_name})"
+    again = ask(tiny_bundle, env)
+    assert again.returncode == 0 and guard_lines(again.stderr) == [], again.stderr
+    assert json.loads(again.stdout)["tokens"] == expected["tokens"]
+
+    # doctor shows the verdict
+    doctor = subprocess.run([*HUATUO, "doctor", "--json"], capture_output=True, text=True, env=env)
+    checks = {c["name"]: c for c in json.loads(doctor.stdout)["checks"]}
+    kernels = checks["llama.cpp CPU kernels"]
+    assert kernels["status"] == "warn" and f"died ({signal_name})" in kernels["detail"]
+    assert kernels["data"]["selftest"]["zzfaulty"]["plain"] == f"died ({signal_name})"
+
+
+@pytest.mark.slow
+def test_a_self_test_that_dies_in_repacked_kernels_turns_repacking_off(tmp_path, tiny_bundle, child_env):
+    baseline = ask(tiny_bundle, child_env)
+    expected = json.loads(baseline.stdout)
+    variant = expected["provider"]["llm_cpu"].split(",")[0]
+    env = dict(child_env, HUATUO_SELFTEST_FAULT="repack", XDG_CACHE_HOME=str(tmp_path / "cache2"))
+    first = ask(tiny_bundle, env)
+    assert first.returncode == 0, first.stderr
+    lines = guard_lines(first.stderr)
+    assert len(lines) == 1 and "weight repacking died (SIGSEGV)" in lines[0], first.stderr
+    record = json.loads(first.stdout)
+    assert record["provider"]["llm_cpu"] == f"{variant}, repack off"
+    assert record["tokens"] == expected["tokens"]  # an F16 bundle: repacking never changed its arithmetic
+
+
+def test_self_test_passes_on_this_machine_and_picks_the_best_variant(tmp_path, child_env):
+    proc = subprocess.run([sys.executable, "-c", "from huatuo_cli.engine import cpu_backend as c; "
+                           "import json; print(json.dumps(c.activate().as_dict()))"],
+                          capture_output=True, text=True, env=child_env)
+    assert proc.returncode == 0, proc.stderr
+    backend = json.loads(proc.stdout)
+    assert backend["build"] == "portable" and backend["variant"] == backend["ranked"][0], backend
+    assert backend["repack"] and not backend["fallback"], backend
+    verdict = backend["tested"][backend["variant"]]
+    assert verdict["plain"] == "ok" and verdict["repack"] == "ok", (verdict, _cpu_model())
+
+
+# --- other CPUs -------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def tiny_q4_bundle(make_checkpoint, tmp_path_factory) -> Path:
+    """The demo's bundle: the default tiny checkpoint at q4_k_m."""
+    from huatuo_convert.bundle_build import build_bundle
+
+    out = tmp_path_factory.mktemp("bundle") / "tiny-q4_k_m"
+    build_bundle(make_checkpoint(), out, "q4_k_m")
+    return out
+
+
+@pytest.mark.slow
+def test_ask_under_an_emulated_haswell_cpu_answers_as_natively(tmp_path, tiny_q4_bundle, child_env):
+    qemu = shutil.which("qemu-x86_64")
+    assert qemu, "qemu-user is a test dependency (make system-deps installs it)"
+    emulated = ask(tiny_q4_bundle, child_env, qemu, "-cpu", "Haswell")
+    assert emulated.returncode == 0, emulated.stderr[-3000:]
+    record = json.loads(emulated.stdout)
+    # cpuid says Haswell (AVX2, no AVX-512): the haswell variant is chosen, not the host's
+    assert record["provider"]["llm_cpu"].startswith("haswell,"), record["provider"]
+    native = ask(tiny_q4_bundle, dict(child_env, HUATUO_CPU_VARIANT="haswell"))
+    assert native.returncode == 0, native.stderr
+    assert json.loads(native.stdout)["tokens"] == record["tokens"] and record["tokens"]
+
+
+@pytest.mark.skipif("amx_tile" not in _cpu_flags(), reason="needs a CPU with AMX (Intel Sapphire Rapids or later)")
+def test_amx_repacked_q4_k_weights_decode_in_batches(tmp_path, child_env):
+    """On AMX hardware: the sapphirerapids variant passes its self-test with repacking, and a batched
+    decode really goes through AMX buffers (llama.cpp logs their size)."""
+    print(f"running on {_cpu_model()}")
+    code = ("import json; from huatuo_cli.engine import cpu_backend as c; b = c.activate(); "
+            "print(json.dumps(b.as_dict()))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child_env)
+    assert proc.returncode == 0, proc.stderr
+    backend = json.loads(proc.stdout)
+    assert backend["variant"] == "sapphirerapids" and backend["repack"], (backend, _cpu_model())
+    model = Path(cpu_backend.__file__).parent.parent / "data" / "selftest-q4_k_m.gguf"
+    code = ("from huatuo_cli.engine.cpu_backend import llama; L = llama(); "
+            f"m = L.Llama({str(model)!r}, n_ctx=256, n_batch=64, n_ubatch=64, logits_all=True, verbose=True); "
+            "m.eval(list(range(5, 133))); print('decoded', len(m.scores))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child_env)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    assert "AMX" in proc.stderr and "decoded" in proc.stdout, proc.stderr[-2000:]
