@@ -22,7 +22,7 @@ import pytest
 
 import llama_cpp
 from huatuo_cli.engine import cpu_backend
-from huatuo_cli.engine.threads import physical_cores
+from huatuo_cli.engine.threads import BusyElsewhere, physical_cores, threads_for_now
 
 ROOT = Path(__file__).resolve().parent.parent
 LIB_DIR = Path(llama_cpp.__file__).parent / "lib"
@@ -105,6 +105,42 @@ def test_threads_follow_physical_cores_not_hyperthreads(tmp_path):
     assert physical_cores({0, 1, 2, 3}, sysfs=tmp_path) == 2
     assert physical_cores({0, 2}, sysfs=tmp_path) == 1  # affinity to one core's two threads
     assert physical_cores({0, 1, 2, 3}, sysfs=tmp_path / "missing") == 4
+
+
+def write_proc(proc: Path, total_busy: int, total_idle: int, own: int) -> None:
+    """A /proc with the two files BusyElsewhere reads: aggregate CPU ticks, and this process's."""
+    (proc / "self").mkdir(parents=True, exist_ok=True)
+    (proc / "stat").write_text(f"cpu  {total_busy} 0 0 {total_idle} 0 0 0 0 0 0\ncpu0 0 0 0 0 0 0 0 0 0 0\n")
+    (proc / "self" / "stat").write_text("4242 (python (x)) S " + " ".join(["0"] * 10) + f" {own} 0 0 0\n")
+
+
+def test_threads_follow_the_cores_other_processes_leave_idle(tmp_path, tiny_bundle):
+    from huatuo_cli.engine.llm import LlamaEngine
+
+    proc = tmp_path / "proc"
+    write_proc(proc, total_busy=1000, total_idle=1000, own=0)
+    busy = BusyElsewhere(proc)
+    busy.n_cpus = 2
+    # 1 s on 2 CPUs (200 ticks): 150 busy, 60 of them ours -> 0.9 cores busy elsewhere
+    write_proc(proc, total_busy=1150, total_idle=1050, own=60)
+    assert busy.cores() == pytest.approx(0.9)
+    write_proc(proc, total_busy=1151, total_idle=1050, own=60)  # 10 ms later: too short to tell
+    assert busy.cores() is None
+    assert threads_for_now(0.9, 2) == 1 and threads_for_now(0.2, 2) == 2 and threads_for_now(3.5, 2) == 1
+    assert threads_for_now(None, 4) == 4 and threads_for_now(1.0, 4) == 3
+
+    engine = LlamaEngine(tiny_bundle / "llm-f16.gguf", n_ctx=256, n_threads=None)
+    engine._busy = BusyElsewhere(proc)
+    engine._busy.n_cpus = 2
+    idle = engine.prefill([[1, 2, 3, 4]])
+    write_proc(proc, total_busy=1350, total_idle=1250, own=60)  # another process kept one core busy
+    loaded = engine.prefill([[1, 2, 3, 4]])
+    lib = engine._lib
+    assert engine.threads == 1 and lib.llama_n_threads(engine._ctx) == 1 == lib.llama_n_threads_batch(engine._ctx)
+    assert (idle == loaded).all()  # fewer threads, the same arithmetic
+    fixed = LlamaEngine(tiny_bundle / "llm-f16.gguf", n_ctx=256, n_threads=2)  # --threads 2
+    fixed.prefill([[1, 2, 3, 4]])
+    assert fixed._busy is None and lib.llama_n_threads(fixed._ctx) == 2
 
 
 # --- the run-time guard -------------------------------------------------------------------------------

@@ -38,7 +38,6 @@ from types import ModuleType
 import platformdirs
 
 from huatuo_cli import APP_NAME
-from huatuo_cli.engine.threads import apply_openmp_defaults
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.extras import require
 
@@ -114,7 +113,6 @@ def activate() -> CpuBackend:
     global _ACTIVE
     if _ACTIVE is not None:
         return _ACTIVE
-    apply_openmp_defaults()
     llama_cpp = require("llama_cpp")
     lib_dir = Path(llama_cpp.__file__).parent / "lib"
     variants_dir = Path(os.environ.get(ENV_VARIANTS_DIR) or lib_dir)
@@ -299,9 +297,8 @@ def run_selftest(variant: Variant) -> Verdict:
     data = resources.files("huatuo_cli").joinpath("data")
     models = [str(data.joinpath(name)) for name in SELFTEST_MODELS]
     cmd = [sys.executable, "-m", "huatuo_cli.engine.cpu_selftest", str(variant.path or ""), *models]
-    env = dict(os.environ, OMP_NUM_THREADS="2")
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=SELFTEST_TIMEOUT_S, env=env)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=SELFTEST_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         return Verdict("timed out", "not run")
     stages = {}

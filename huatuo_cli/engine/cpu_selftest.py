@@ -47,9 +47,6 @@ def _logits(llama_cpp, model: Path) -> np.ndarray:
 
 def main(argv: list[str]) -> int:
     from huatuo_cli.engine.cpu_backend import load_variant, set_repack
-    from huatuo_cli.engine.threads import apply_openmp_defaults
-
-    apply_openmp_defaults()
     import llama_cpp
 
     lib_dir = Path(llama_cpp.__file__).parent / "lib"

@@ -21,7 +21,7 @@ import numpy as np
 
 from huatuo_cli.engine import cpu_backend
 from huatuo_cli.engine.cpu_backend import llama
-from huatuo_cli.engine.threads import default_threads
+from huatuo_cli.engine.threads import BusyElsewhere, default_threads, threads_for_now
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.prompt import USER_MARKER
 
@@ -116,7 +116,10 @@ class LlamaEngine:
         self.cpu_kernels = cpu_backend.describe()
         self.gpu_offload = bool(llama_cpp.llama_supports_gpu_offload())
         layers = (-1 if self.gpu_offload else 0) if n_gpu_layers is None else n_gpu_layers
+        #: None: follow the idle physical cores before each answer (`threads`); else fixed (--threads)
+        self._busy = None if n_threads else BusyElsewhere()
         threads = n_threads or default_threads()
+        self.threads = threads
         try:
             self.llm = llama_cpp.Llama(
                 model_path=str(gguf_path),
@@ -219,6 +222,15 @@ class LlamaEngine:
         ptr = self._lib.llama_get_logits_ith(self._ctx, -1)
         return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
 
+    def _fit_threads(self) -> None:
+        """Give llama.cpp the physical cores nothing else is keeping busy right now (huatuo_cli.engine.threads)."""
+        if self._busy is None:
+            return
+        threads = threads_for_now(self._busy.cores())
+        if threads != self.threads:
+            self._lib.llama_set_n_threads(self._ctx, threads, threads)
+            self.threads = threads
+
     def prompt_length(self, segments: Sequence[Segment]) -> int:
         return sum(len(s) for s in segments)
 
@@ -232,6 +244,7 @@ class LlamaEngine:
         keys = _position_keys(segments)
         if not keys:
             raise ValueError("empty prompt")
+        self._fit_threads()
         keep = 0
         for a, b in zip(self._cached, keys):
             if a != b:
