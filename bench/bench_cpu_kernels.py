@@ -109,6 +109,9 @@ def child_direct(model: Path, prompt: int, decode: int, threads: int, variant: s
     cparams = L.llama_context_default_params()
     cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = prompt + decode + 8, N_BATCH, N_BATCH
     cparams.n_threads = cparams.n_threads_batch = threads
+    # the context huatuo's engine makes (llama-cpp-python's Llama: flash attention off), unless asked
+    cparams.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_ENABLED if os.environ.get("BENCH_FLASH_ATTN") else \
+        L.LLAMA_FLASH_ATTN_TYPE_DISABLED
     ctx = L.llama_init_from_model(mdl, cparams)
     vocab = L.llama_model_get_vocab(mdl)
     n_vocab = L.llama_vocab_n_tokens(vocab)
@@ -180,7 +183,8 @@ def kernels_table(args) -> None:
 
     threads = default_threads()
     print(f"# llama.cpp kernels: prompt {args.prompt} positions, decode {args.decode} tokens, {threads} threads, "
-          f"median of {args.rounds} rounds; {platform.machine()}, {_cpu_name()}")
+          f"median of {args.rounds} rounds (huatuo and direct back to back, order alternating; ratios pair by "
+          f"pair); {platform.machine()}, {_cpu_name()}")
     print("| model | quant | kernels | huatuo prefill tok/s | direct prefill tok/s | prefill ratio | "
           "huatuo decode tok/s | direct decode tok/s | decode ratio |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|")
@@ -189,18 +193,20 @@ def kernels_table(args) -> None:
             model = llm_gguf(shape, quant)
             for variant, repack in kernel_sets():
                 got: dict[str, list[dict]] = {"huatuo": [], "direct": []}
-                for _ in range(args.rounds):
-                    for driver in ("huatuo", "direct"):
+                for round_ in range(args.rounds):
+                    for driver in (("huatuo", "direct") if round_ % 2 == 0 else ("direct", "huatuo")):
                         got[driver].append(measure(driver, model, variant, repack, args, threads))
                 if any("error" in r for rows in got.values() for r in rows):
                     errors = [r["error"] for rows in got.values() for r in rows if "error" in r]
                     print(f"| {shape} | {quant} | {variant}, repack {'on' if repack else 'off'} | failed: {errors[0]} |")
                     continue
                 h, d = got["huatuo"], got["direct"]
-                hp, dp, hd, dd = (median(h, "prefill_tps"), median(d, "prefill_tps"), median(h, "decode_tps"),
-                                  median(d, "decode_tps"))
-                print(f"| {shape} | {quant} | {h[0]['kernels']} | {hp:.1f} | {dp:.1f} | {hp / dp:.3f} | "
-                      f"{hd:.2f} | {dd:.2f} | {hd / dd:.3f} |", flush=True)
+                # ratios pair by pair (the two ran back to back), then their median: robust to drift
+                rp = statistics.median(a["prefill_tps"] / b["prefill_tps"] for a, b in zip(h, d))
+                rd = statistics.median(a["decode_tps"] / b["decode_tps"] for a, b in zip(h, d))
+                print(f"| {shape} | {quant} | {h[0]['kernels']} | {median(h, 'prefill_tps'):.1f} | "
+                      f"{median(d, 'prefill_tps'):.1f} | {rp:.3f} | {median(h, 'decode_tps'):.2f} | "
+                      f"{median(d, 'decode_tps'):.2f} | {rd:.3f} |", flush=True)
 
 
 def load_table(args) -> None:
@@ -236,9 +242,9 @@ def load_table(args) -> None:
 
 
 def _cpu_name() -> str:
-    from huatuo_cli.engine.cpu_backend import _cpu_model
+    from huatuo_cli.engine.cpu_verdicts import cpu_model
 
-    return _cpu_model() or platform.processor()
+    return cpu_model() or platform.processor()
 
 
 def main() -> None:

@@ -148,7 +148,7 @@ def llama_check() -> list[Check]:
               f"llama-cpp-python {llama_cpp.__version__}, {build}, GPU offload {'yes' if offload else 'no'}",
               {"gpu_offload": offload, "system_info": info.strip(), "build": backend.build_info}),
         Check("llama.cpp CPU kernels", "warn" if backend.fallback else "ok",
-              f"{backend.variant}: {' '.join(kernels)}; {backend.verdict}",
+              f"{' '.join(kernels)}; {backend.verdict}",
               {"variant": backend.variant, "kernels": kernels, "repack": backend.repack,
                "runnable_variants": backend.ranked, "selftest": backend.tested}),
     ]

@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from huatuo_cli.engine import cpu_backend
+from huatuo_cli.engine import cpu_verdicts
 from huatuo_convert.checkpoint import LlavaCheckpoint
 from huatuo_convert.llm_gguf import write_llm_gguf
 from huatuo_convert.synth import SynthSpec, write_synthetic_checkpoint
@@ -31,7 +31,7 @@ def main(out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = LlavaCheckpoint.open(write_synthetic_checkpoint(Path(tmp) / "ckpt", SPEC))
-        cpu_backend.SELFTEST_MODELS = ("selftest-q8_0.gguf",)
+        cpu_verdicts.SELFTEST_MODELS = ("selftest-q8_0.gguf",)
         for quant in QUANTS:
             out = out_dir / f"selftest-{quant}.gguf"
             write_llm_gguf(ckpt, out, quant, force=True, verify=False, name="huatuo-cpu-selftest", sidecar=False)

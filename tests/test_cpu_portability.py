@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 import llama_cpp
-from huatuo_cli.engine import cpu_backend
+from huatuo_cli.engine import cpu_backend, cpu_verdicts
 from huatuo_cli.engine.threads import BusyElsewhere, physical_cores, threads_for_now
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,7 +44,7 @@ def _cpu_flags() -> set[str]:
 
 
 def _cpu_model() -> str:
-    return cpu_backend._cpu_model() or "unknown CPU"
+    return cpu_verdicts.cpu_model() or "unknown CPU"
 
 
 # --- the build ------------------------------------------------------------------------------------
@@ -233,7 +233,8 @@ def test_a_self_test_that_dies_in_repacked_kernels_turns_repacking_off(tmp_path,
     baseline = ask(tiny_bundle, child_env)
     expected = json.loads(baseline.stdout)
     variant = expected["provider"]["llm_cpu"].split(",")[0]
-    env = dict(child_env, HUATUO_SELFTEST_FAULT="repack", XDG_CACHE_HOME=str(tmp_path / "cache2"))
+    # repacking asked for (here it is used only where it is AMX), and the child dies where AMX did
+    env = dict(child_env, HUATUO_SELFTEST_FAULT="repack", HUATUO_CPU_REPACK="1", XDG_CACHE_HOME=str(tmp_path / "cache2"))
     first = ask(tiny_bundle, env)
     assert first.returncode == 0, first.stderr
     lines = guard_lines(first.stderr)
@@ -250,7 +251,7 @@ def test_self_test_passes_on_this_machine_and_picks_the_best_variant(tmp_path, c
     assert proc.returncode == 0, proc.stderr
     backend = json.loads(proc.stdout)
     assert backend["build"] == "portable" and backend["variant"] == backend["ranked"][0], backend
-    assert backend["repack"] and not backend["fallback"], backend
+    assert backend["repack"] == (backend["variant"] in cpu_backend.AMX_VARIANTS) and not backend["fallback"], backend
     verdict = backend["tested"][backend["variant"]]
     assert verdict["plain"] == "ok" and verdict["repack"] == "ok", (verdict, _cpu_model())
 
@@ -279,6 +280,22 @@ def test_ask_under_an_emulated_haswell_cpu_answers_as_natively(tmp_path, tiny_q4
     native = ask(tiny_q4_bundle, dict(child_env, HUATUO_CPU_VARIANT="haswell"))
     assert native.returncode == 0, native.stderr
     assert json.loads(native.stdout)["tokens"] == record["tokens"] and record["tokens"]
+
+
+@pytest.mark.slow
+def test_ask_answers_with_a_q4_k_m_bundle_of_hidden_1024(make_checkpoint, tmp_path_factory, child_env):
+    """The issue's reproducer: real Q4_K rows (1024 = 4 k-quant blocks) through batched prefill of
+    the image positions; on an AMX machine that is the AMX-repacked path that used to die."""
+    from huatuo_convert.bundle_build import build_bundle
+
+    bundle = tmp_path_factory.mktemp("bundle") / "hidden1024-q4_k_m"
+    build_bundle(make_checkpoint(hidden_size=1024, intermediate_size=2048, num_heads=8, num_kv_heads=2), bundle,
+                 "q4_k_m")
+    done = ask(bundle, child_env)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    record = json.loads(done.stdout)
+    assert record["tokens"] and record["provider"]["llm_cpu"], record
+    print(f"answered on {_cpu_model()} with {record['provider']['llm_cpu']}")
 
 
 @pytest.mark.skipif("amx_tile" not in _cpu_flags(), reason="needs a CPU with AMX (Intel Sapphire Rapids or later)")

@@ -1,43 +1,42 @@
 """Load llama.cpp with the fastest CPU kernels that are proven correct on this machine.
 
 huatuo's llama-cpp-python build (packaging/llama_wheel.py) ships ggml's CPU backend once per x86-64
-feature level (`libggml-cpu-haswell.so` .. `libggml-cpu-sapphirerapids.so`). llama-cpp-python does
-not load them itself (ggml looks beside the Python executable and in the current folder), so this
+feature level (`libggml-cpu-x64.so` .. `libggml-cpu-sapphirerapids.so`). llama-cpp-python does not
+load them itself (ggml looks beside the Python executable and in the current folder), so this
 module does, before llama.cpp initialises:
 
 1. rank the variants by ggml's own `ggml_backend_score()` (0 = this CPU lacks an instruction set);
-2. for the best one, unless this machine and build already have a verdict, run a self-test in a
-   child process: batched decodes of tiny shipped GGUFs (Q4_K, Q6_K, Q8_0) first without weight
-   repacking, then with it (AMX and the AVX2/AVX-512 repacked layouts), compared to each other;
+2. for the best one, unless this machine and build already have a verdict (`cpu_verdicts`), run
+   the self-test in a child process (`cpu_selftest`): batched decodes of tiny shipped GGUFs
+   (Q4_K, Q6_K, Q8_0) without weight repacking, then with it (AMX, AVX2/AVX-512 layouts);
 3. a child that dies (SIGSEGV from the GCC-miscompiled AMX kernel, SIGILL from an instruction the
    CPU lacks) or disagrees rules out that path: repacking off, or the next variant. One line on
-   stderr says so, on the run that found it; the verdict is cached per machine and build
-   (`~/.cache/huatuo/cpu-selftest.json`) and shown by `huatuo doctor`.
+   stderr says so, on the run that found it; `huatuo doctor` shows the verdict.
+
+Weight repacking is used where it is AMX (the sapphirerapids variant, or a build whose one CPU
+backend has AMX) and not elsewhere: on the AVX-512 and AVX2 variants it slowed Q4_K prefill by
+25-35 % (1.5B-shaped model, Zen 4) for 15-25 % faster decoding, and on a CPU the time to first token
+is prefill (README "llama.cpp CPU kernels").
 
 Every process that runs llama.cpp (ask, batch, convert's verification, doctor, the benchmarks) gets
 the library through `llama()`. Overrides, for benchmarks and support: HUATUO_CPU_VARIANT=haswell
-(only that variant), HUATUO_CPU_REPACK=0 (no repacking), HUATUO_CPU_VARIANTS_DIR (where to look for
-the variant libraries). The self-test still runs on what is forced.
+(only that variant), HUATUO_CPU_REPACK=1 or 0 (repacking on or off whatever the variant),
+HUATUO_CPU_VARIANTS_DIR (where to look for the variant libraries). The self-test still runs on what
+is forced. Facts: docs/cpu.md.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import json
 import os
 import re
-import signal
-import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from pathlib import Path
 from types import ModuleType
 
-import platformdirs
-
-from huatuo_cli import APP_NAME
+from huatuo_cli.engine.cpu_verdicts import VerdictCache, cache_key, run_selftest
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.extras import require
 
@@ -48,12 +47,10 @@ ENV_VARIANTS_DIR = "HUATUO_CPU_VARIANTS_DIR"
 _VARIANT_FILE = re.compile(r"^libggml-cpu-(?P<name>[\w.-]+)\.so$")
 #: the name given to the one CPU backend of a build without variants (e.g. a native pip build)
 BUILTIN = "builtin"
+#: written into the wheel by packaging/llama_wheel.py
 BUILD_INFO = "huatuo_build.json"
-SELFTEST_TIMEOUT_S = 120
-#: tiny GGUFs in huatuo_cli/data that the self-test decodes (packaging/make_selftest_models.py)
-SELFTEST_MODELS = ("selftest-q4_k_m.gguf", "selftest-q8_0.gguf")
-#: bump when the self-test changes, so that old verdicts are not trusted
-SELFTEST_VERSION = 1
+#: variants whose weight repacking is AMX (ggml's CMake: sapphirerapids = ... AMX_TILE AMX_INT8)
+AMX_VARIANTS = frozenset({"sapphirerapids"})
 
 
 @dataclass(frozen=True)
@@ -64,19 +61,6 @@ class Variant:
 
 
 @dataclass
-class Verdict:
-    """What the self-test child showed for one variant: 'ok', 'died (SIGSEGV)', 'mismatch ...'."""
-
-    plain: str
-    repack: str
-    detail: str = ""
-
-    @property
-    def usable(self) -> bool:
-        return self.plain == "ok"
-
-
-@dataclass
 class CpuBackend:
     """The CPU kernels this process runs llama.cpp with, and why."""
 
@@ -84,10 +68,11 @@ class CpuBackend:
     build_info: dict | None
     variant: str
     repack: bool
-    verdict: str  # one sentence for doctor and the notice
+    verdict: str  # "zen4, weight repacking off, ...; self-test passed": for doctor and the notice
     ranked: list[str] = field(default_factory=list)  # variants this CPU can run, best first
     tested: dict[str, dict] = field(default_factory=dict)  # variant -> Verdict fields
     fallback: bool = False  # a faster path was ruled out by the self-test
+    found_now: bool = False  # this run ran the self-test that ruled it out
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -116,16 +101,15 @@ def activate() -> CpuBackend:
     llama_cpp = require("llama_cpp")
     lib_dir = Path(llama_cpp.__file__).parent / "lib"
     variants_dir = Path(os.environ.get(ENV_VARIANTS_DIR) or lib_dir)
-    variants = rank_variants(variants_dir)
-    backend = choose(variants, build_info(lib_dir), variants_dir)
+    backend = choose(rank_variants(variants_dir), build_info(lib_dir), variants_dir)
     if backend.build == "portable":
         path = variants_dir / f"libggml-cpu-{backend.variant}.so"
         if not load_variant(lib_dir, path):
             raise HuatuoError(f"llama.cpp could not load its CPU backend {path.name}")
     set_repack(llama_cpp, backend.repack)
     _ACTIVE = backend
-    if backend.fallback and backend.tested.get(backend.variant, {}).get("fresh"):
-        print(f"huatuo: {backend.verdict}", file=sys.stderr)
+    if backend.fallback and backend.found_now:
+        print(f"huatuo: llama.cpp CPU kernels {backend.verdict}", file=sys.stderr)
     return backend
 
 
@@ -170,9 +154,8 @@ def set_repack(llama_cpp: ModuleType, enabled: bool) -> None:
 
 def build_info(lib_dir: Path) -> dict | None:
     """What packaging/llama_wheel.py recorded about the installed build (None: another build)."""
-    path = lib_dir.parent / BUILD_INFO
     try:
-        return json.loads(path.read_text())
+        return json.loads((lib_dir.parent / BUILD_INFO).read_text())
     except (OSError, ValueError):
         return None
 
@@ -203,45 +186,15 @@ def rank_variants(folder: Path) -> list[Variant]:
     return sorted(found, key=lambda v: -v.score)
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return ""
-
-
-def cache_key(variants: list[Variant], variants_dir: Path, info: dict | None) -> str:
-    """This machine (CPU model, the features ggml sees) and this build (the libraries' identity)."""
-    identity = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(variants_dir.glob("libggml*.so"))]
-    blob = json.dumps([SELFTEST_VERSION, _cpu_model(), [(v.name, v.score) for v in variants], identity,
-                       info and info.get("key")], sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:24]
-
-
-def _cache_path() -> Path:
-    return Path(platformdirs.user_cache_dir(APP_NAME)) / "cpu-selftest.json"
-
-
-def _load_cache(key: str) -> dict:
-    try:
-        data = json.loads(_cache_path().read_text())
-        return data.get("verdicts", {}) if data.get("key") == key else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _save_cache(key: str, verdicts: dict) -> None:
-    path = _cache_path()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"key": key, "verdicts": verdicts}, indent=2))
-        os.replace(tmp, path)
-    except OSError:
-        pass  # an unwritable cache costs a self-test per run, nothing else
+def wants_repack(variant: Variant) -> bool:
+    """HUATUO_CPU_REPACK if set, else: repack where that means AMX (see the module's docstring)."""
+    forced = os.environ.get(ENV_REPACK)
+    if forced in ("0", "1"):
+        return forced == "1"
+    if variant.name == BUILTIN:
+        info = require("llama_cpp").llama_print_system_info()
+        return b"AMX_INT8 = 1" in (info if isinstance(info, bytes) else str(info).encode())
+    return variant.name in AMX_VARIANTS
 
 
 def choose(variants: list[Variant], info: dict | None, variants_dir: Path) -> CpuBackend:
@@ -256,60 +209,30 @@ def choose(variants: list[Variant], info: dict | None, variants_dir: Path) -> Cp
         if not variants:
             raise HuatuoError(f"{ENV_VARIANT}={forced}: no such CPU variant runs on this machine",
                               hint=f"one of: {', '.join(ranked)}")
-    want_repack = os.environ.get(ENV_REPACK, "1") != "0"
-    key = cache_key(variants, variants_dir, info)
-    verdicts = _load_cache(key)
+    cache = VerdictCache(cache_key([(v.name, v.score) for v in variants], variants_dir, info and info.get("key")))
     tested: dict[str, dict] = {}
     ruled_out: list[str] = []
+    found_now = False
     for variant in variants:
-        record = verdicts.get(variant.name)
-        if record is None:
-            record = asdict(run_selftest(variant)) | {"fresh": True}
-            verdicts[variant.name] = {k: v for k, v in record.items() if k != "fresh"}
-            _save_cache(key, verdicts)
-        tested[variant.name] = record
-        verdict = Verdict(record["plain"], record["repack"], record.get("detail", ""))
+        verdict = cache.get(variant.name)
+        if verdict is None:
+            verdict = run_selftest(variant.path)
+            cache.put(variant.name, verdict)
+            found_now = True
+        tested[variant.name] = asdict(verdict)
+        want_repack = wants_repack(variant)
         if not verdict.usable:
             ruled_out.append(f"{variant.name} kernels {verdict.plain}")
             continue
         repack = want_repack and verdict.repack == "ok"
         if want_repack and not repack:
             ruled_out.append(f"{variant.name} with weight repacking {verdict.repack}")
-        sentence = f"llama.cpp CPU kernels {variant.name}, weight repacking {'on' if repack else 'off'}"
-        if ruled_out:
-            sentence += f" (self-test: {'; '.join(ruled_out)}; using the next correct path)"
-        else:
-            sentence += " (self-test passed)"
-        return CpuBackend(build, info, variant.name, repack, sentence, ranked, tested, fallback=bool(ruled_out))
+        why = "" if want_repack else ", used only where it is AMX"
+        sentence = f"{variant.name}, weight repacking {'on' if repack else 'off'}{why}; "
+        sentence += f"self-test: {'; '.join(ruled_out)}; using the next correct path" if ruled_out else "self-test passed"
+        return CpuBackend(build, info, variant.name, repack, sentence, ranked, tested,
+                          fallback=bool(ruled_out), found_now=found_now)
     raise HuatuoError("llama.cpp's CPU kernels failed their self-test on this machine: " + "; ".join(ruled_out),
                       hint="run `huatuo doctor` and report its output")
 
 
-def _signal_name(code: int) -> str:
-    try:
-        return signal.Signals(-code).name
-    except ValueError:
-        return f"signal {-code}"
-
-
-def run_selftest(variant: Variant) -> Verdict:
-    """Run `huatuo_cli.engine.cpu_selftest` in a child for `variant`; a crash is a verdict, not ours."""
-    data = resources.files("huatuo_cli").joinpath("data")
-    models = [str(data.joinpath(name)) for name in SELFTEST_MODELS]
-    cmd = [sys.executable, "-m", "huatuo_cli.engine.cpu_selftest", str(variant.path or ""), *models]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=SELFTEST_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        return Verdict("timed out", "not run")
-    stages = {}
-    for line in proc.stdout.splitlines():
-        try:
-            item = json.loads(line)
-        except ValueError:
-            continue
-        stages[item.get("stage")] = item
-    died = f"died ({_signal_name(proc.returncode)})" if proc.returncode < 0 else f"failed (exit {proc.returncode})"
-    plain = stages.get("plain", {}).get("result") or died
-    repack = stages.get("repack", {}).get("result") or (died if plain == "ok" else "not run")
-    detail = "" if proc.returncode == 0 else proc.stderr.strip()[-300:]
-    return Verdict(plain, repack, detail)
