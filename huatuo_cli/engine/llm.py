@@ -20,7 +20,6 @@ from typing import Callable, Sequence, Union
 import numpy as np
 
 from huatuo_cli.engine import cpu_backend
-from huatuo_cli.engine.cpu_backend import llama
 from huatuo_cli.engine.threads import BusyElsewhere, default_threads, threads_for_now
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.prompt import USER_MARKER
@@ -111,7 +110,7 @@ class LlamaEngine:
         n_batch: int = 512,
         n_gpu_layers: int | None = None,
     ) -> None:
-        llama_cpp = llama()
+        llama_cpp = cpu_backend.llama()
         self._lib = llama_cpp
         self.cpu_kernels = cpu_backend.describe()
         self.gpu_offload = bool(llama_cpp.llama_supports_gpu_offload())
