@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 DEMO := demo-out
 
-.PHONY: venv install system-deps demo test test-fast bench clean
+.PHONY: venv install system-deps demo test test-fast package bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -39,8 +39,12 @@ demo: install
 test: install system-deps
 	$(BIN)/python -m pytest -q
 
+# the air-gapped artifact (packaging/README.md): dist/huatuo-offline-<version>-linux-x86_64/ and its tarball
+package: install
+	$(BIN)/python packaging/build_offline.py dist
+
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:
-	rm -rf $(VENV) $(DEMO) .pytest_cache
+	rm -rf $(VENV) $(DEMO) .pytest_cache dist

@@ -1,0 +1,158 @@
+"""Build the air-gapped artifact: one folder (and its tarball) that installs huatuo with no network.
+
+    python packaging/build_offline.py dist                      # demo bundle included
+    python packaging/build_offline.py dist --bundle /bundles/huatuo-7b-q4_k_m --bundle /bundles/other
+
+dist/huatuo-offline-<version>-linux-x86_64/ holds
+  wheelhouse/          huatuo's wheel and every runtime dependency for this platform and Python,
+                       the portable llama-cpp-python wheel among them (packaging/llama_wheel.py)
+  requirements.lock    one `name==version --hash=sha256:...` line per wheel (pip --require-hashes)
+  bundles/<name>/      model bundles, as `huatuo convert all` wrote them
+  sbom.cdx.json        CycloneDX SBOM of the environment the lock installs (cyclonedx-py)
+  install.sh           verify everything, then install (packaging/README.md)
+  README.md            the deployment guide
+  MANIFEST.sha256      sha256 of every other file (`sha256sum -c` format)
+
+The workstation wheelhouse is the `cpu` extra only: no torch, transformers or other server
+packages (checked here). Built in a hidden folder beside the output and renamed into place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+HERE = ROOT / "packaging"
+#: never in a workstation install (server side only)
+SERVER_ONLY = ("torch", "transformers", "optimum", "peft", "accelerate", "onnx", "safetensors", "sentencepiece")
+_WHEEL_NAME = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+)-")
+
+
+def _version() -> str:
+    text = (ROOT / "huatuo_cli" / "__init__.py").read_text()
+    return re.search(r'__version__ = "([^"]+)"', text).group(1)
+
+
+def _llama_wheel() -> Path:
+    spec = importlib.util.spec_from_file_location("llama_wheel", HERE / "llama_wheel.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.build(module.build_key(), None)
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def wheelhouse(out: Path) -> list[Path]:
+    """huatuo's wheel, the portable llama.cpp wheel, and what `huatuo-cli[cpu]` needs, as wheels."""
+    out.mkdir(parents=True)
+    pip = [sys.executable, "-m", "pip"]
+    subprocess.run([*pip, "wheel", "-q", "--no-deps", "-w", str(out), str(ROOT)], check=True)
+    shutil.copy2(_llama_wheel(), out)
+    (ours,) = out.glob("huatuo_cli-*.whl")
+    # --find-links: llama-cpp-python==0.3.36 resolves to the portable wheel, never to PyPI's sdist
+    subprocess.run([*pip, "download", "-q", "-d", str(out), "--find-links", str(out), "--only-binary=:all:",
+                    f"{ours}[cpu]"], check=True)
+    wheels = sorted(out.glob("*.whl"))
+    names = {_WHEEL_NAME.match(w.name)["name"].lower().replace("_", "-") for w in wheels}
+    leaked = sorted(names & set(SERVER_ONLY))
+    if leaked:
+        sys.exit(f"build_offline: server-only packages in the workstation wheelhouse: {leaked}")
+    return wheels
+
+
+def write_lock(wheels: list[Path], lock: Path) -> None:
+    lines = []
+    for wheel in wheels:
+        m = _WHEEL_NAME.match(wheel.name)
+        name = m["name"].replace("_", "-")
+        extra = "[cpu]" if name == "huatuo-cli" else ""
+        lines.append(f"{name}{extra}=={m['version']} --hash=sha256:{sha256(wheel)}")
+    lock.write_text("# pip install --no-index --find-links wheelhouse --require-hashes -r requirements.lock\n"
+                    + "\n".join(lines) + "\n")
+
+
+def demo_bundle(work: Path) -> Path:
+    """The demo's bundle (`make demo`): a tiny random checkpoint, converted and verified."""
+    huatuo = [sys.executable, "-m", "huatuo_cli"]
+    subprocess.run([*huatuo, "convert", "synth", str(work / "checkpoint"), "--arch", "llava-qwen2",
+                    "--vision-layout", "folder"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([*huatuo, "convert", "all", str(work / "checkpoint"), str(work / "huatuo-demo-q4_k_m"),
+                    "--quant", "q4_k_m"], check=True, stdout=subprocess.DEVNULL)
+    return work / "huatuo-demo-q4_k_m"
+
+
+def sbom(stage: Path, out: Path) -> None:
+    """Install the lock into a throwaway venv from the wheelhouse alone, and describe that venv."""
+    with tempfile.TemporaryDirectory(prefix="huatuo-sbom-") as tmp:
+        venv = Path(tmp) / "venv"
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([venv / "bin" / "python", "-m", "pip", "install", "-q", "--no-index", "--find-links",
+                        str(stage / "wheelhouse"), "--require-hashes", "-r", str(stage / "requirements.lock")],
+                       check=True)
+        subprocess.run([sys.executable, "-m", "cyclonedx_py", "environment", "--output-reproducible",
+                        "--of", "JSON", "-o", str(out), str(venv / "bin" / "python")], check=True)
+
+
+def write_manifest(stage: Path) -> None:
+    files = sorted(p for p in stage.rglob("*") if p.is_file() and p.name != "MANIFEST.sha256")
+    lines = [f"{sha256(p)}  {p.relative_to(stage).as_posix()}" for p in files]
+    (stage / "MANIFEST.sha256").write_text("\n".join(lines) + "\n")
+
+
+def build(out_dir: Path, bundles: list[Path]) -> Path:
+    name = f"huatuo-offline-{_version()}-linux-{platform.machine()}"
+    final = out_dir / name
+    stage = out_dir / f".{name}.partial"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    try:
+        write_lock(wheelhouse(stage / "wheelhouse"), stage / "requirements.lock")
+        with tempfile.TemporaryDirectory(prefix="huatuo-demo-") as tmp:
+            for bundle in bundles or [demo_bundle(Path(tmp))]:
+                if not (bundle / "manifest.json").is_file():
+                    sys.exit(f"build_offline: {bundle} is not a model bundle (no manifest.json)")
+                shutil.copytree(bundle, stage / "bundles" / bundle.name)
+        sbom(stage, stage / "sbom.cdx.json")
+        shutil.copy2(HERE / "install.sh", stage / "install.sh")
+        shutil.copy2(HERE / "README.md", stage / "README.md")
+        (stage / "VERSION").write_text(_version() + "\n")
+        write_manifest(stage)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(stage, final)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    with tarfile.open(out_dir / f"{name}.tar.gz", "w:gz") as tar:
+        tar.add(final, arcname=name)
+    return final
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, help="output folder (e.g. dist)")
+    parser.add_argument("--bundle", type=Path, action="append", default=[], help="model bundle to ship (repeatable)")
+    args = parser.parse_args()
+    final = build(args.out, args.bundle)
+    size = sum(p.stat().st_size for p in final.rglob("*") if p.is_file())
+    print(f"{final} ({size / 2**20:.0f} MiB; {final}.tar.gz)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Install huatuo from this offline artifact: verify every file first, then install without network.
+#
+#   ./install.sh [--prefix DIR] [--models DIR] [--python PYTHON]
+#   ./install.sh --uninstall [--prefix DIR]
+#
+# PREFIX (default /opt/huatuo as root, else ~/.local/opt/huatuo) gets <version>/venv and
+# bin/huatuo -> <version>/venv/bin/huatuo; another version installs beside it and takes bin/huatuo.
+# Bundles go to the machine-wide models folder (/usr/local/share/huatuo/models) or --models DIR,
+# each beside the ones already there. Nothing is changed unless MANIFEST.sha256 matches every file
+# and lists every file. See README.md.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+version="$(cat "$here/VERSION")"
+if [ "$(id -u)" = 0 ]; then prefix=/opt/huatuo; else prefix="$HOME/.local/opt/huatuo"; fi
+models="" python="python3.11" uninstall=0
+
+die() { echo "install.sh: $*" >&2; exit 1; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --prefix) prefix="$2"; shift 2 ;;
+    --models) models="$2"; shift 2 ;;
+    --python) python="$2"; shift 2 ;;
+    --uninstall) uninstall=1; shift ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    *) die "unknown option $1 (see --help)" ;;
+  esac
+done
+prefix="$(realpath -m "$prefix")"
+
+if [ "$uninstall" = 1 ]; then
+  [ -d "$prefix/$version" ] || die "huatuo $version is not installed in $prefix"
+  if [ "$(readlink "$prefix/bin/huatuo" 2>/dev/null)" = "$prefix/$version/venv/bin/huatuo" ]; then
+    rm -f "$prefix/bin/huatuo"
+  fi
+  rm -rf "$prefix/$version"
+  echo "removed huatuo $version from $prefix (model bundles, config and the audit log are kept)"
+  exit 0
+fi
+
+# 1. proof of integrity: every listed file has its hash, and no file is unlisted
+cd "$here"
+bad="$(sha256sum --quiet -c MANIFEST.sha256 2>/dev/null | sed -n 's/: FAILED.*$//p' || true)"
+[ -z "$bad" ] || die "refusing to install: these files differ from MANIFEST.sha256: $bad"
+sha256sum --quiet --status -c MANIFEST.sha256 || die "refusing to install: a file listed in MANIFEST.sha256 is missing"
+extra="$(comm -13 <(sed 's/^[0-9a-f]*  //' MANIFEST.sha256 | sort) \
+                  <(find . -type f ! -name MANIFEST.sha256 | sed 's|^\./||' | sort))"
+[ -z "$extra" ] || die "refusing to install: files not in MANIFEST.sha256: $extra"
+command -v "$python" >/dev/null || die "$python not found (huatuo needs Python 3.11; pass --python)"
+
+# 2. the environment, from the wheelhouse alone, every wheel checked against the lock
+venv="$prefix/$version/venv"
+[ ! -e "$prefix/$version" ] || die "huatuo $version is already installed in $prefix (--uninstall first)"
+mkdir -p "$prefix/bin"
+"$python" -m venv "$venv"
+PIP_CONFIG_FILE=/dev/null PIP_NO_INDEX=1 "$venv/bin/python" -m pip install -q --no-index --no-cache-dir \
+  --disable-pip-version-check --find-links "$here/wheelhouse" --require-hashes -r "$here/requirements.lock" \
+  || { rm -rf "${prefix:?}/$version"; die "pip refused the wheelhouse (see above); nothing installed"; }
+ln -sfn "$venv/bin/huatuo" "$prefix/bin/huatuo"
+
+# 3. bundles beside the ones already installed
+if [ -z "$models" ]; then
+  models="$("$venv/bin/python" -c 'from huatuo_cli.locate import models_dirs; print(models_dirs()[-1])')"
+fi
+mkdir -p "$models"
+installed=()
+for bundle in bundles/*/; do
+  [ -d "$bundle" ] || continue
+  name="$(basename "$bundle")" dest="$models/$(basename "$bundle")"
+  if [ -e "$dest" ] && ! cmp -s "$bundle/manifest.json" "$dest/manifest.json"; then
+    dest="$models/$name-$(sha256sum "$bundle/manifest.json" | cut -c1-12)"  # same name, other model
+  fi
+  if [ ! -e "$dest" ]; then
+    cp -r "$bundle" "$dest.partial" && chmod -R a+rX "$dest.partial" && mv "$dest.partial" "$dest"  # readable by every user
+  fi
+  installed+=("$dest")
+done
+
+# 4. the installed engine checks itself and every bundle it was given
+"$prefix/bin/huatuo" doctor
+for dest in "${installed[@]}"; do "$prefix/bin/huatuo" models verify "$dest"; done
+echo "installed huatuo $version: $prefix/bin/huatuo; bundles in $models"

@@ -1,0 +1,152 @@
+"""The air-gapped artifact: built here, installed with no network, refused when one byte differs.
+
+The artifact is the real one (`packaging/build_offline.py`, demo bundle included); installs run
+`install.sh` inside a network namespace with no interfaces (`unshare -n`, root), pip's index off,
+HOME in a temp folder; the installed `huatuo` then answers the demo question there, natively and
+under `qemu-x86_64 -cpu Haswell`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow  # every test here needs the built artifact (about a minute)
+
+ROOT = Path(__file__).resolve().parent.parent
+QUESTION = "Is there a pleural effusion?"
+
+
+@pytest.fixture(scope="session")
+def artifact(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("dist")
+    subprocess.run([sys.executable, str(ROOT / "packaging" / "build_offline.py"), str(out)], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    (folder,) = [p for p in out.iterdir() if p.is_dir() and p.name.startswith("huatuo-offline-")]
+    assert (out / f"{folder.name}.tar.gz").is_file()
+    return folder
+
+
+def offline_env(home: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "XDG_", "HUATUO_", "VIRTUAL_ENV"))}
+    return dict(env, HOME=str(home), PIP_INDEX_URL="http://127.0.0.1:9/nowhere", PATH=os.environ["PATH"])
+
+
+def install(folder: Path, prefix: Path, models: Path, home: Path, *extra: str) -> subprocess.CompletedProcess:
+    python = Path(sys.base_prefix) / "bin" / f"python{sys.version_info.major}.{sys.version_info.minor}"
+    cmd = ["unshare", "-n", str(folder / "install.sh"), "--prefix", str(prefix), "--models", str(models),
+           "--python", str(python), *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, env=offline_env(home), timeout=900)
+
+
+def test_artifact_holds_a_locked_runtime_without_server_packages(artifact):
+    wheels = sorted(p.name for p in (artifact / "wheelhouse").glob("*.whl"))
+    lock = (artifact / "requirements.lock").read_text()
+    assert any(w.startswith("llama_cpp_python-0.3.36") for w in wheels)
+    for wheel in wheels:  # every wheel is locked by hash
+        name = wheel.split("-")[0].replace("_", "-")
+        assert f"\n{name}" in lock or f"\n{name}[cpu]" in lock, wheel
+    assert lock.count("--hash=sha256:") == len(wheels)
+    for server in ("torch", "transformers", "optimum", "peft", "onnx-", "safetensors"):
+        assert not any(w.lower().startswith(server) for w in wheels), server
+    sbom = json.loads((artifact / "sbom.cdx.json").read_text())
+    assert sbom["bomFormat"] == "CycloneDX"
+    names = {c["name"].lower().replace("_", "-") for c in sbom["components"]}
+    assert {"huatuo-cli", "llama-cpp-python", "onnxruntime", "pydicom"} <= names, names
+    listed = {line.split("  ", 1)[1] for line in (artifact / "MANIFEST.sha256").read_text().splitlines()}
+    files = {p.relative_to(artifact).as_posix() for p in artifact.rglob("*") if p.is_file()}
+    assert listed == files - {"MANIFEST.sha256"}
+    assert list((artifact / "bundles").glob("*/manifest.json"))
+
+
+def test_install_with_no_network_then_ask_natively_and_on_an_older_cpu(artifact, tmp_path):
+    prefix, models, home = tmp_path / "prefix", tmp_path / "models", tmp_path / "home"
+    done = install(artifact, prefix, models, home)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "verified" in done.stdout
+    (bundle,) = models.iterdir()
+    huatuo = prefix / "bin" / "huatuo"
+    python = huatuo.resolve().parent / "python"
+    scan = subprocess.run([str(python), "-m", "huatuo_cli.samples", "scan"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    env = offline_env(home)
+
+    def ask(*prefix_cmd: str, **extra_env: str) -> dict:
+        cmd = ["unshare", "-n", *prefix_cmd, "--json", "--model", str(bundle), "--max-tokens", "16", scan, QUESTION]
+        res = subprocess.run(cmd, capture_output=True, text=True, env=dict(env, **extra_env), timeout=900)
+        assert res.returncode == 0, res.stderr[-3000:]
+        return json.loads(res.stdout)
+
+    native = ask(str(huatuo), "ask")
+    assert native["tokens"] > 0 and native["answer"]
+    emulated = ask("qemu-x86_64", "-cpu", "Haswell", str(python), "-m", "huatuo_cli", "ask")
+    assert emulated["provider"]["llm_cpu"].startswith("haswell,")
+    same_kernels = ask(str(huatuo), "ask", HUATUO_CPU_VARIANT="haswell")
+    assert emulated["answer"] == same_kernels["answer"] and emulated["tokens"] == same_kernels["tokens"]
+
+    # uninstall removes the program, keeps the bundles
+    gone = subprocess.run([str(artifact / "install.sh"), "--uninstall", "--prefix", str(prefix)],
+                          capture_output=True, text=True, env=env)
+    assert gone.returncode == 0, gone.stderr
+    assert not huatuo.exists() and not any(prefix.glob("0.*")) and (bundle / "manifest.json").is_file()
+
+
+@pytest.fixture
+def artifact_copy(artifact, tmp_path) -> Path:
+    copy = tmp_path / artifact.name
+    shutil.copytree(artifact, copy, symlinks=True)
+    return copy
+
+
+def _flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("victim", ["wheelhouse/llama_cpp_python-*.whl", "requirements.lock",
+                                    "bundles/*/llm-q4_k_m.gguf", "bundles/*/manifest.json"])
+def test_one_changed_byte_stops_the_install_before_it_changes_anything(artifact_copy, tmp_path, victim):
+    (target,) = artifact_copy.glob(victim)
+    _flip(target)
+    done = install(artifact_copy, tmp_path / "prefix", tmp_path / "models", tmp_path / "home")
+    assert done.returncode != 0
+    assert target.relative_to(artifact_copy).as_posix() in done.stderr, done.stderr
+    assert not (tmp_path / "prefix").exists() and not (tmp_path / "models").exists()
+
+
+def test_a_file_not_in_the_manifest_is_refused(artifact_copy, tmp_path):
+    (artifact_copy / "wheelhouse" / "extra-1.0-py3-none-any.whl").write_bytes(b"PK\x05\x06" + bytes(18))
+    done = install(artifact_copy, tmp_path / "prefix", tmp_path / "models", tmp_path / "home")
+    assert done.returncode != 0 and "wheelhouse/extra-1.0-py3-none-any.whl" in done.stderr, done.stderr
+    assert not (tmp_path / "prefix").exists()
+
+
+def test_a_wheel_not_in_the_lock_is_refused_even_with_a_rewritten_manifest(artifact_copy, tmp_path):
+    """Someone swaps a wheel for another build and regenerates MANIFEST.sha256: the lock still holds."""
+    wheelhouse = artifact_copy / "wheelhouse"
+    (click,) = wheelhouse.glob("click-*.whl")
+    # a valid wheel of the same name and version with one changed module: not the locked build
+    with zipfile.ZipFile(click) as src:
+        members = [(info, src.read(info)) for info in src.infolist()]
+    with zipfile.ZipFile(click, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info, data in members:
+            dst.writestr(info, data + b"\n# changed\n" if info.filename.endswith("__init__.py") else data)
+    lines = []
+    for line in (artifact_copy / "MANIFEST.sha256").read_text().splitlines():
+        digest, name = line.split("  ", 1)
+        if name == f"wheelhouse/{click.name}":
+            digest = subprocess.run(["sha256sum", str(click)], capture_output=True, text=True).stdout.split()[0]
+        lines.append(f"{digest}  {name}")
+    (artifact_copy / "MANIFEST.sha256").write_text("\n".join(lines) + "\n")
+    done = install(artifact_copy, tmp_path / "prefix", tmp_path / "models", tmp_path / "home")
+    assert done.returncode != 0 and "pip refused the wheelhouse" in done.stderr, done.stderr
+    assert "hash" in (done.stdout + done.stderr).lower()
+    assert not any((tmp_path / "prefix").glob("0.*")) and not (tmp_path / "models").exists()
