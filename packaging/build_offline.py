@@ -44,11 +44,11 @@ def _version() -> str:
     return re.search(r'__version__ = "([^"]+)"', text).group(1)
 
 
-def _llama_wheel() -> Path:
+def _llama_wheel(cuda_archs: str | None) -> Path:
     spec = importlib.util.spec_from_file_location("llama_wheel", HERE / "llama_wheel.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.build(module.build_key(), None)
+    return module.build(module.build_key(cuda_archs), None)
 
 
 def sha256(path: Path) -> str:
@@ -59,16 +59,17 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def wheelhouse(out: Path) -> list[Path]:
-    """huatuo's wheel, the portable llama.cpp wheel, and what `huatuo-cli[cpu]` needs, as wheels."""
+def wheelhouse(out: Path, cuda_archs: str | None = None) -> list[Path]:
+    """huatuo's wheel, the portable llama.cpp wheel, and what `huatuo-cli[cpu]` needs, as wheels
+    (with `cuda_archs`: the CUDA llama.cpp build and `huatuo-cli[gpu]`, i.e. onnxruntime-gpu)."""
     out.mkdir(parents=True)
     pip = [sys.executable, "-m", "pip"]
     subprocess.run([*pip, "wheel", "-q", "--no-deps", "-w", str(out), str(ROOT)], check=True)
-    shutil.copy2(_llama_wheel(), out)
+    shutil.copy2(_llama_wheel(cuda_archs), out)
     (ours,) = out.glob("huatuo_cli-*.whl")
     # --find-links: llama-cpp-python==0.3.36 resolves to the portable wheel, never to PyPI's sdist
     subprocess.run([*pip, "download", "-q", "-d", str(out), "--find-links", str(out), "--only-binary=:all:",
-                    f"{ours}[cpu]"], check=True)
+                    f"{ours}[{_extra(cuda_archs)}]"], check=True)
     wheels = sorted(out.glob("*.whl"))
     names = {_WHEEL_NAME.match(w.name)["name"].lower().replace("_", "-") for w in wheels}
     leaked = sorted(names & set(SERVER_ONLY))
@@ -77,13 +78,17 @@ def wheelhouse(out: Path) -> list[Path]:
     return wheels
 
 
-def write_lock(wheels: list[Path], lock: Path) -> None:
+def _extra(cuda_archs: str | None) -> str:
+    return "gpu" if cuda_archs else "cpu"
+
+
+def write_lock(wheels: list[Path], lock: Path, extra: str = "cpu") -> None:
     lines = []
     for wheel in wheels:
         m = _WHEEL_NAME.match(wheel.name)
         name = m["name"].replace("_", "-")
-        extra = "[cpu]" if name == "huatuo-cli" else ""
-        lines.append(f"{name}{extra}=={m['version']} --hash=sha256:{sha256(wheel)}")
+        extras = f"[{extra}]" if name == "huatuo-cli" else ""
+        lines.append(f"{name}{extras}=={m['version']} --hash=sha256:{sha256(wheel)}")
     lock.write_text("# pip install --no-index --find-links wheelhouse --require-hashes -r requirements.lock\n"
                     + "\n".join(lines) + "\n")
 
@@ -116,14 +121,14 @@ def write_manifest(stage: Path) -> None:
     (stage / "MANIFEST.sha256").write_text("\n".join(lines) + "\n")
 
 
-def build(out_dir: Path, bundles: list[Path]) -> Path:
-    name = f"huatuo-offline-{_version()}-linux-{platform.machine()}"
+def build(out_dir: Path, bundles: list[Path], cuda_archs: str | None = None) -> Path:
+    name = f"huatuo-offline-{_version()}-linux-{platform.machine()}" + ("-cuda" if cuda_archs else "")
     final = out_dir / name
     stage = out_dir / f".{name}.partial"
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
     try:
-        write_lock(wheelhouse(stage / "wheelhouse"), stage / "requirements.lock")
+        write_lock(wheelhouse(stage / "wheelhouse", cuda_archs), stage / "requirements.lock", _extra(cuda_archs))
         with tempfile.TemporaryDirectory(prefix="huatuo-demo-") as tmp:
             for bundle in bundles or [demo_bundle(Path(tmp))]:
                 if not (bundle / "manifest.json").is_file():
@@ -148,8 +153,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="output folder (e.g. dist)")
     parser.add_argument("--bundle", type=Path, action="append", default=[], help="model bundle to ship (repeatable)")
+    parser.add_argument("--cuda", metavar="ARCHS", help="GPU workstations: llama.cpp with CUDA for these GPU "
+                        "architectures (e.g. '80;89;90'; build on a server with nvcc) and onnxruntime-gpu")
     args = parser.parse_args()
-    final = build(args.out, args.bundle)
+    final = build(args.out, args.bundle, args.cuda)
     size = sum(p.stat().st_size for p in final.rglob("*") if p.is_file())
     print(f"{final} ({size / 2**20:.0f} MiB; {final}.tar.gz)")
 

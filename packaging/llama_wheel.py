@@ -40,6 +40,9 @@ CMAKE_FLAGS = (
     "-DCMAKE_C_FLAGS=-fno-dse",  # GCC 12 drops the AMX tile-config stores under RTL DSE
     "-DCMAKE_CXX_FLAGS=-fno-dse",
 )
+#: Added for a GPU server's build (`--cuda ARCHS`): ggml's CUDA backend as one more loadable library,
+#: for the GPU architectures given (e.g. "80;89;90"). Needs the CUDA toolkit (nvcc) on the build machine.
+CUDA_FLAGS = ("-DGGML_CUDA=ON",)
 #: Written into the wheel as llama_cpp/huatuo_build.json; `huatuo doctor` reads it back.
 BUILD_INFO = "huatuo_build.json"
 AMX_VARIANT = "libggml-cpu-sapphirerapids.so"
@@ -55,12 +58,19 @@ def compiler_identity() -> str:
     return out.splitlines()[0].strip()
 
 
-def build_key() -> dict:
+def cmake_flags(cuda_archs: str | None = None) -> list[str]:
+    flags = list(CMAKE_FLAGS)
+    if cuda_archs:
+        flags += [*CUDA_FLAGS, f"-DCMAKE_CUDA_ARCHITECTURES={cuda_archs}"]
+    return flags
+
+
+def build_key(cuda_archs: str | None = None) -> dict:
     """What the wheel's bytes depend on, and its short hash (the cache folder's name)."""
     info = {
         "package": "llama-cpp-python",
         "version": VERSION,
-        "cmake_flags": list(CMAKE_FLAGS),
+        "cmake_flags": cmake_flags(cuda_archs),
         "compiler": compiler_identity(),
         "machine": platform.machine(),
         "build": "portable",
@@ -147,7 +157,7 @@ def build(info: dict, sdist: Path | None) -> Path:
         work = Path(tmp)
         src = _sdist(work, sdist)
         (src / "llama_cpp" / BUILD_INFO).write_text(json.dumps(info, indent=2) + "\n")
-        env = dict(os.environ, CMAKE_ARGS=" ".join(CMAKE_FLAGS),
+        env = dict(os.environ, CMAKE_ARGS=" ".join(info["cmake_flags"]),
                    CMAKE_BUILD_PARALLEL_LEVEL=str(os.cpu_count() or 2))
         out = work / "wheel"
         print(f"llama_wheel: building llama-cpp-python {VERSION} for every x86-64 CPU (key {info['key']}); "
@@ -192,8 +202,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sdist", type=Path, help="llama_cpp_python-0.3.36.tar.gz (default: pip download)")
     parser.add_argument("--install", metavar="PYTHON", help="install the wheel into this interpreter if needed")
+    parser.add_argument("--cuda", metavar="ARCHS", help="add the CUDA backend for these GPU architectures, "
+                        "e.g. '80;89;90' (GPU server; needs nvcc)")
     args = parser.parse_args(argv)
-    info = build_key()
+    info = build_key(args.cuda)
     wheel = build(info, args.sdist)
     if args.install:
         if installed_key(args.install) != info["key"]:

@@ -257,6 +257,38 @@ def test_self_test_passes_on_this_machine_and_picks_the_best_variant(tmp_path, c
     assert verdict["plain"] == "ok" and verdict["repack"] == "ok", (verdict, _cpu_model())
 
 
+NO_GPU_BACKEND = r"""
+#include <stdio.h>
+#include <stdlib.h>
+void * ggml_backend_init(void) {           /* what a GPU backend does without its driver or a GPU */
+    FILE * seen = fopen(getenv("FAKE_GPU_SEEN"), "w");   /* ... after saying it was asked */
+    if (seen) fclose(seen);
+    return 0;
+}
+"""
+
+
+@pytest.mark.slow
+def test_a_gpu_backend_that_finds_no_gpu_leaves_the_answer_to_the_cpu(tmp_path, tiny_bundle, child_env):
+    """A CUDA build ships libggml-cuda.so beside the CPU variants; on a workstation without a usable
+    GPU it registers nothing, and the same answer comes from the CPU."""
+    baseline = ask(tiny_bundle, child_env)
+    folder = tmp_path / "variants"
+    folder.mkdir()
+    for lib in LIB_DIR.glob("libggml-cpu-*.so"):
+        (folder / lib.name).symlink_to(lib)
+    (tmp_path / "cuda.c").write_text(NO_GPU_BACKEND)
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(folder / "libggml-cuda.so"), str(tmp_path / "cuda.c")],
+                   check=True)
+    assert cpu_backend.gpu_backends(folder) == [folder / "libggml-cuda.so"]
+    seen = tmp_path / "gpu-backend-asked"
+    done = ask(tiny_bundle, dict(child_env, HUATUO_CPU_VARIANTS_DIR=str(folder), FAKE_GPU_SEEN=str(seen)))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert seen.exists()  # huatuo offered llama.cpp the GPU backend
+    record, expected = json.loads(done.stdout), json.loads(baseline.stdout)
+    assert record["provider"]["llm_gpu_offload"] is False and record["answer"] == expected["answer"]
+
+
 # --- other CPUs -------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")

@@ -150,3 +150,41 @@ def test_a_wheel_not_in_the_lock_is_refused_even_with_a_rewritten_manifest(artif
     assert done.returncode != 0 and "pip refused the wheelhouse" in done.stderr, done.stderr
     assert "hash" in (done.stdout + done.stderr).lower()
     assert not any((tmp_path / "prefix").glob("0.*")) and not (tmp_path / "models").exists()
+
+
+def test_a_new_version_and_a_changed_bundle_install_beside_the_old_ones(artifact, tmp_path):
+    prefix, models, home = tmp_path / "prefix", tmp_path / "models", tmp_path / "home"
+    assert install(artifact, prefix, models, home).returncode == 0
+    # the next release, as build_offline.py would write it: another VERSION, a re-exported bundle
+    newer = tmp_path / "newer"
+    shutil.copytree(artifact, newer)
+    (newer / "VERSION").write_text("0.1.1\n")
+    (bundle,) = (newer / "bundles").iterdir()
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["source"]["checkpoint"] = "re-exported"
+    (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    build_offline = _build_offline()
+    build_offline.write_manifest(newer)
+    done = install(newer, prefix, models, home)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    old_venv, new_venv = prefix / "0.1.0" / "venv", prefix / "0.1.1" / "venv"
+    assert (prefix / "bin" / "huatuo").resolve() == (new_venv / "bin" / "huatuo").resolve()
+    installed = sorted(p.name for p in models.iterdir())
+    assert len(installed) == 2 and installed[0] == bundle.name and installed[1].startswith(bundle.name + "-")
+    for name in installed:  # the old version and the old bundle stay usable
+        check = subprocess.run([str(old_venv / "bin" / "huatuo"), "models", "verify", str(models / name)],
+                               capture_output=True, text=True, env=offline_env(home))
+        assert check.returncode == 0, check.stdout + check.stderr
+    gone = subprocess.run([str(newer / "install.sh"), "--uninstall", "--prefix", str(prefix)], capture_output=True,
+                          text=True, env=offline_env(home))
+    assert gone.returncode == 0 and not (prefix / "bin" / "huatuo").exists() and (old_venv / "bin" / "huatuo").exists()
+
+
+def _build_offline():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("build_offline", ROOT / "packaging" / "build_offline.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -106,6 +106,8 @@ def activate() -> CpuBackend:
         path = variants_dir / f"libggml-cpu-{backend.variant}.so"
         if not load_variant(lib_dir, path):
             raise HuatuoError(f"llama.cpp could not load its CPU backend {path.name}")
+        for gpu in gpu_backends(variants_dir):  # a CUDA build (packaging/llama_wheel.py --cuda)
+            load_variant(lib_dir, gpu)  # no driver or no GPU: it does not register, the CPU answers
     set_repack(llama_cpp, backend.repack)
     _ACTIVE = backend
     if backend.fallback and backend.found_now:
@@ -113,8 +115,13 @@ def activate() -> CpuBackend:
     return backend
 
 
+def gpu_backends(folder: Path) -> list[Path]:
+    """ggml's other loadable backends in the build (libggml-cuda.so, ...): not base, not CPU."""
+    return [p for p in sorted(folder.glob("libggml-*.so")) if not p.name.startswith(("libggml-base", "libggml-cpu"))]
+
+
 def load_variant(lib_dir: Path, path: Path) -> bool:
-    """Register the CPU variant library `path` with the libggml that libllama uses.
+    """Register the backend library `path` (a CPU variant, or a GPU backend) with libllama's libggml.
 
     The wheel holds libggml as separate files (libggml.so, .so.0, ...; wheels have no symlinks), so
     it is found by its soname, which matches the copy libllama already loaded; opening another file
