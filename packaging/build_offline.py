@@ -20,7 +20,6 @@ packages (checked here). Built in a hidden folder beside the output and renamed 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.util
 import os
 import platform
@@ -31,6 +30,8 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
+
+from huatuo_cli.bundle import sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = ROOT / "packaging"
@@ -49,14 +50,6 @@ def _llama_wheel(cuda_archs: str | None) -> Path:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.build(module.build_key(cuda_archs), None)
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def wheelhouse(out: Path, cuda_archs: str | None = None) -> list[Path]:
@@ -88,7 +81,7 @@ def write_lock(wheels: list[Path], lock: Path, extra: str = "cpu") -> None:
         m = _WHEEL_NAME.match(wheel.name)
         name = m["name"].replace("_", "-")
         extras = f"[{extra}]" if name == "huatuo-cli" else ""
-        lines.append(f"{name}{extras}=={m['version']} --hash=sha256:{sha256(wheel)}")
+        lines.append(f"{name}{extras}=={m['version']} --hash=sha256:{sha256_file(wheel)}")
     lock.write_text("# pip install --no-index --find-links wheelhouse --require-hashes -r requirements.lock\n"
                     + "\n".join(lines) + "\n")
 
@@ -117,7 +110,7 @@ def sbom(stage: Path, out: Path) -> None:
 
 def write_manifest(stage: Path) -> None:
     files = sorted(p for p in stage.rglob("*") if p.is_file() and p.name != "MANIFEST.sha256")
-    lines = [f"{sha256(p)}  {p.relative_to(stage).as_posix()}" for p in files]
+    lines = [f"{sha256_file(p)}  {p.relative_to(stage).as_posix()}" for p in files]
     (stage / "MANIFEST.sha256").write_text("\n".join(lines) + "\n")
 
 
