@@ -1,6 +1,8 @@
 """Make the tiny GGUFs the CPU kernel self-test decodes (huatuo_cli/data/selftest-*.gguf).
 
-Run once on the conversion side (needs the `convert` extra); the files are committed. Rows are 256
+Run once on the conversion side (needs the `convert` extra); the files are committed. Also writes
+selftest-expected.npz: the models' plain logits as the x64 variant (plain C and SSE2, the reference
+every other variant must match) computes them. Rows are 256
 wide (hidden 256, FFN 512) because ggml's AMX kernels take a weight only when its rows are a whole
 number of 256-value k-quant blocks, and repacking needs the same; anything smaller would let the
 self-test pass without touching the kernels it exists for. One layer and a 640-row vocabulary keep
@@ -11,6 +13,7 @@ each file under 1 MB.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -31,11 +34,20 @@ def main(out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = LlavaCheckpoint.open(write_synthetic_checkpoint(Path(tmp) / "ckpt", SPEC))
-        cpu_verdicts.SELFTEST_MODELS = ("selftest-q8_0.gguf",)
+        cpu_verdicts.SELFTEST_MODELS = ("selftest-q8_0.gguf",)  # the q4_k_m file does not exist yet
+        cpu_verdicts.SELFTEST_EXPECTED = None  # nor the expected logits
         for quant in QUANTS:
             out = out_dir / f"selftest-{quant}.gguf"
             write_llm_gguf(ckpt, out, quant, force=True, verify=False, name="huatuo-cpu-selftest", sidecar=False)
             print(f"{out}: {out.stat().st_size} bytes")
+    import llama_cpp
+
+    x64 = Path(llama_cpp.__file__).parent / "lib" / "libggml-cpu-x64.so"
+    models = [str(out_dir / f"selftest-{quant}.gguf") for quant in ("q4_k_m", "q8_0")]
+    expected = out_dir / "selftest-expected.npz"
+    subprocess.run([sys.executable, "-m", "huatuo_cli.engine.cpu_selftest", str(x64), *models,
+                    "--save-expected", str(expected)], check=True)
+    print(f"{expected}: {expected.stat().st_size} bytes")
 
 
 if __name__ == "__main__":

@@ -289,6 +289,28 @@ def test_a_gpu_backend_that_finds_no_gpu_leaves_the_answer_to_the_cpu(tmp_path, 
     assert record["provider"]["llm_gpu_offload"] is False and record["answer"] == expected["answer"]
 
 
+def test_a_variant_whose_plain_kernels_compute_wrong_numbers_is_not_usable(tmp_path):
+    """The self-test child, real engine: logits off from the expected ones by more than the bound are
+    a 'mismatch' verdict (here the expectation is doubled, as a kernel with a wrong scale would be)."""
+    import numpy as np
+
+    data = Path(cpu_backend.__file__).parent.parent / "data"
+    models = [str(data / name) for name in cpu_verdicts.SELFTEST_MODELS]
+    best = cpu_backend.rank_variants(LIB_DIR)[0].path
+
+    def child(expected: Path) -> list[dict]:
+        out = subprocess.run([sys.executable, "-m", "huatuo_cli.engine.cpu_selftest", str(best), *models,
+                              "--expected", str(expected)], capture_output=True, text=True, check=True).stdout
+        return [json.loads(line) for line in out.splitlines()]
+
+    shipped = data / cpu_verdicts.SELFTEST_EXPECTED
+    assert [s["result"] for s in child(shipped)] == ["ok", "ok"]
+    with np.load(shipped) as arrays:
+        np.savez(tmp_path / "wrong.npz", **{k: v * 2 for k, v in arrays.items()})
+    (stage,) = child(tmp_path / "wrong.npz")
+    assert stage["stage"] == "plain" and stage["result"].startswith("mismatch"), stage
+
+
 # --- other CPUs -------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")

@@ -26,8 +26,10 @@ from huatuo_cli import APP_NAME
 SELFTEST_TIMEOUT_S = 120
 #: tiny GGUFs in huatuo_cli/data that the self-test decodes (packaging/make_selftest_models.py)
 SELFTEST_MODELS = ("selftest-q4_k_m.gguf", "selftest-q8_0.gguf")
+#: their plain logits as the x64 variant computed them (packaging/make_selftest_models.py)
+SELFTEST_EXPECTED: str | None = "selftest-expected.npz"
 #: bump when the self-test changes, so that old verdicts are not trusted
-SELFTEST_VERSION = 1
+SELFTEST_VERSION = 2
 
 
 @dataclass
@@ -100,6 +102,8 @@ def run_selftest(variant_path: Path | None) -> Verdict:
     data = resources.files("huatuo_cli").joinpath("data")
     models = [str(data.joinpath(name)) for name in SELFTEST_MODELS]
     cmd = [sys.executable, "-m", "huatuo_cli.engine.cpu_selftest", str(variant_path or ""), *models]
+    if SELFTEST_EXPECTED:  # None only while packaging/make_selftest_models.py makes these files
+        cmd += ["--expected", str(data.joinpath(SELFTEST_EXPECTED))]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=SELFTEST_TIMEOUT_S)
     except subprocess.TimeoutExpired:
