@@ -29,6 +29,7 @@ import tarfile
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Callable
 
 VERSION = "0.3.36"
 #: Everything passed to CMake. Changing any of it changes the cache key, hence a new build.
@@ -117,8 +118,63 @@ def tile_config_stores(disassembly: str) -> list[dict]:
     return found
 
 
+#: what ggml_tile_config_init (ggml-cpu/amx/mmq.cpp) loads: palette 1, then per tile colsb and rows
+AMX_TILE_CONFIG = bytes([1] + [0] * 15) + b"".join(c.to_bytes(2, "little") for c in (64, 64, 32, 32, 64, 64, 64, 64)) \
+    + bytes(16) + bytes([8, 8, 16, 16, 16, 16, 16, 16]) + bytes(8)
+_RIP_LOAD = re.compile(r"\bv?mov\w*\s+0x[0-9a-f]+\(%rip\),(%\w+)\s+#\s+([0-9a-f]+)")
+_REG_STORE = re.compile(r"\bv?mov\w*\s+(%\w+|\$0x[0-9a-f]+),(0x[0-9a-f]+|)\(%rsp\)")
+_WIDTH = {"x": 16, "y": 32, "z": 64, "r": 8, "e": 4}
+
+
+def tile_configs(disassembly: str, read: Callable[[int, int], bytes]) -> list[bytes]:
+    """The 64 bytes each `ldtilecfg OFF(%rsp)` loads, rebuilt from the stores before it.
+
+    Stores of registers loaded from .rodata (`mov ADDR(%rip),%reg` ... `mov %reg,OFF(%rsp)`) take
+    their bytes from the library itself (`read(address, size)`); immediates are taken as written.
+    """
+    lines = disassembly.splitlines()
+    configs = []
+    for i, line in enumerate(lines):
+        match = _LDTILECFG.search(line)
+        if not match:
+            continue
+        base = int(match.group(1) or "0", 16)
+        config = bytearray(64)
+        loaded: dict[str, bytes] = {}
+        for prev in lines[max(0, i - 24):i]:
+            if m := _RIP_LOAD.search(prev):
+                reg = m.group(1).lstrip("%")
+                loaded[reg] = read(int(m.group(2), 16), _WIDTH.get(reg[0], 8))
+            elif "xor" in prev and (z := re.search(r"%[xyz]mm(\d+)$", prev.strip())):
+                for kind in "xyz":  # a VEX/EVEX write of the xmm half zeroes the whole register
+                    loaded[f"{kind}mm{z.group(1)}"] = bytes(_WIDTH[kind])
+            elif m := _REG_STORE.search(prev):
+                src, off = m.group(1), int(m.group(2) or "0", 16) - base
+                if src.startswith("$"):
+                    data = int(src[1:], 16).to_bytes(1 if "movb" in prev else 4, "little")
+                else:
+                    data = loaded.get(src.lstrip("%"), b"")
+                if 0 <= off < 64 and data:
+                    config[off:off + len(data)] = data[:64 - off]
+        configs.append(bytes(config))
+    return configs
+
+
+def _reader(lib: Path, objdump: str) -> Callable[[int, int], bytes]:
+    def read(address: int, size: int) -> bytes:
+        out = subprocess.run([objdump, "-s", f"--start-address={address:#x}", f"--stop-address={address + size:#x}",
+                              str(lib)], capture_output=True, text=True, check=True).stdout
+        hexdata = ""
+        for line in out.splitlines():  # " ADDR HHHHHHHH HHHHHHHH HHHHHHHH HHHHHHHH  ascii"
+            if m := re.match(r"^ ([0-9a-f]+) ", line):
+                start = m.end()
+                hexdata += line[start:start + 35].replace(" ", "")
+        return bytes.fromhex(hexdata)[:size]
+    return read
+
+
 def check_amx_library(lib: Path) -> str:
-    """'ok' when every tile-config load in `lib` is preceded by its rows and colsb stores."""
+    """'ok' when every tile-config load in `lib` loads exactly ggml's configuration."""
     objdump = shutil.which("objdump")
     if objdump is None:
         return "unchecked: objdump not found (install binutils)"
@@ -130,6 +186,9 @@ def check_amx_library(lib: Path) -> str:
     bad = [n for n, load in enumerate(loads) if not (load["rows"] and load["colsb"])]
     if bad:
         return f"BROKEN: {len(bad)} of {len(loads)} ldtilecfg without rows/colsb stores (miscompiled AMX kernel)"
+    wrong = [c.hex() for c in tile_configs(out, _reader(lib, objdump)) if c != AMX_TILE_CONFIG]
+    if wrong:
+        return f"BROKEN: tile configuration {wrong[0]} is not ggml's {AMX_TILE_CONFIG.hex()}"
     return "ok"
 
 

@@ -57,21 +57,28 @@ MISCOMPILED = """
    86582:	ldtilecfg 0xc0(%rsp)
 """
 CORRECT = """
-   2ff1e:	vpxor  %xmm0,%xmm0,%xmm0
-   2ff22:	mov    0x0(%rip),%rdx
-   2ff29:	vmovdqa64 %zmm0,0xc0(%rsp)
-   2ff31:	vmovdqa 0x0(%rip),%xmm0
-   2ff39:	movb   $0x1,0xc0(%rsp)
-   2ff41:	mov    %rdx,0xf0(%rsp)
-   2ff49:	vmovdqa %xmm0,0xd0(%rsp)
-   2ff52:	ldtilecfg 0xc0(%rsp)
+   8601e:	vpxor  %xmm0,%xmm0,%xmm0
+   86022:	mov    0x105527(%rip),%rdx        # 18b550 <_ZTSN4ggml3cpu3amx17extra_buffer_typeE@@Base+0x6b0>
+   86029:	vmovdqa64 %zmm0,0xc0(%rsp)
+   86031:	vmovdqa 0x105507(%rip),%xmm0        # 18b540 <_ZTSN4ggml3cpu3amx17extra_buffer_typeE@@Base+0x6a0>
+   86039:	movb   $0x1,0xc0(%rsp)
+   86041:	mov    %rdx,0xf0(%rsp)
+   86049:	vmovdqa %xmm0,0xd0(%rsp)
+   86052:	ldtilecfg 0xc0(%rsp)
 """
+#: the .rodata those loads read in the built library: colsb[0..7], then rows[0..7]
+RODATA = {0x18b540: bytes.fromhex("40004000200020004000400040004000"), 0x18b550: bytes.fromhex("0808101010101010")}
 
 
 def test_tile_config_check_tells_the_miscompiled_kernel_from_a_correct_one():
-    check = _llama_wheel().tile_config_stores
-    assert check(MISCOMPILED) == [{"colsb": False, "rows": False}]
-    assert check(CORRECT) == [{"colsb": True, "rows": True}]
+    wheel = _llama_wheel()
+    assert wheel.tile_config_stores(MISCOMPILED) == [{"colsb": False, "rows": False}]
+    assert wheel.tile_config_stores(CORRECT) == [{"colsb": True, "rows": True}]
+    read = lambda address, size: RODATA[address][:size]  # noqa: E731
+    assert wheel.tile_configs(CORRECT, read) == [wheel.AMX_TILE_CONFIG]
+    assert wheel.tile_configs(MISCOMPILED, read) == [bytes([1]) + bytes(63)]  # palette only: rows 0, colsb 0
+    wrong_rows = {**RODATA, 0x18b550: bytes.fromhex("0808080810101010")}
+    assert wheel.tile_configs(CORRECT, lambda a, n: wrong_rows[a][:n]) != [wheel.AMX_TILE_CONFIG]
 
 
 def test_installed_build_is_portable_with_every_cpu_variant():
