@@ -95,22 +95,24 @@ _LDTILECFG = re.compile(r"ldtilecfg\s+(0x[0-9a-f]+|)\(%rsp\)")
 _STORE_RSP = re.compile(r"\bv?mov\w*\s+%?[\w$]+,(0x[0-9a-f]+|)\(%rsp\)")
 
 
+def _tile_loads(disassembly: str) -> list[tuple[int, list[str]]]:
+    """(config offset from %rsp, the 24 instructions before it) for each `ldtilecfg OFF(%rsp)`:
+    ggml builds the config right before loading it."""
+    lines = disassembly.splitlines()
+    return [(int(m.group(1) or "0", 16), lines[max(0, i - 24):i])
+            for i, line in enumerate(lines) if (m := _LDTILECFG.search(line))]
+
+
 def tile_config_stores(disassembly: str) -> list[dict]:
     """For each `ldtilecfg OFF(%rsp)`, which fields of the 64-byte config were stored before it.
 
     The config is palette (byte 0), colsb[16] (bytes 16..47) and rows[16] (bytes 48..63); a
-    correct build stores colsb and rows between the zeroing and the load. Only the 24 instructions
-    before each load are read: ggml builds the config right there.
+    correct build stores colsb and rows between the zeroing and the load.
     """
-    lines = disassembly.splitlines()
     found = []
-    for i, line in enumerate(lines):
-        match = _LDTILECFG.search(line)
-        if not match:
-            continue
-        base = int(match.group(1) or "0", 16)
+    for base, before in _tile_loads(disassembly):
         offsets = set()
-        for prev in lines[max(0, i - 24):i]:
+        for prev in before:
             store = _STORE_RSP.search(prev)
             if store:
                 offsets.add(int(store.group(1) or "0", 16) - base)
@@ -132,16 +134,11 @@ def tile_configs(disassembly: str, read: Callable[[int, int], bytes]) -> list[by
     Stores of registers loaded from .rodata (`mov ADDR(%rip),%reg` ... `mov %reg,OFF(%rsp)`) take
     their bytes from the library itself (`read(address, size)`); immediates are taken as written.
     """
-    lines = disassembly.splitlines()
     configs = []
-    for i, line in enumerate(lines):
-        match = _LDTILECFG.search(line)
-        if not match:
-            continue
-        base = int(match.group(1) or "0", 16)
+    for base, before in _tile_loads(disassembly):
         config = bytearray(64)
         loaded: dict[str, bytes] = {}
-        for prev in lines[max(0, i - 24):i]:
+        for prev in before:
             if m := _RIP_LOAD.search(prev):
                 reg = m.group(1).lstrip("%")
                 loaded[reg] = read(int(m.group(2), 16), _WIDTH.get(reg[0], 8))
