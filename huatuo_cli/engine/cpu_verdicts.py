@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 import platformdirs
 
 from huatuo_cli import APP_NAME
+from huatuo_cli.privacy import write_private
 
 SELFTEST_TIMEOUT_S = 120
 #: tiny GGUFs in huatuo_cli/data that the self-test decodes (packaging/make_selftest_models.py)
@@ -83,9 +83,7 @@ class VerdictCache:
         data = {"key": self.key, "verdicts": {name: v.__dict__ for name, v in self.verdicts.items()}}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(data, indent=2))
-            os.replace(tmp, self.path)
+            write_private(self.path, json.dumps(data, indent=2))
         except OSError:
             pass  # an unwritable cache costs a self-test per run, nothing else
 
