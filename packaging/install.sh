@@ -12,7 +12,6 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-version="$(cat "$here/VERSION")"
 if [ "$(id -u)" = 0 ]; then prefix=/opt/huatuo; else prefix="$HOME/.local/opt/huatuo"; fi
 models="" python="python3.11" uninstall=0
 
@@ -28,6 +27,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 prefix="$(realpath -m "$prefix")"
+version="$(cat "$here/VERSION" 2>/dev/null)" || die "no VERSION file: not a huatuo artifact"
 
 if [ "$uninstall" = 1 ]; then
   [ -d "$prefix/$version" ] || die "huatuo $version is not installed in $prefix"
@@ -41,9 +41,11 @@ fi
 
 # 1. proof of integrity: every listed file has its hash, and no file is unlisted
 cd "$here"
-bad="$(sha256sum --quiet -c MANIFEST.sha256 2>/dev/null | sed -n 's/: FAILED.*$//p' || true)"
-[ -z "$bad" ] || die "refusing to install: these files differ from MANIFEST.sha256: $bad"
-sha256sum --quiet --status -c MANIFEST.sha256 || die "refusing to install: a file listed in MANIFEST.sha256 is missing"
+checked=0
+report="$(sha256sum --quiet --strict -c MANIFEST.sha256 2>&1)" && checked=1  # one pass: bundles are gigabytes
+bad="$(sed -n 's/: FAILED.*$//p' <<<"$report")"
+[ -z "$bad" ] || die "refusing to install: these files differ from MANIFEST.sha256 or are missing: $bad"
+[ "$checked" = 1 ] || die "refusing to install: MANIFEST.sha256 does not check: $report"
 extra="$(comm -13 <(sed 's/^[0-9a-f]*  //' MANIFEST.sha256 | sort) \
                   <(find . -type f ! -name MANIFEST.sha256 | sed 's|^\./||' | sort))"
 [ -z "$extra" ] || die "refusing to install: files not in MANIFEST.sha256: $extra"

@@ -129,6 +129,14 @@ def test_a_file_not_in_the_manifest_is_refused(artifact_copy, tmp_path):
     assert not (tmp_path / "prefix").exists()
 
 
+def test_a_manifest_line_that_is_not_a_checksum_is_refused(artifact_copy, tmp_path):
+    with (artifact_copy / "MANIFEST.sha256").open("a") as manifest:
+        manifest.write("not a checksum line\n")
+    done = install(artifact_copy, tmp_path / "prefix", tmp_path / "models", tmp_path / "home")
+    assert done.returncode != 0 and "MANIFEST.sha256 does not check" in done.stderr, done.stderr
+    assert not (tmp_path / "prefix").exists()
+
+
 def test_a_wheel_not_in_the_lock_is_refused_even_with_a_rewritten_manifest(artifact_copy, tmp_path):
     """Someone swaps a wheel for another build and regenerates MANIFEST.sha256: the lock still holds."""
     wheelhouse = artifact_copy / "wheelhouse"
