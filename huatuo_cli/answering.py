@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from huatuo_cli.batch.runner import AnswerFn
+from huatuo_cli.jobs import AnswerFn
 from huatuo_cli.record import Answer, answer_from_generation
 
 

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from huatuo_cli.batch.runner import BadFile, Job, StudyInputs
+from huatuo_cli.jobs import BadFile, Job, StudyInputs
 from huatuo_cli.bundle import sha256_file
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.prompt import MAX_IMAGES

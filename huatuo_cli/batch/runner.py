@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -20,42 +20,17 @@ from huatuo_cli.batch.progress import PlainProgress, Progress
 from huatuo_cli.batch.report import save_thumbnails, study_slug, write_reports
 from huatuo_cli.batch.results import BatchState
 from huatuo_cli.errors import HuatuoError
-from huatuo_cli.record import Answer, build_record
+# the loop's types live in huatuo_cli.jobs (shared with ask); re-exported for existing callers
+from huatuo_cli.jobs import AnswerFn as AnswerFn
+from huatuo_cli.jobs import BadFile as BadFile
+from huatuo_cli.jobs import Job as Job
+from huatuo_cli.jobs import StudyInputs as StudyInputs
+from huatuo_cli.record import build_record
 
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
 EXIT_INTERRUPTED = 130
 SR_DIR = "sr"
-
-AnswerFn = Callable[[list, str], Answer]
-
-
-@dataclass
-class StudyInputs:
-    """A study's decoded images, ready for the model."""
-
-    images: list                       # PIL RGB images, in the order the model sees them
-    inputs: list[str]                  # content hashes of the input files
-    window: str | None = None          # the window actually applied (preset name or "C/W")
-
-
-@dataclass
-class Job:
-    """One unit of a batch: a study (or a series with --per series)."""
-
-    key: str                           # PHI-free and stable across runs: the resume key
-    load: Callable[[], StudyInputs]    # decodes the images; may raise for a bad study
-    series: str | None = None
-    sources: list[Path] = field(default_factory=list)  # DICOM files behind the images (SR references)
-    audit_id: str | None = None        # identifier the audit log hashes (e.g. StudyInstanceUID)
-
-
-@dataclass
-class BadFile:
-    """A file the scan could not use. `key` is its path relative to the batch folder."""
-
-    key: str
-    reason: str
 
 
 @dataclass
