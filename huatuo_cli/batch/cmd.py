@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from huatuo_cli.ask_cmd import DEVICE_HELP, sampling_options
 from huatuo_cli.imaging.options import frame_option, window_option
+from huatuo_cli.model_options import device_option, images_option, model_option, sampling_options
 from huatuo_cli.privacy import NOTICE
+
+if TYPE_CHECKING:
+    from huatuo_cli.engine.llm import Sampling
+    from huatuo_cli.engine.session import ModelInfo, VisionLanguageModel
+    from huatuo_cli.jobs import AnswerFn
 
 
 def read_questions(question: tuple[str, ...], questions_file: Path | None) -> list[str]:
@@ -40,17 +45,16 @@ def read_questions(question: tuple[str, ...], questions_file: Path | None) -> li
 @click.option("--per", type=click.Choice(["study", "series"]), default="study", show_default=True,
               help="one answer per study, or per series")
 @click.option("--sr", "write_srs", is_flag=True, help="also write one DICOM Comprehensive SR per study (unverified)")
-@click.option("--model", "model_path", metavar="BUNDLE", help="model bundle (default: HUATUO_MODEL, config, models folder)")
+@model_option
 @window_option()
 @frame_option()
-@click.option("--images", type=click.IntRange(1, 6), default=6, show_default=True, help="images per study")
+@images_option
 @sampling_options
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True, help=DEVICE_HELP)
+@device_option
 @click.pass_context
 def batch(ctx: click.Context, folder: Path, out: Path, question: tuple[str, ...], questions_file: Path | None,
           per: str, write_srs: bool, model_path: str | None, window: Any, frame: Any, images: int,
-          max_tokens: int, temperature: float, seed: int, top_p: float,
-          repetition_penalty: float, vision: str, threads: int | None, device: str) -> None:
+          sampling: Sampling, vision: str, threads: int | None, device: str) -> None:
     """Ask every question of every study under FOLDER; write results, errors and reports to OUT.
 
     OUT gets results.jsonl (one record per study and question, written as each finishes),
@@ -66,7 +70,6 @@ def batch(ctx: click.Context, folder: Path, out: Path, question: tuple[str, ...]
     from huatuo_cli.answering import load_model, model_answerer
     from huatuo_cli.batch.progress import make_progress
     from huatuo_cli.batch.runner import EXIT_INTERRUPTED, run_batch
-    from huatuo_cli.engine.llm import Sampling
     from huatuo_cli.inputs import jobs_from_folder
     from huatuo_cli.locate import find_bundle
 
@@ -75,17 +78,22 @@ def batch(ctx: click.Context, folder: Path, out: Path, question: tuple[str, ...]
     if out == root or root in out.parents:
         raise click.UsageError("--out must not be inside FOLDER (the outputs would be scanned as inputs)")
     bundle = find_bundle(model_path)
-    sampling = Sampling(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-                        repetition_penalty=repetition_penalty, seed=seed)
     jobs = jobs_from_folder(root, per=per, window=window, frame=frame, images=images)
     click.echo(f"{NOTICE}\n{sum(1 for j in jobs if hasattr(j, 'load'))} {per} jobs, "
                f"{sum(1 for j in jobs if not hasattr(j, 'load'))} unusable files, {len(asked)} questions", err=True)
 
-    def make_answerer():
+    loaded: list[VisionLanguageModel] = []  # at most one; closed whatever happens
+
+    def make_answerer() -> tuple[AnswerFn, ModelInfo]:
         model = load_model(bundle, device=device, vision=vision, threads=threads)
+        loaded.append(model)
         return model_answerer(model, sampling), model.info
 
-    summary = run_batch(jobs, asked, out, make_answerer, write_srs=write_srs, progress=make_progress(), root=root)
+    try:
+        summary = run_batch(jobs, asked, out, make_answerer, write_srs=write_srs, progress=make_progress(), root=root)
+    finally:
+        for model in loaded:
+            model.close()
     click.echo(f"{summary.answered} answered, {summary.skipped} done earlier, {summary.failed} failed, "
                f"{summary.bad_files} unusable files" + (f", {summary.srs} SRs" if write_srs else "")
                + f"; see {out}", err=True)
