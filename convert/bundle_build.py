@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import platform
-import shutil
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
@@ -19,6 +17,7 @@ from typing import Any, Callable
 from huatuo_cli.bundle import Manifest, describe_files, write_manifest
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.prompt import PROMPT_FORMAT
+from huatuo_convert.atomic import atomic_folder
 from huatuo_convert.checkpoint import LlavaCheckpoint
 
 #: file names inside a bundle, by role
@@ -107,8 +106,7 @@ def build_bundle(
     if not ckpt.has_vision:
         raise HuatuoError(f"{ckpt.hf_architecture} has no vision tower; a bundle needs a HuatuoGPT-Vision checkpoint")
     ckpt.vision  # fail early, naming what was looked for, if the tower is missing
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    try:
+    with atomic_folder(out, force=force) as work:  # renamed into place only if the block succeeds
         fidelity: dict[str, Any] = {}
         llm_file = LLM_NAME.format(quant=quant)
         log(f"language model -> {llm_file} (verified against the PyTorch reference)")
@@ -162,13 +160,7 @@ def build_bundle(
             tools=tool_versions(),
         )
         write_manifest(work, manifest)
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        work.rename(out)
-        return manifest
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+    return manifest
 
 
 def _vision_role(name: str) -> str | None:

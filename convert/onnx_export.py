@@ -15,8 +15,6 @@ only when both pass (written to a temporary sibling, then renamed).
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ from huatuo_cli.errors import HuatuoError
 from huatuo_cli.engine.encoder import FP16_NAME, FP32_NAME, PREPROCESSOR_NAME
 from huatuo_cli.engine.providers import INPUT_NAME
 from huatuo_cli.extras import require
+from huatuo_convert.atomic import atomic_folder
 from huatuo_convert.checkpoint import LlavaCheckpoint
 from huatuo_convert.onnx_validate import Tolerance, validate_onnx, validation_pixels
 from huatuo_convert.reference import VisionEncoder, build_vision
@@ -143,9 +142,7 @@ def export_vision(
     }
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the published folder is an ordinary one
-    try:
+    with atomic_folder(out) as tmp:  # the folder appears only if both files passed
         files = {"fp32": FP32_NAME}
         _export_fp32(export_encoder, image_size, tmp / FP32_NAME, metadata)
         if fp16:
@@ -179,9 +176,5 @@ def export_vision(
         if sidecar:
             (tmp / FIDELITY_NAME).write_text(json.dumps(fidelity, indent=2))
         (tmp / PREPROCESSOR_NAME).write_text(json.dumps(preprocessor, indent=2))
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return VisionExport(out=out, files=sorted(p.name for p in out.iterdir()), fidelity=fidelity)
 

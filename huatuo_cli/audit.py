@@ -10,6 +10,7 @@ Nothing else about the patient is written; the answer is recorded by length only
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import getpass
 import hashlib
 import hmac
@@ -17,10 +18,12 @@ import json
 import os
 import secrets
 from pathlib import Path
+from typing import Any
 
 import platformdirs
 
 from huatuo_cli import APP_NAME as APP
+from huatuo_cli.jsonl import read_jsonl, repair_tail
 from huatuo_cli.privacy import append_line, open_private_fd, private_dir
 
 LOG_NAME = "audit.jsonl"
@@ -77,7 +80,7 @@ def record(
     question: str,
     answer_chars: int,
     outcome: str,
-) -> dict:
+) -> dict[str, Any]:
     """Append one audit entry and return it. `outcome` is "ok" or a short PHI-free failure reason."""
     entry = {
         "schema": SCHEMA,
@@ -91,19 +94,18 @@ def record(
         "outcome": outcome,
     }
     private_dir(audit_dir())
-    append_line(audit_path(), json.dumps(entry, ensure_ascii=False))
+    fd = open_private_fd(audit_path(), os.O_WRONLY | os.O_APPEND)
+    try:  # one writer at a time, so the repair never cuts another process's line in flight
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        repair_tail(audit_path())  # a torn last line from a crash must not swallow this entry
+        append_line(audit_path(), json.dumps(entry, ensure_ascii=False))
+    finally:
+        os.close(fd)  # releases the lock
     return entry
 
 
-def read_entries(path: Path | None = None) -> list[dict]:
-    """Every complete entry of the log (a torn last line from a crash is skipped)."""
-    path = path or audit_path()
-    if not path.is_file():
-        return []
-    entries = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            entries.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return entries
+def read_entries(path: Path | None = None) -> list[dict[str, Any]]:
+    """Every entry of the log. A torn last line (a crash during the final append) is skipped; a
+    damaged line before good ones is refused (HuatuoError), never silently dropped: an audit
+    trail that loses entries without saying so is worse than one that cannot be read."""
+    return read_jsonl(path or audit_path(), hint="the audit log was edited or damaged; keep it for review")

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from huatuo_cli import APP_NAME
+from huatuo_cli.atomic import write_atomic
 from huatuo_cli.errors import HuatuoError
 
 MANIFEST_NAME = "manifest.json"
@@ -108,11 +108,7 @@ def describe_files(root: Path, roles: dict[str, str]) -> list[BundleFile]:
 
 def write_manifest(root: Path, manifest: Manifest) -> Path:
     """Write manifest.json atomically (temp file + rename): a bundle is either complete or absent."""
-    path = Path(root) / MANIFEST_NAME
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(manifest.to_json())
-    os.replace(tmp, path)
-    return path
+    return write_atomic(Path(root) / MANIFEST_NAME, manifest.to_json())
 
 
 @dataclass
@@ -191,10 +187,8 @@ class VerifiedCache:
             self.entries[str(path.resolve())] = _file_state(path) + [digest]
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.entries))
-            os.replace(tmp, self.path)
-        except OSError:
+            write_atomic(self.path, json.dumps(self.entries))
+        except (OSError, HuatuoError):
             pass  # a cache that cannot be written only costs time
 
 

@@ -47,22 +47,12 @@ def open_private_fd(path: str | os.PathLike, flags: int) -> int:
     return fd
 
 
-def write_private(path: str | os.PathLike, data: bytes | str) -> Path:
-    """Write a whole owner-only file atomically (temp file + rename): readers never see half a report."""
-    path = Path(path)
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = open_private_fd(tmp, os.O_WRONLY | os.O_TRUNC)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    return path
+def write_private(path: str | os.PathLike[str], data: bytes | str) -> Path:
+    """Write a whole owner-only file atomically: readers never see half a report
+    (`huatuo_cli.atomic.write_atomic`, the one file writer)."""
+    from huatuo_cli.atomic import write_atomic
+
+    return write_atomic(path, data, private=True)
 
 
 def append_line(path: str | os.PathLike, line: str, *, fsync: bool = True) -> None:

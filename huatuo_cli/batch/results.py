@@ -14,49 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from huatuo_cli.errors import HuatuoError
+from huatuo_cli.jsonl import read_jsonl as read_jsonl  # the one JSON-lines reader (audit log too)
 from huatuo_cli.privacy import append_line, private_dir
 from huatuo_cli.record import SCHEMA
 
 RESULTS_NAME = "results.jsonl"
 ERRORS_NAME = "errors.jsonl"
 ERROR_SCHEMA = "huatuo.error/1"
-
-
-def read_jsonl(path: Path, *, repair: bool = False) -> list[dict]:
-    """Complete JSON lines of `path`. Unparseable lines at the very end are what a crash leaves (a
-    write cut short, NUL blocks after a power cut): they are dropped, and with `repair` truncated
-    away so the next append starts on a clean line. A bad line followed by good ones is not a
-    crash artefact: that is refused rather than silently skipped."""
-    if not path.is_file():
-        return []
-    data = path.read_bytes()
-    records: list[dict] = []
-    torn: tuple[int, int] | None = None  # (line number, byte offset) of the first bad line
-    pos = 0
-    number = 0
-    while pos < len(data):
-        newline = data.find(b"\n", pos)
-        end = len(data) if newline < 0 else newline + 1
-        number += 1
-        text = data[pos:end].strip(b" \t\r\n")
-        if text:
-            try:
-                if newline < 0:
-                    raise ValueError("no newline: the write never completed")
-                record = json.loads(text)
-            except ValueError:
-                torn = torn or (number, pos)
-            else:
-                if torn:
-                    raise HuatuoError(f"{path.name} line {torn[0]} is not valid JSON",
-                                      hint="the file was edited or damaged; use a new --out folder")
-                records.append(record)
-        pos = end
-    if repair and torn:
-        with open(path, "r+b") as handle:
-            handle.truncate(torn[1])
-            os.fsync(handle.fileno())
-    return records
+DAMAGED_HINT = "the file was edited or damaged; use a new --out folder"
 
 
 @dataclass
@@ -82,12 +47,12 @@ class BatchState:
     @classmethod
     def open(cls, out: str | os.PathLike) -> "BatchState":
         out = private_dir(out)
-        results = read_jsonl(out / RESULTS_NAME, repair=True)
+        results = read_jsonl(out / RESULTS_NAME, repair=True, hint=DAMAGED_HINT)
         for record in results:
             if record.get("schema") != SCHEMA:
                 raise HuatuoError(f"{RESULTS_NAME} in the output folder has schema {record.get('schema')!r}, "
                                   f"this huatuo writes {SCHEMA!r}", hint="use a new --out folder")
-        errors = read_jsonl(out / ERRORS_NAME, repair=True)
+        errors = read_jsonl(out / ERRORS_NAME, repair=True, hint=DAMAGED_HINT)
         return cls(out=out, results=results, errors=errors)
 
     def pending(self, study: str, questions: list[str]) -> list[str]:
