@@ -20,6 +20,7 @@ from typing import Callable, Sequence, Union
 import numpy as np
 
 from huatuo_cli.engine import cpu_backend
+from huatuo_cli.engine.llama_handles import context_handle, model_handle
 from huatuo_cli.engine.threads import BusyElsewhere, default_threads, threads_for_now
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.prompt import USER_MARKER
@@ -138,8 +139,8 @@ class LlamaEngine:
         self.n_embd = self.llm.n_embd()
         self.n_vocab = self.llm.n_vocab()
         self.n_batch = n_batch
-        self._ctx = self.llm._ctx.ctx
-        self._vocab = llama_cpp.llama_model_get_vocab(self.llm._model.model)
+        self._ctx = context_handle(self.llm)
+        self._vocab = llama_cpp.llama_model_get_vocab(model_handle(self.llm))
         #: what each KV-cache position holds (token id, or (image digest, row)), for prefix reuse
         self._cached: list = []
         self.last_prefill_reused = 0
