@@ -83,6 +83,9 @@ def cli() -> None:
       huatuo convert gguf /tmp/tiny /tmp/tiny.gguf --quant f16
       huatuo inspect ~/exports/ct-chest --window lung --png /tmp/preview
     """
+    from huatuo_cli.imaging.dicomio import configure_pydicom
+
+    configure_pydicom()  # start-up, explicitly: no PHI in pydicom's warnings (see there)
 
 
 def main() -> None:

@@ -2,9 +2,10 @@
 
 Public API: `load_image` -> `RenderedImage` (frames + PHI-free `ImageMeta`), `scan` -> `ScanResult`
 (studies -> series -> stacks, representatives, skipped files), `parse_window`, `parse_frame`,
-`Rejected` (the `HuatuoError` every non-image file raises).
+`Rejected` (the `HuatuoError` every non-image file raises), `configure_pydicom` (call once at start-up).
 """
 
+from huatuo_cli.imaging.dicomio import configure_pydicom
 from huatuo_cli.imaging.frames import FrameChoice, parse_frame
 from huatuo_cli.imaging.load import ImageMeta, RenderedImage, load_image, render_dataset
 from huatuo_cli.imaging.reject import Rejected
@@ -13,6 +14,6 @@ from huatuo_cli.imaging.windows import CT_PRESETS, Window, WindowChoice, parse_w
 
 __all__ = [
     "CT_PRESETS", "FrameChoice", "ImageMeta", "Instance", "Rejected", "RenderedImage", "Representative",
-    "ScanResult", "Series", "Skipped", "Stack", "Study", "Window", "WindowChoice", "load_image",
+    "ScanResult", "Series", "Skipped", "Stack", "Study", "Window", "WindowChoice", "configure_pydicom", "load_image",
     "parse_frame", "parse_window", "render_dataset", "scan",
 ]

@@ -19,8 +19,16 @@ from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRL
 
 from huatuo_cli.imaging.reject import Rejected
 
-# pydicom's validation warnings quote element values (UIDs, names) on stderr: never PHI on a console.
-pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
+
+def configure_pydicom() -> None:
+    """Turn off pydicom's reading validation, process-wide: its warnings quote element values
+    (UIDs, names) on stderr, and never PHI on a console. pydicom keeps this setting global and
+    validates lazily (when an element is first accessed, long after `dcmread`), so it cannot be
+    scoped to one read; it is set explicitly at start-up instead (the `huatuo` command group),
+    never as a side effect of an import. Programs using `huatuo_cli.imaging` as a library call it
+    once themselves."""
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
 #: groups a preamble-less DICOM data set starts with (file meta, identifying)
 _FIRST_GROUPS = {0x0002, 0x0008}
