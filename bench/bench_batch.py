@@ -32,11 +32,11 @@ import warnings
 from pathlib import Path
 
 import pydicom
+from _common import qwen05b_bundle
 from click.testing import CliRunner
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from _common import qwen05b_bundle
 from huatuo_cli.cli import cli
 from huatuo_cli.engine.encoder import ImageEncoder
 from huatuo_cli.engine.llm import LlamaEngine
@@ -73,7 +73,7 @@ class EngineClock:
         self._depth = 0
         self._saved: list[tuple[type, str, object]] = []
 
-    def __enter__(self) -> "EngineClock":
+    def __enter__(self) -> EngineClock:
         for cls, name in ENGINE_CALLS:
             original = getattr(cls, name)
             self._saved.append((cls, name, original))

@@ -144,7 +144,7 @@ def compare(a: Path, b: Path) -> str:
         return f"no (names differ: {sorted(set(ta) ^ set(tb))[:4]})"
     differ = [n for n in ta if ta[n].tensor_type != tb[n].tensor_type or list(ta[n].shape) != list(tb[n].shape)
               or not np.array_equal(ta[n].data, tb[n].data)]
-    return "yes, all %d tensors" % len(ta) if not differ else f"no ({len(differ)} differ, e.g. {differ[:4]})"
+    return f"yes, all {len(ta)} tensors" if not differ else f"no ({len(differ)} differ, e.g. {differ[:4]})"
 
 
 if __name__ == "__main__":

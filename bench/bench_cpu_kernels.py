@@ -202,8 +202,8 @@ def kernels_table(args) -> None:
                     continue
                 h, d = got["huatuo"], got["direct"]
                 # ratios pair by pair (the two ran back to back), then their median: robust to drift
-                rp = statistics.median(a["prefill_tps"] / b["prefill_tps"] for a, b in zip(h, d))
-                rd = statistics.median(a["decode_tps"] / b["decode_tps"] for a, b in zip(h, d))
+                rp = statistics.median(a["prefill_tps"] / b["prefill_tps"] for a, b in zip(h, d, strict=False))
+                rd = statistics.median(a["decode_tps"] / b["decode_tps"] for a, b in zip(h, d, strict=False))
                 print(f"| {shape} | {quant} | {h[0]['kernels']} | {median(h, 'prefill_tps'):.1f} | "
                       f"{median(d, 'prefill_tps'):.1f} | {rp:.3f} | {median(h, 'decode_tps'):.2f} | "
                       f"{median(d, 'decode_tps'):.2f} | {rd:.3f} |", flush=True)

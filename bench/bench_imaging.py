@@ -13,10 +13,10 @@ import warnings
 from pathlib import Path
 
 import pydicom
+from _common import median_seconds
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from _common import median_seconds
 from huatuo_cli.imaging import load_image, scan
 
 warnings.simplefilter("ignore")
@@ -32,8 +32,8 @@ def render_rows() -> None:
     print(f"{'render (per slice)':34s} {'huatuo':>10s} {'pydicom':>10s} {'ratio':>6s}")
     for label, name in cases:
         path = get_testdata_file(name, download=False)
-        ours = median_seconds(lambda: load_image(path, window="40,400"), 15)
-        base = median_seconds(lambda: pydicom.dcmread(path).pixel_array, 15)
+        ours = median_seconds(lambda path=path: load_image(path, window="40,400"), 15)
+        base = median_seconds(lambda path=path: pydicom.dcmread(path).pixel_array, 15)
         print(f"{label:34s} {ours * 1e3:8.1f}ms {base * 1e3:8.1f}ms {ours / base:6.2f}")
 
 

@@ -24,13 +24,13 @@ import argparse
 import platform
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
+from _common import quantized_llm, qwen05b_bundle
 from pydicom.data import get_testdata_file
 
-from _common import qwen05b_bundle, quantized_llm
 from huatuo_cli.engine.llm import LlamaEngine, Sampling, choose_token
 from huatuo_cli.engine.session import VisionLanguageModel
 from huatuo_cli.imaging import load_image

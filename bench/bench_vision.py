@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from _common import median_seconds
+
 from huatuo_cli.engine.encoder import ImageEncoder
 from huatuo_cli.engine.mtmd_encoder import MtmdImageEncoder
 from huatuo_cli.engine.preprocess import PreprocessConfig, prepare_image, preprocess
@@ -75,7 +75,7 @@ def main() -> None:
     for name in ("vision-fp32.onnx", "vision-fp16.onnx"):
         enc = ImageEncoder(work / "vision" / name, device="cpu", threads=args.threads)
         rows.append((f"ONNX Runtime {enc.provider.removesuffix('ExecutionProvider')} {name[7:11]}",
-                     median_seconds(lambda: enc.encode_pixels(one_px), args.runs), enc.encode_pixels(pixels)))
+                     median_seconds(lambda enc=enc: enc.encode_pixels(one_px), args.runs), enc.encode_pixels(pixels)))
     for ftype in ("f16", "f32"):
         with MtmdImageEncoder(work / f"mmproj-{ftype}.gguf", threads=args.threads) as enc:
             rows.append((f"llama.cpp mtmd mmproj {ftype}", median_seconds(lambda: enc.encode_prepared(one_prep), args.runs),

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import datetime as dt
 import platform
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from huatuo_cli.bundle import Manifest, describe_files, write_manifest
 from huatuo_cli.errors import HuatuoError
@@ -105,7 +106,7 @@ def build_bundle(
     ckpt = LlavaCheckpoint.open(src, allow_pickle=allow_pickle)
     if not ckpt.has_vision:
         raise HuatuoError(f"{ckpt.hf_architecture} has no vision tower; a bundle needs a HuatuoGPT-Vision checkpoint")
-    ckpt.vision  # fail early, naming what was looked for, if the tower is missing
+    ckpt.vision  # noqa: B018  fail early, naming what was looked for, if the tower is missing
     with atomic_folder(out, force=force) as work:  # renamed into place only if the block succeeds
         fidelity: dict[str, Any] = {}
         llm_file = LLM_NAME.format(quant=quant)
@@ -132,7 +133,7 @@ def build_bundle(
         roles = {llm_file: "llm", **roles}
         manifest = Manifest(
             model_id=out.name,
-            created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             architecture=ckpt.arch,
             source={
                 "checkpoint": Path(src).resolve().name,

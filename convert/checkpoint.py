@@ -40,7 +40,7 @@ class TensorFiles:
         self._handles: dict[Path, Any] = {}
 
     @classmethod
-    def from_folder(cls, folder: Path, *, allow_pickle: bool = False, what: str = "checkpoint") -> "TensorFiles":
+    def from_folder(cls, folder: Path, *, allow_pickle: bool = False, what: str = "checkpoint") -> TensorFiles:
         index = folder / "model.safetensors.index.json"
         if index.is_file():
             weight_map = json.loads(index.read_text())["weight_map"]
@@ -179,7 +179,7 @@ class LlavaCheckpoint:
     _vision: VisionTower | None = field(default=None, repr=False)
 
     @classmethod
-    def open(cls, root: Path | str, *, allow_pickle: bool = False) -> "LlavaCheckpoint":
+    def open(cls, root: Path | str, *, allow_pickle: bool = False) -> LlavaCheckpoint:
         root = Path(root)
         config_path = root / "config.json"
         if not config_path.is_file():

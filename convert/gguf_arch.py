@@ -9,14 +9,15 @@ silently dropped or misnamed weight can never reach a GGUF.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from huatuo_cli.errors import HuatuoError
 from huatuo_convert.checkpoint import LlavaCheckpoint
 
 #: HF architecture name -> its language-model table
-_REGISTRY: dict[str, "LlmArch"] = {}
+_REGISTRY: dict[str, LlmArch] = {}
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 
 

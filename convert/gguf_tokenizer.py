@@ -3,8 +3,8 @@
 Qwen2 (7B): byte-level BPE as `tokenizer.ggml.model = gpt2` with `pre = qwen2` (llama.cpp then
 applies Qwen2's split regex), tokens, types and merges. Llama / Yi (34B): sentencepiece as
 `tokenizer.ggml.model = llama` with scores and the piece types straight from `tokenizer.model`;
-its dummy-prefix space becomes `huatuo.tokenizer.chunk_prefix` (see huatuo_cli.gguf_tokens). In both, the token list is padded with `[PAD{i}]`
-rows up to the config's `vocab_size`, because llama.cpp requires one token per embedding row.
+its dummy-prefix space becomes `huatuo.tokenizer.chunk_prefix` (see huatuo_cli.gguf_tokens). In both,
+the token list is padded with `[PAD{i}]` rows up to the config's `vocab_size`, because llama.cpp requires one token per embedding row.
 The chat template is the jinja form of `huatuo_cli.prompt`'s format.
 """
 

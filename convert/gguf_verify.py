@@ -109,7 +109,7 @@ def logit_parity(gguf_path: Path, ref: LlavaReference, threads: int | None = Non
         kls += (logp.exp() * (logp - logq)).sum(-1).tolist()
         top2 = want.topk(2, -1).values
         margins += (top2[:, 0] - top2[:, 1]).tolist()
-    decisive = [ok for ok, margin in zip(agree, margins) if margin > 2 * max_abs]
+    decisive = [ok for ok, margin in zip(agree, margins, strict=False) if margin > 2 * max_abs]
     return {
         "prompts": len(prompts),
         "positions": positions,

@@ -10,9 +10,10 @@ a 7B model converts on a 24 GiB machine.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.extras import require

@@ -8,8 +8,9 @@ its tolerance never appears under the output name. The figures go to `OUT.fideli
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from huatuo_convert.atomic import atomic_output, check_target, temp_path, write_text_atomic
 from huatuo_convert.checkpoint import LlavaCheckpoint

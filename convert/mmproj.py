@@ -170,7 +170,7 @@ def measure_mmproj(mmproj: Path | str, src: Path | str | LlavaCheckpoint, *, thr
         "mean_cosine": float(np.mean(cosines)),
         "min_cosine": float(np.min(cosines)),
         "max_abs_diff": float(max(m["max_abs_diff"] for m in metrics)),
-        "images": [{"name": n, **m} for (n, _), m in zip(named, metrics)],
+        "images": [{"name": n, **m} for (n, _), m in zip(named, metrics, strict=True)],
         "upstream_defects": ["llama.cpp#25814 (CLS token concatenated last)",
                              "llama.cpp#25817 (one layer short without feature_layer; set here)"],
     }

@@ -19,9 +19,9 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from huatuo_cli.errors import HuatuoError
 from huatuo_cli.engine.encoder import FP16_NAME, FP32_NAME, PREPROCESSOR_NAME
 from huatuo_cli.engine.providers import INPUT_NAME
+from huatuo_cli.errors import HuatuoError
 from huatuo_cli.extras import require
 from huatuo_convert.atomic import atomic_folder
 from huatuo_convert.checkpoint import LlavaCheckpoint

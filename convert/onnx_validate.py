@@ -58,7 +58,7 @@ def embedding_metrics(expected: np.ndarray, got: np.ndarray) -> list[dict]:
     if expected.shape != got.shape:
         raise ValueError(f"shape mismatch: reference {expected.shape}, got {got.shape}")
     out = []
-    for e, g in zip(expected.astype(np.float64), got.astype(np.float64)):
+    for e, g in zip(expected.astype(np.float64), got.astype(np.float64), strict=True):
         e, g = e.ravel(), g.ravel()
         cos = float(e @ g / (np.linalg.norm(e) * np.linalg.norm(g)))
         out.append({"cosine": cos, "max_abs_diff": float(np.abs(e - g).max()),

@@ -135,7 +135,7 @@ class LlavaReference:
     vision: VisionEncoder | None
 
     @classmethod
-    def load(cls, src: Path | str | LlavaCheckpoint, *, with_vision: bool = True) -> "LlavaReference":
+    def load(cls, src: Path | str | LlavaCheckpoint, *, with_vision: bool = True) -> LlavaReference:
         torch = require("torch")
         torch.manual_seed(0)
         ckpt = src if isinstance(src, LlavaCheckpoint) else LlavaCheckpoint.open(src)

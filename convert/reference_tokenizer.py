@@ -11,9 +11,9 @@ LLaVA's `tokenizer_image_token` does.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from huatuo_cli.extras import require
 from huatuo_cli.prompt import split_at_images

@@ -84,7 +84,7 @@ def record(
     """Append one audit entry and return it. `outcome` is "ok" or a short PHI-free failure reason."""
     entry = {
         "schema": SCHEMA,
-        "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "user": _os_user(),
         "command": command,
         "model_id": model_id,

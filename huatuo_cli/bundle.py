@@ -81,7 +81,7 @@ class Manifest:
         return json.dumps(data, indent=2, sort_keys=False) + "\n"
 
     @classmethod
-    def from_json(cls, text: str) -> "Manifest":
+    def from_json(cls, text: str) -> Manifest:
         data = json.loads(text)
         known = {"version", "model_id", "created", "architecture", "source", "prompt_format", "quantization",
                  "files", "fidelity", "vision", "llm", "tools"}
@@ -103,7 +103,7 @@ def describe_files(root: Path, roles: dict[str, str]) -> list[BundleFile]:
     paths = list(roles)
     with ThreadPoolExecutor(max_workers=min(4, max(1, len(paths)))) as pool:
         digests = list(pool.map(lambda p: sha256_file(root / p), paths))
-    return [BundleFile(path=p, role=roles[p], size=(root / p).stat().st_size, sha256=d) for p, d in zip(paths, digests)]
+    return [BundleFile(path=p, role=roles[p], size=(root / p).stat().st_size, sha256=d) for p, d in zip(paths, digests, strict=True)]
 
 
 def write_manifest(root: Path, manifest: Manifest) -> Path:

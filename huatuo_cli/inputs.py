@@ -9,12 +9,13 @@ hash and the SR references and are never printed.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from huatuo_cli.jobs import BadFile, Job, StudyInputs
 from huatuo_cli.bundle import sha256_file
 from huatuo_cli.errors import HuatuoError
+from huatuo_cli.jobs import BadFile, Job, StudyInputs
 from huatuo_cli.prompt import MAX_IMAGES
 
 

@@ -8,8 +8,8 @@ telemetry) — that would be a hang or a leak on site, so we surface it as a fai
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 _INET = {socket.AF_INET, socket.AF_INET6}
 

@@ -28,8 +28,8 @@ import sys
 import tarfile
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 VERSION = "0.3.36"
 #: Everything passed to CMake. Changing any of it changes the cache key, hence a new build.

@@ -18,9 +18,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import llama_cpp
 import pytest
 
-import llama_cpp
 from huatuo_cli.engine import cpu_backend, cpu_verdicts
 from huatuo_cli.engine.threads import BusyElsewhere, physical_cores, threads_for_now
 

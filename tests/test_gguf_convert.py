@@ -7,7 +7,7 @@ import json
 import jinja2
 import pytest
 from click.testing import CliRunner
-from gguf import GGUFReader, GGMLQuantizationType
+from gguf import GGMLQuantizationType, GGUFReader
 
 from huatuo_cli.cli import cli
 from huatuo_cli.prompt import PROMPT_FORMAT, Turn, moderate, render

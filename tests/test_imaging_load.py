@@ -108,7 +108,8 @@ def test_enhanced_per_frame_functional_groups_apply(tmp_path):
     item = pydicom.Dataset()
     item.RescaleSlope, item.RescaleIntercept, item.RescaleType = 1, -2024, "HU"  # frame 2 shifted 1000 HU
     per_frame[1].PixelValueTransformationSequence = pydicom.Sequence([item])
-    assert frame_view(ds, 1).RescaleIntercept == -2024 and frame_view(ds, 0).RescaleIntercept == shared.PixelValueTransformationSequence[0].RescaleIntercept
+    assert frame_view(ds, 1).RescaleIntercept == -2024
+    assert frame_view(ds, 0).RescaleIntercept == shared.PixelValueTransformationSequence[0].RescaleIntercept
     path = tmp_path / "ect.dcm"
     ds.save_as(path)
     same_pixels = pydicom.dcmread(path)

@@ -44,7 +44,7 @@ def build_folder(root: Path) -> dict:
     rng.shuffle(numbers)  # InstanceNumber runs against position
     names = [f"x{rng.randrange(10**6):06d}" for _ in zs]  # file names say nothing about order
     (root / "a" / "deep").mkdir(parents=True)
-    for z, number, name in zip(zs, numbers, names):
+    for z, number, name in zip(zs, numbers, names, strict=True):
         _slice(base, study, axial, z * 2.5, number).save_as(root / "a" / "deep" / name)
     _slice(base, study, axial, 0, 99, localizer=True, orientation=(0, 1, 0, 0, 0, -1)).save_as(root / "a" / "scout.dcm")
     for z in range(3):

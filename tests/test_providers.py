@@ -6,9 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from huatuo_cli.engine.providers import (
-    CPU, CUDA, TENSORRT, ProviderPlan, fallback_note, machine_id, plan_providers, trt_cache_dir,
-)
+from huatuo_cli.engine.providers import CPU, CUDA, TENSORRT, ProviderPlan, fallback_note, machine_id, plan_providers, trt_cache_dir
 from huatuo_cli.errors import HuatuoError
 
 ALL = [TENSORRT, CUDA, CPU]

@@ -32,7 +32,8 @@ def test_workstation_commands_without_server_packages(tmp_path):
     run_without(SERVER_ONLY, (
         "from click.testing import CliRunner\n"
         "from huatuo_cli.cli import cli\n"
-        "for args in (['--help'], ['ask', '--help'], ['batch', '--help'], ['inspect', '--help'], ['models', '--help'], ['doctor', '--help']):\n"
+        "for args in (['--help'], ['ask', '--help'], ['batch', '--help'], ['inspect', '--help'],\n"
+        "             ['models', '--help'], ['doctor', '--help']):\n"
         "    res = CliRunner().invoke(cli, args)\n"
         "    assert res.exit_code == 0, (args, res.output)\n"
         f"res = CliRunner().invoke(cli, ['convert', 'synth', {str(tmp_path / 'never')!r}])\n"

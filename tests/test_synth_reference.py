@@ -86,7 +86,7 @@ def test_missing_vision_tower_names_what_was_looked_for(make_checkpoint, tmp_pat
     shutil.copytree(make_checkpoint(vision_layout="folder"), root)
     shutil.rmtree(root / "vit")
     with pytest.raises(HuatuoError, match="vision tower not found.*vit/clip_vit_large_patch14_336"):
-        LlavaCheckpoint.open(root).vision
+        LlavaCheckpoint.open(root).vision  # noqa: B018  (the property raises)
 
 
 def test_rope_theta_read_in_both_config_styles(make_checkpoint, tmp_path):

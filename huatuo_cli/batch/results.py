@@ -45,7 +45,7 @@ class BatchState:
         return (entry.get("kind"), entry.get("key"), entry.get("question"), entry.get("reason"))
 
     @classmethod
-    def open(cls, out: str | os.PathLike) -> "BatchState":
+    def open(cls, out: str | os.PathLike) -> BatchState:
         out = private_dir(out)
         results = read_jsonl(out / RESULTS_NAME, repair=True, hint=DAMAGED_HINT)
         for record in results:

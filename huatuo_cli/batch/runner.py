@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from huatuo_cli import audit
 from huatuo_cli.batch.progress import PlainProgress, Progress
 from huatuo_cli.batch.report import save_thumbnails, study_slug, write_reports
 from huatuo_cli.batch.results import BatchState
 from huatuo_cli.errors import HuatuoError
+
 # the loop's types live in huatuo_cli.jobs (shared with ask); re-exported for existing callers
 from huatuo_cli.jobs import AnswerFn as AnswerFn
 from huatuo_cli.jobs import BadFile as BadFile

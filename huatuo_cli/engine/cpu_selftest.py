@@ -55,8 +55,9 @@ def _rel_diff(got: np.ndarray, want: np.ndarray) -> float:
 def main(argv: list[str]) -> int:
     import argparse
 
-    from huatuo_cli.engine.cpu_backend import load_variant, set_repack
     import llama_cpp
+
+    from huatuo_cli.engine.cpu_backend import load_variant, set_repack
 
     parser = argparse.ArgumentParser()
     parser.add_argument("variant")
@@ -76,11 +77,11 @@ def main(argv: list[str]) -> int:
     set_repack(llama_cpp, False)
     plain = [_logits(llama_cpp, m) for m in models]
     if args.save_expected:
-        np.savez_compressed(args.save_expected, **{m.name: p.astype(np.float16) for m, p in zip(models, plain)})
+        np.savez_compressed(args.save_expected, **{m.name: p.astype(np.float16) for m, p in zip(models, plain, strict=True)})
         return 0
     if args.expected:
         with np.load(args.expected) as expected:
-            off = max(_rel_diff(p, expected[m.name].astype(np.float32)) for m, p in zip(models, plain))
+            off = max(_rel_diff(p, expected[m.name].astype(np.float32)) for m, p in zip(models, plain, strict=True))
         if off > MAX_REL_DIFF:
             _report("plain", f"mismatch (max relative logit difference {off:.3g} from the expected)")
             return 0
@@ -89,7 +90,7 @@ def main(argv: list[str]) -> int:
         ctypes.string_at(0)  # SIGSEGV, as the miscompiled AMX kernel does
     set_repack(llama_cpp, True)
     worst = 0.0
-    for ref, model in zip(plain, models):
+    for ref, model in zip(plain, models, strict=True):
         got = _logits(llama_cpp, model)
         worst = max(worst, _rel_diff(got, ref))
     _report("repack", "ok" if worst <= MAX_REL_DIFF else f"mismatch (max relative logit difference {worst:.3g})",

@@ -8,8 +8,8 @@ one asked for: the user is told, nothing is assumed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -66,7 +66,7 @@ class ImageEncoder:
         self.fallback_note: str | None = fallback_note(self.plan, self.session.get_providers())
 
     @classmethod
-    def from_folder(cls, folder: Path | str, *, device: str = "auto", **kwargs) -> "ImageEncoder":
+    def from_folder(cls, folder: Path | str, *, device: str = "auto", **kwargs) -> ImageEncoder:
         """Pick the file for the device: fp16 for CUDA (half the memory traffic), else fp32.
 
         TensorRT builds its own fp16 engine from the fp32 graph (`trt_fp16_enable`); the CPU runs

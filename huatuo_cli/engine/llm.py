@@ -13,9 +13,10 @@ import codecs
 import ctypes
 import hashlib
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence, Union
+from typing import Union
 
 import numpy as np
 
@@ -246,7 +247,7 @@ class LlamaEngine:
             raise ValueError("empty prompt")
         self._fit_threads()
         keep = 0
-        for a, b in zip(self._cached, keys):
+        for a, b in zip(self._cached, keys, strict=False):
             if a != b:
                 break
             keep += 1

@@ -13,8 +13,8 @@ against the LLM, and tokenizing a single image part touches no vocabulary.
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -23,7 +23,6 @@ from huatuo_cli.engine.cpu_backend import llama
 from huatuo_cli.engine.preprocess import PreprocessConfig, prepare_image
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.extras import require
-
 
 _QUIET = None
 
@@ -67,7 +66,7 @@ class MtmdImageEncoder:
             self.mtmd.mtmd_free(self.ctx)
             self.ctx = None
 
-    def __enter__(self) -> "MtmdImageEncoder":
+    def __enter__(self) -> MtmdImageEncoder:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -11,9 +11,10 @@ the tests compare it with transformers' PIL-backend processor.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -43,7 +44,7 @@ class PreprocessConfig:
     pad_to_square: bool = True  # LLaVA image_aspect_ratio "pad"
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], *, pad_to_square: bool = True) -> "PreprocessConfig":
+    def from_dict(cls, raw: dict[str, Any], *, pad_to_square: bool = True) -> PreprocessConfig:
         size = raw.get("size", {"shortest_edge": 224})
         if isinstance(size, int):
             size = {"shortest_edge": size}
@@ -71,7 +72,7 @@ class PreprocessConfig:
         )
 
     @classmethod
-    def from_file(cls, path: Path | str, **kwargs) -> "PreprocessConfig":
+    def from_file(cls, path: Path | str, **kwargs) -> PreprocessConfig:
         path = Path(path)
         try:
             return cls.from_dict(json.loads(path.read_text()), **kwargs)

@@ -14,9 +14,10 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from huatuo_cli import APP_NAME
 from huatuo_cli.errors import HuatuoError

@@ -8,9 +8,9 @@ fidelity checks measured.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -25,7 +25,7 @@ def interleave(token_chunks: Sequence[list[int]], image_embeds: Sequence[np.ndar
     if len(token_chunks) != len(image_embeds) + 1:
         raise ValueError(f"{len(token_chunks) - 1} image markers for {len(image_embeds)} images")
     out: list[Segment] = [token_chunks[0]]
-    for ids, image in zip(token_chunks[1:], image_embeds):
+    for ids, image in zip(token_chunks[1:], image_embeds, strict=True):
         out += [image, ids]
     return out
 

@@ -74,7 +74,7 @@ class BusyElsewhere:
         last, self._last = self._last, now
         if now is None or last is None:
             return None
-        d_total, d_busy, d_own = (a - b for a, b in zip(now, last))
+        d_total, d_busy, d_own = (a - b for a, b in zip(now, last, strict=True))
         if d_total < self.MIN_INTERVAL_TICKS * self.n_cpus:
             self._last = last  # too short to tell: keep measuring from the older sample
             return None

@@ -20,7 +20,6 @@ from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRL
 from huatuo_cli.imaging.reject import Rejected
 
 
-
 def configure_pydicom() -> None:
     """Turn off pydicom's reading validation, process-wide: its warnings quote element values
     (UIDs, names) on stderr, and never PHI on a console. pydicom keeps this setting global and

@@ -41,7 +41,7 @@ def _render_series(
         if out is not None:
             folder = out / study.key / series.key
             folder.mkdir(parents=True, exist_ok=True)
-            for frame_index, picture in zip(image.meta.frames, image.frames):
+            for frame_index, picture in zip(image.meta.frames, image.frames, strict=False):
                 name = f"{index:02d}.png" if len(image.frames) == 1 else f"{index:02d}-f{frame_index:03d}.png"
                 picture.save(folder / name)
                 written += 1

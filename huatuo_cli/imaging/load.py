@@ -20,14 +20,7 @@ from pydicom.pixels import pixel_array
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.imaging.dicomio import is_dicom_file, not_an_image, read_dicom, read_head
 from huatuo_cli.imaging.frames import FrameChoice, frame_indices, frame_view, number_of_frames, parse_frame
-from huatuo_cli.imaging.reject import (
-    Rejected,
-    check_header,
-    check_image_attributes,
-    check_transfer_syntax,
-    decode_failure,
-    syntax_name,
-)
+from huatuo_cli.imaging.reject import Rejected, check_header, check_image_attributes, check_transfer_syntax, decode_failure, syntax_name
 from huatuo_cli.imaging.render import render_color, render_gray
 from huatuo_cli.imaging.windows import WindowChoice, apply_window, parse_window, percentile_window
 

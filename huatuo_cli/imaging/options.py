@@ -6,7 +6,7 @@ accept exactly the same strings and report the same errors.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import click
 

@@ -15,13 +15,7 @@ from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi
 
 from huatuo_cli.imaging.reject import Rejected
-from huatuo_cli.imaging.windows import (
-    Window,
-    WindowChoice,
-    apply_window,
-    modality_preset,
-    percentile_window,
-)
+from huatuo_cli.imaging.windows import Window, WindowChoice, apply_window, modality_preset, percentile_window
 
 
 def padding_mask(arr: np.ndarray, view: Dataset) -> np.ndarray | None:
