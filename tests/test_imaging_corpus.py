@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from huatuo_cli.imaging import Rejected, load_image
-from tests.imaging_data import corpus
+from huatuo_cli.imaging.reject import gpl_decoder_installed
+from tests.imaging_data import corpus, run_without_gpl_decoder
 
 EXPECTED_REJECTIONS: dict[str, list[str]] = {
     "corrupt": ["pydicom:JPEG2000-embedded-sequence-delimiter.dcm"],
@@ -56,7 +57,15 @@ def _expected() -> dict[str, str]:
     for key in FILES:
         if key.startswith("pydicom:dicomdirtests/TINY_ALPHA/PT000000/"):
             out[key] = "no-pixel-data"
+    if gpl_decoder_installed():  # the optional extra is there (both paths are tested below)
+        out.update(WITH_GPL_DECODER)
     return out
+
+
+#: what the two 12-bit JPEG files become with pylibjpeg-libjpeg installed: JPGExtended renders;
+#: JPEG-lossy.dcm breaks the standard (libjpeg: "scan start must be zero and scan stop must be 63
+#: for the sequential operating modes"), so it is corrupt, not a missing decoder
+WITH_GPL_DECODER = {"pydicom:JPGExtended.dcm": "rendered", "pydicom:JPEG-lossy.dcm": "corrupt"}
 
 
 def test_corpus_is_the_local_one():
@@ -98,13 +107,42 @@ def test_rendered_images_are_not_blank():
         assert arr.std() > 5, name
 
 
-@pytest.mark.parametrize("name", ["JPGExtended.dcm", "JPEG-lossy.dcm"])
-def test_12bit_jpeg_names_the_gpl_extra(name):
-    import importlib.util
+GPL_ONLY = ["JPGExtended.dcm", "JPEG-lossy.dcm"]  # 12-bit JPEG: only pylibjpeg-libjpeg (GPL) decodes them
 
-    assert importlib.util.find_spec("libjpeg") is None, "pylibjpeg-libjpeg must stay out of the default install"
-    key = next(k for k in FILES if k.endswith(":" + name))
+
+def test_12bit_jpeg_renders_with_the_gpl_extra():
+    """The documented extra's path (make install adds `dicom-gpl` for the tests): a conformant file renders."""
+    assert gpl_decoder_installed(), "the test environment installs huatuo-cli[dicom-gpl] (Makefile install)"
+    image = load_image(FILES["pydicom:JPGExtended.dcm"])
+    assert image.frames and np.asarray(image.frames[0]).std() > 5
     with pytest.raises(Rejected) as info:
-        load_image(FILES[key])
-    assert info.value.category == "needs-gpl-extra"
-    assert "pylibjpeg-libjpeg" in str(info.value) and "dicom-gpl" in str(info.value)
+        load_image(FILES["pydicom:JPEG-lossy.dcm"])
+    assert info.value.category == "corrupt" and "dicom-gpl" not in str(info.value)
+
+
+def test_12bit_jpeg_without_the_gpl_extra_names_it():
+    """The default install's path (the decoder hidden in a fresh interpreter): a specific rejection."""
+    keys = [next(k for k in FILES if k.endswith(":" + name)) for name in GPL_ONLY]
+    code = (
+        "import json, sys\n"
+        "from huatuo_cli.imaging import Rejected, load_image\n"
+        "from huatuo_cli.imaging.reject import gpl_decoder_installed\n"
+        "assert not gpl_decoder_installed()\n"
+        "out = []\n"
+        "for path in sys.argv[1:]:\n"
+        "    try:\n"
+        "        load_image(path)\n"
+        "        out.append(['rendered', ''])\n"
+        "    except Rejected as exc:\n"
+        "        out.append([exc.category, str(exc)])\n"
+        "print(json.dumps(out))\n"
+    )
+    import json
+    import sys
+
+    proc = run_without_gpl_decoder(code.replace("sys.argv[1:]", repr([str(FILES[k]) for k in keys])))
+    assert proc.returncode == 0, proc.stderr
+    for category, message in json.loads(proc.stdout.strip().splitlines()[-1]):
+        assert category == "needs-gpl-extra", message
+        assert "pylibjpeg-libjpeg" in message and "dicom-gpl" in message
+    assert sys.modules.get("libjpeg", "absent") is not None  # this process was left alone
