@@ -20,6 +20,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from huatuo_cli import audit
 from huatuo_cli.batch.progress import PlainProgress
 from huatuo_cli.batch.results import ERRORS_NAME, RESULTS_NAME, read_jsonl
 from huatuo_cli.batch.runner import Job, run_batch
@@ -68,11 +69,14 @@ def test_done_when_folder_killed_and_resumed(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", KILLED.format(questions=QUESTIONS), str(root), str(out)],
                             env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(read_jsonl(out / RESULTS_NAME)) < 2:
+    while time.monotonic() < deadline and proc.poll() is None and len(read_jsonl(out / RESULTS_NAME)) < 2:
         time.sleep(0.05)
+    # the kill must land mid-run: the child still running, some answers on disk, not all of them
+    assert proc.poll() is None, f"the batch child exited by itself with code {proc.returncode}"
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    assert proc.wait() == -signal.SIGKILL
     before = len(read_jsonl(out / RESULTS_NAME))
+    assert 2 <= before < 6, before
     make = Counting()
     run_batch(jobs_from_folder(root), QUESTIONS, out, make, progress=PlainProgress(io.StringIO()), root=root)
     results = read_jsonl(out / RESULTS_NAME)
@@ -98,6 +102,11 @@ def test_ask_and_batch_offline_end_to_end(tmp_path, tiny_bundle, no_network):
     assert res.exit_code == 0, res.output
     assert "Not for diagnostic use" in res.stderr and "Not for diagnostic use" not in res.stdout
     assert res.stdout.strip() and "\x00" not in res.stdout
+    # every answer is recorded (README): one audit entry per ask, with the answer's length and the model
+    entries = audit.read_entries()
+    assert [(e["command"], e["outcome"], e["question"]) for e in entries] == [("ask", "ok", "Describe.")] * 2
+    assert entries[0]["answer_chars"] == len(record["answer"]) and entries[1]["answer_chars"] == len(res.stdout.strip())
+    assert entries[0]["model_id"] == record["model"]["model_id"] and entries[0]["study"]
     root = done_when_folder(tmp_path)
     res = runner.invoke(cli, ["batch", str(root), "--out", str(tmp_path / "out"), "--model", str(tiny_bundle),
                               "-q", "Describe.", "--max-tokens", "8", "--sr"])
@@ -106,6 +115,7 @@ def test_ask_and_batch_offline_end_to_end(tmp_path, tiny_bundle, no_network):
     outputs = [p.read_text(errors="replace") for p in (tmp_path / "out").rglob("*")
                if p.is_file() and p.suffix != ".dcm"]
     assert_no_phi(outputs + [res.output], root)
+    assert [e["command"] for e in audit.read_entries()] == ["ask", "ask", "batch", "batch", "batch"]
     assert not no_network  # nothing even tried
 
 

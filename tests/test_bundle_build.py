@@ -115,3 +115,30 @@ def test_pickle_only_checkpoint_builds_a_bundle_only_with_allow_pickle(make_chec
     res = runner.invoke(cli, ["convert", "all", str(src), str(tmp_path / "b"), "--quant", "f16", "--allow-pickle"])
     assert res.exit_code == 0, res.output
     assert load_bundle(tmp_path / "b").manifest.fidelity["end_to_end"]["identical"]
+
+
+@pytest.mark.parametrize("quant,built", [("f16", False), ("q8_0", True)])
+def test_end_to_end_divergence_refuses_an_f16_bundle_only(make_checkpoint, tmp_path, monkeypatch, quant, built):
+    """README: for f32/f16 the bundle's first greedy tokens must equal the reference's "or no bundle is
+    written"; a quantized bundle records the divergence instead. The reference's last token is changed
+    (everything else real), so the bundle disagrees with it at token 15."""
+    from huatuo_convert.bundle_build import E2E_TOKENS
+    from huatuo_convert.reference import LlavaReference
+
+    real_greedy = LlavaReference.greedy
+
+    def off_by_one_at_the_end(self, *args, **kwargs):
+        tokens = list(real_greedy(self, *args, **kwargs))
+        assert len(tokens) == E2E_TOKENS  # the tiny checkpoint does not stop early
+        return tokens[:-1] + [(tokens[-1] + 1) % 100]
+
+    monkeypatch.setattr(LlavaReference, "greedy", off_by_one_at_the_end)
+    out = tmp_path / "b"
+    res = CliRunner().invoke(cli, ["convert", "all", str(make_checkpoint()), str(out), "--quant", quant, "--no-mmproj"])
+    if built:
+        assert res.exit_code == 0, res.output
+        e2e = json.loads((out / "manifest.json").read_text())["fidelity"]["end_to_end"]
+        assert not e2e["identical"] and e2e["first_divergence"] == E2E_TOKENS - 1
+    else:
+        assert res.exit_code == 1 and f"diverges from the reference at token {E2E_TOKENS - 1}" in res.output
+        assert not out.exists() and not list(tmp_path.glob(".b.*"))  # no bundle, no partial folder

@@ -10,6 +10,7 @@ benchmark stand behind it unchanged.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -56,8 +57,8 @@ def _reason(exc: BaseException, root: Path | None) -> str:
     exceptions (decoder bugs on odd files) only the type and a message with paths removed."""
     text = str(exc)
     if not isinstance(exc, HuatuoError):
-        if root is not None:
-            text = text.replace(os.fspath(root), "<batch>")
+        if root is not None:  # the whole path: folders below the batch folder may name the patient
+            text = re.sub(re.escape(os.fspath(root)) + r"[^'\"\n]*", "<file in the batch folder>", text)
         text = f"{type(exc).__name__}: {text}"
     return " ".join(text.split())[:500]
 
