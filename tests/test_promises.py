@@ -18,7 +18,6 @@ from huatuo_cli.jobs import Job
 from huatuo_cli.prompt import IMAGE_PLACEHOLDER, USER_MARKER, Turn, render
 from tests.test_batch_runner import Counting
 
-
 # -- prompt: users cannot forge images or turns (mutation: prompt.moderate returns its input) -----------
 
 def test_a_question_cannot_forge_image_markers_or_sequence_tokens():
@@ -150,9 +149,8 @@ def test_json_sidecar_written_atomically_replaces(tmp_path):
 
 def test_sampling_options_reach_the_engine_unchanged():
     """mutation: a Sampling field dropped or swapped in model_options.make_sampling."""
-    from click.testing import CliRunner
-
     import click
+    from click.testing import CliRunner
 
     from huatuo_cli.model_options import sampling_options
 
