@@ -103,9 +103,18 @@ def test_plan_is_accepted_by_onnxruntime(tmp_path):
     """The real onnxruntime takes the plan's list format (CPU build here: only CPU is planned)."""
     import onnxruntime as ort
 
+    from importlib import resources
+
+    import numpy as np
+
     plan = plan_providers(ort.get_available_providers(), tmp_path, 56, "auto")
     assert plan.names[-1] == CPU
-    assert all(isinstance(name, str) and isinstance(opts, dict) for name, opts in plan.providers)
+    # a real session made from the plan exactly as the encoder passes it, run once
+    model = resources.files("huatuo_cli") / "data" / "identity.onnx"
+    session = ort.InferenceSession(str(model), providers=plan.providers)
+    assert session.get_providers() == plan.names
+    x = np.arange(4, dtype=np.float32).reshape(1, 4)
+    np.testing.assert_array_equal(session.run(None, {"x": x})[0], x)
 
 
 def test_engine_imports_neither_torch_nor_transformers():
