@@ -16,9 +16,11 @@ import subprocess
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import click
 
+from huatuo_cli.extras import install_hint
 from huatuo_cli.offline import no_network
 
 SCHEMA = "huatuo.doctor/1"
@@ -32,7 +34,7 @@ class Check:
     name: str
     status: str   # ok | warn | fail | info
     detail: str
-    data: dict | None = None
+    data: dict[str, Any] | None = None
 
 
 def cpu_check() -> Check:
@@ -102,7 +104,7 @@ def onnx_providers_check() -> list[Check]:
         import numpy as np
         import onnxruntime as ort
     except ImportError:
-        return [Check("onnxruntime", "fail", "not installed (pip install 'huatuo-cli[cpu]' or '[gpu]')")]
+        return [Check("onnxruntime", "fail", f"not installed ({install_hint('onnxruntime')})")]
     model = resources.files("huatuo_cli").joinpath("data/identity.onnx").read_bytes()
     x = np.arange(4, dtype=np.float32)[None]
     checks = []
@@ -130,7 +132,7 @@ def llama_check() -> list[Check]:
     try:
         import llama_cpp
     except ImportError:
-        return [Check("llama.cpp", "fail", "llama-cpp-python not installed (pip install 'huatuo-cli[cpu]')")]
+        return [Check("llama.cpp", "fail", f"llama-cpp-python not installed: {install_hint('llama_cpp')}")]
     try:
         backend = activate()
     except HuatuoError as exc:
@@ -141,7 +143,7 @@ def llama_check() -> list[Check]:
     features = [part.split("=")[0].split(":")[-1].strip() for part in info.split("|") if part.strip().endswith("= 1")]
     build = (f"portable build {backend.build_info['key']} (CPU variants chosen at run time)" if backend.build_info
              else "single-CPU build (not huatuo's portable build: `make install` replaces it)")
-    kernels = [k for k in ("AVX2", "AVX512", "AVX512_VNNI", "AMX_INT8") if k in features]
+    kernels: list[str] = [k for k in ("AVX2", "AVX512", "AVX512_VNNI", "AMX_INT8") if k in features]
     kernels.append("repack on" if backend.repack else "repack off")
     checks = [
         Check("llama.cpp", "ok" if backend.build_info else "warn",

@@ -19,14 +19,32 @@ EXTRA_FOR_MODULE: dict[str, str] = {
     "sentencepiece": "convert",
     "tokenizers": "convert",
     "onnx": "convert",
-    "optimum": "convert",
     "peft": "train",
     "accelerate": "train",
     "onnxruntime": "cpu",
-    "llama_cpp": "cpu",
     "libjpeg": "dicom-gpl",
     "huatuo_convert": "convert",
 }
+
+#: core dependencies (always installed with huatuo-cli): missing means a broken install, not an extra
+CORE_MODULES: dict[str, str] = {
+    "llama_cpp": "llama-cpp-python (huatuo's portable build, packaging/llama_wheel.py)",
+}
+
+
+def install_hint(module: str) -> str | None:
+    """What to install for a missing `module`: its extra, or a repair for a core dependency."""
+    top = module.split(".")[0]
+    if top in CORE_MODULES:
+        return (f"{CORE_MODULES[top]} comes with huatuo-cli itself; reinstall huatuo "
+                "(install.sh of the offline package, or `make install` from a checkout)")
+    extra = EXTRA_FOR_MODULE.get(top)
+    if extra is None:
+        return None
+    hint = f"pip install 'huatuo-cli[{extra}]'"
+    if top == "onnxruntime":
+        hint += " (or 'huatuo-cli[gpu]' on a CUDA workstation; never both)"
+    return hint
 
 
 def require(module: str) -> ModuleType:
@@ -35,12 +53,9 @@ def require(module: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError as exc:
         top = module.split(".")[0]
-        extra = EXTRA_FOR_MODULE.get(top)
-        if extra is None:
+        hint = install_hint(top)
+        if hint is None:
             raise
-        hint = f"pip install 'huatuo-cli[{extra}]'"
-        if top == "onnxruntime":
-            hint += " (or 'huatuo-cli[gpu]' on a CUDA workstation; never both)"
         raise HuatuoError(
             f"this command needs the Python package '{top}', which is not installed ({exc})",
             hint=hint,
