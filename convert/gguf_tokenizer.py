@@ -19,7 +19,7 @@ from huatuo_cli.gguf_tokens import CHUNK_PREFIX_KEY
 from huatuo_convert.checkpoint import LlavaCheckpoint
 from huatuo_convert.reference_tokenizer import load_reference_tokenizer
 
-#: HuatuoGPT-Vision's prompt format (DESIGN.md 1) as a chat template. Contents are used as given:
+#: HuatuoGPT-Vision's prompt format (docs/model.md) as a chat template. Contents are used as given:
 #: the caller prepends `<image>\n` per image and moderates user text, as `prompt.render` does.
 CHAT_TEMPLATE = (
     "{% for message in messages %}"

@@ -1,6 +1,6 @@
 """The PyTorch reference of the whole LLaVA model: the oracle of every fidelity check.
 
-It follows the official HuatuoGPT-Vision / LLaVA-1.5 semantics (DESIGN.md 1): CLIP hidden state
+It follows the official HuatuoGPT-Vision / LLaVA-1.5 semantics (docs/model.md): CLIP hidden state
 at `mm_vision_select_layer` (index into the tuple whose element 0 is the embeddings), patch tokens
 only, `mlp2x_gelu` projector with exact GELU, image embeddings spliced where `<image>` stands,
 chunks tokenized separately, then the language model. Everything runs in float32 by default, from

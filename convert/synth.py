@@ -110,7 +110,7 @@ def _llm_config(spec: SynthSpec, vocab: dict) -> dict:
         "transformers_version": "4.40.0",
         "bos_token_id": vocab["bos_token_id"],
         "eos_token_id": vocab["eos_token_id"],
-        # LLaVA-1.5 multimodal keys (DESIGN.md 1)
+        # LLaVA-1.5 multimodal keys (docs/model.md)
         "mm_vision_tower": f"./{VISION_FOLDER}" if spec.vision_layout == "folder" else VISION_HUB_ID,
         "mm_projector_type": "mlp2x_gelu",
         "mm_hidden_size": spec.vision_hidden_size,

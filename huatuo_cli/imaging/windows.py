@@ -36,7 +36,7 @@ class Window:
         return f"{self.name} ({cw}{fn})" if self.name else f"{cw}{fn}"
 
 
-#: CT presets (W/L in HU), DESIGN.md section 4 (Radiopaedia "Windowing (CT)")
+#: CT presets (W/L in HU), docs/dicom.md (Radiopaedia "Windowing (CT)")
 CT_PRESETS: dict[str, Window] = {
     name: Window(center=level, width=width, name=name)
     for name, (width, level) in {
@@ -146,8 +146,8 @@ def apply_window(values: np.ndarray, window: Window) -> np.ndarray:
     if window.function == "SIGMOID":
         return 1.0 / (1.0 + np.exp(-4.0 * (values - c) / w))
     if window.function == "LINEAR_EXACT":
-        return np.clip(values * np.float32(1.0 / w) + np.float32(0.5 - c / w), 0.0, 1.0)
+        return np.asarray(np.clip(values * np.float32(1.0 / w) + np.float32(0.5 - c / w), 0.0, 1.0))
     w1 = max(w - 1.0, 1e-6)
     scale = np.float32(1.0 / w1)
     offset = np.float32(0.5 - (c - 0.5) / w1)
-    return np.clip(values * scale + offset, 0.0, 1.0)
+    return np.asarray(np.clip(values * scale + offset, 0.0, 1.0))
