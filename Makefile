@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 DEMO := demo-out
 
-.PHONY: venv install system-deps demo test test-fast package bench clean
+.PHONY: venv install system-deps demo check test test-fast package bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -15,6 +15,7 @@ $(BIN)/python:
 # build (every x86-64 CPU variant, chosen at run time; packaging/llama_wheel.py): built once per
 # machine into a folder keyed by its build flags (~/.cache/huatuo-build), never taken from pip's
 # cache, which is keyed by the sdist alone and would hand back a -march=native build.
+# The tests also get the optional `dicom-gpl` extra: both paths of 12-bit JPEG are tested.
 install: $(BIN)/python
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/python packaging/llama_wheel.py --install $(BIN)/python
@@ -36,7 +37,14 @@ demo: install
 	$(BIN)/huatuo batch $(DEMO)/studies --out $(DEMO)/batch --model $(DEMO)/bundle -q "Describe the findings." --max-tokens 48 --sr
 	@echo "demo done: see $(DEMO)/batch/report.html (a random tiny model: the words are noise, the pipeline is real)"
 
-test: install system-deps
+# the checks first (seconds; DEVELOPERS.md "Checks"): layer contracts, lint, types; then the suite
+# (which also checks README's examples and docs/cli.md against the commands' --help)
+check: install
+	$(BIN)/lint-imports
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: install system-deps check
 	$(BIN)/python -m pytest -q
 
 # the air-gapped artifact (packaging/README.md): dist/huatuo-offline-<version>-linux-x86_64/ and its tarball

@@ -9,6 +9,7 @@ one-line message on stderr here, at the boundary, and nowhere else.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
@@ -32,13 +33,13 @@ class UserError(click.ClickException):
 
     def __init__(self, error: HuatuoError) -> None:
         super().__init__(str(error))
-        self.exit_code = error.exit_code
+        self.exit_code = error.exit_code  # type: ignore[misc]  # click declares it on the class
 
 
 class LazyGroup(click.Group):
     """A click group whose subcommands are imported on first use, and which converts user errors."""
 
-    def __init__(self, *args, lazy_subcommands: dict[str, str] | None = None, **kwargs) -> None:
+    def __init__(self, *args: Any, lazy_subcommands: dict[str, str] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.lazy_subcommands = lazy_subcommands or {}
 
@@ -52,10 +53,11 @@ class LazyGroup(click.Group):
                 module = require(module_name)
             except HuatuoError as exc:
                 return _unavailable(cmd_name, exc)
-            return getattr(module, attr)
+            command: click.Command = getattr(module, attr)
+            return command
         return super().get_command(ctx, cmd_name)
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except HuatuoError as exc:
@@ -65,7 +67,7 @@ class LazyGroup(click.Group):
 def _unavailable(name: str, error: HuatuoError) -> click.Command:
     """A stand-in for a subcommand whose extra is missing: listed in --help, explains itself when run."""
 
-    def fail(**_kwargs) -> None:
+    def fail(**_kwargs: Any) -> None:
         raise UserError(error)
 
     return click.Command(name, callback=fail, help=f"(unavailable: {error.hint or error})",

@@ -22,7 +22,7 @@ CHUNK_PREFIX_KEY = "huatuo.tokenizer.chunk_prefix"
 
 def chunk_prefix(llama: Any) -> str:
     """The text prepended to each non-empty chunk (from the GGUF metadata of a `llama_cpp.Llama`)."""
-    return llama.metadata.get(CHUNK_PREFIX_KEY, "")
+    return str(llama.metadata.get(CHUNK_PREFIX_KEY, ""))
 
 
 def encode_text(llama: Any, text: str, *, add_bos: bool = False) -> list[int]:

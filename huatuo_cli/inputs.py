@@ -11,15 +11,21 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+from PIL import Image
 
 from huatuo_cli.bundle import sha256_file
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.jobs import BadFile, Job, StudyInputs
 from huatuo_cli.prompt import MAX_IMAGES
 
+if TYPE_CHECKING:
+    from huatuo_cli.imaging import FrameChoice, Representative, Series, WindowChoice
 
-def pick_representatives(series_list: Sequence[Any], limit: int = MAX_IMAGES, frame: Any = None) -> list:
+
+def pick_representatives(series_list: Sequence[Series], limit: int = MAX_IMAGES,
+                         frame: FrameChoice | None = None) -> list[Representative]:
     """Representatives of several series, shared out so each series shows up, `limit` in all.
 
     With an explicit `frame` each instance is picked once (the frame is the user's choice).
@@ -32,7 +38,8 @@ def pick_representatives(series_list: Sequence[Any], limit: int = MAX_IMAGES, fr
     return picks[:limit]
 
 
-def render(reps: Sequence[Any], *, window: Any, frame: Any, limit: int = MAX_IMAGES) -> StudyInputs:
+def render(reps: Sequence[Representative], *, window: WindowChoice | str, frame: FrameChoice | None,
+           limit: int = MAX_IMAGES) -> StudyInputs:
     """Decode the chosen images (imaging's viewer pipeline). Raises HuatuoError for a bad image.
 
     Each file is read and hashed once, however many of its frames are representatives.
@@ -40,8 +47,10 @@ def render(reps: Sequence[Any], *, window: Any, frame: Any, limit: int = MAX_IMA
     from huatuo_cli.imaging import load_image, render_dataset
     from huatuo_cli.imaging.dicomio import read_dicom
 
-    images, hashes, windows = [], [], []
-    by_path: dict[Path, list] = {}
+    images: list[Image.Image] = []
+    hashes: list[str] = []
+    windows: list[str] = []
+    by_path: dict[Path, list[Representative]] = {}
     for rep in reps:
         by_path.setdefault(rep.instance.path, []).append(rep)
     for path, path_reps in by_path.items():
@@ -60,8 +69,9 @@ def render(reps: Sequence[Any], *, window: Any, frame: Any, limit: int = MAX_IMA
     return StudyInputs(images=images, inputs=hashes, window="; ".join(windows) or getattr(window, "text", str(window)))
 
 
-def _dicom_sources(reps: Sequence[Any]) -> list[Path]:
-    seen, out = set(), []
+def _dicom_sources(reps: Sequence[Representative]) -> list[Path]:
+    seen: set[Path] = set()
+    out: list[Path] = []
     for rep in reps:
         if rep.instance.kind == "dicom" and rep.instance.path not in seen:
             seen.add(rep.instance.path)
@@ -69,7 +79,8 @@ def _dicom_sources(reps: Sequence[Any]) -> list[Path]:
     return out
 
 
-def jobs_from_folder(root: Path, *, per: str = "study", window: Any = "auto", frame: Any = None,
+def jobs_from_folder(root: Path, *, per: str = "study", window: WindowChoice | str = "auto",
+                     frame: FrameChoice | None = None,
                      images: int = MAX_IMAGES) -> list[Job | BadFile]:
     """Scan `root` (headers only) into batch jobs, one per study or per series, and bad files."""
     from huatuo_cli.imaging import scan
@@ -82,7 +93,7 @@ def jobs_from_folder(root: Path, *, per: str = "study", window: Any = "auto", fr
         for key, series_key, series_list in units:
             reps = pick_representatives(series_list, images, frame)
 
-            def load(reps=reps) -> StudyInputs:
+            def load(reps: list[Representative] = reps) -> StudyInputs:
                 return render(reps, window=window, frame=frame, limit=images)
 
             jobs.append(Job(key=key, series=series_key, load=load, sources=_dicom_sources(reps),
@@ -92,7 +103,7 @@ def jobs_from_folder(root: Path, *, per: str = "study", window: Any = "auto", fr
     return jobs
 
 
-def inputs_from_paths(paths: Sequence[Path], *, window: Any = "auto", frame: Any = None,
+def inputs_from_paths(paths: Sequence[Path], *, window: WindowChoice | str = "auto", frame: FrameChoice | None = None,
                       images: int = MAX_IMAGES) -> tuple[str, str | None, StudyInputs]:
     """`ask`'s inputs: files and/or series folders -> (study key, audit id, decoded inputs).
 
@@ -100,7 +111,9 @@ def inputs_from_paths(paths: Sequence[Path], *, window: Any = "auto", frame: Any
     """
     from huatuo_cli.imaging import scan
 
-    reps, keys, uids = [], [], []
+    reps: list[Representative] = []
+    keys: list[str] = []
+    uids: list[str] = []
     for path in paths:
         result = scan(path)
         if result.skipped and Path(path).is_file():

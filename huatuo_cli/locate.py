@@ -51,7 +51,7 @@ def _configured_model() -> str | None:
     return str(model) if model else None
 
 
-def find_bundle(explicit: str | os.PathLike | None = None) -> Path:
+def find_bundle(explicit: str | os.PathLike[str] | None = None) -> Path:
     """The bundle folder to use, or a HuatuoError that says how to get one."""
     for candidate, origin in ((explicit, "--model"), (os.environ.get(ENV_MODEL), ENV_MODEL), (_configured_model(), str(config_file()))):
         if candidate:

@@ -8,8 +8,9 @@ telemetry) — that would be a hang or a leak on site, so we surface it as a fai
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any, NoReturn
 
 _INET = {socket.AF_INET, socket.AF_INET6}
 
@@ -29,16 +30,16 @@ def no_network() -> Iterator[list[str]]:
                                                        "create_connection")}
     saved_methods = {name: getattr(socket.socket, name) for name in ("connect", "connect_ex", "sendto")}
 
-    def refuse(what: str):
-        def blocked(*args, **kwargs):
+    def refuse(what: str) -> Callable[..., NoReturn]:
+        def blocked(*args: object, **kwargs: object) -> NoReturn:
             attempts.append(what)
             raise NetworkBlocked(f"network use blocked: {what}")
         return blocked
 
-    def guarded(name: str):
+    def guarded(name: str) -> Callable[..., Any]:
         original = saved_methods[name]
 
-        def method(self, *args, **kwargs):
+        def method(self: socket.socket, *args: Any, **kwargs: Any) -> Any:
             if self.family in _INET:
                 attempts.append(f"socket.{name}")
                 raise NetworkBlocked(f"network use blocked: socket.{name}")

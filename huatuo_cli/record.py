@@ -43,11 +43,11 @@ def answer_from_generation(generation: Any) -> Answer:
     )
 
 
-def model_dict(info: Any) -> dict:
+def model_dict(info: Any) -> dict[str, Any]:
     """ModelInfo (a dataclass) or a plain mapping, as JSON-ready dict."""
     if info is None:
         return {}
-    return asdict(info) if is_dataclass(info) else dict(info)
+    return asdict(info) if is_dataclass(info) and not isinstance(info, type) else dict(info)
 
 
 def build_record(
@@ -60,7 +60,7 @@ def build_record(
     window: str | None,
     series: str | None = None,
     total_s: float | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """One result record (JSON-ready). `study`/`series` are PHI-free keys, `inputs` content hashes."""
     info = model_dict(model)
     timings = {k: round(v, 4) for k, v in answer.timings.items()}

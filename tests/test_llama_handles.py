@@ -20,10 +20,10 @@ from huatuo_cli.engine.llama_handles import LlamaInternalsChanged, context_handl
 def test_handles_of_a_real_model_are_the_c_api_objects() -> None:
     llama_cpp = cpu_backend.llama()
     gguf = resources.files("huatuo_cli") / "data" / "selftest-q8_0.gguf"
-    llm = llama_cpp.Llama(str(gguf), n_ctx=96, n_batch=32, n_threads=1, verbose=False)
+    llm = llama_cpp.Llama(str(gguf), n_ctx=256, n_batch=32, n_threads=1, verbose=False)
     try:
         ctx, model = context_handle(llm), model_handle(llm)
-        assert llama_cpp.llama_n_ctx(ctx) == llm.n_ctx() == 96
+        assert llama_cpp.llama_n_ctx(ctx) == llm.n_ctx() == 256
         vocab = llama_cpp.llama_model_get_vocab(model)
         assert llama_cpp.llama_vocab_n_tokens(vocab) == llm.n_vocab() > 0
     finally:

@@ -168,3 +168,107 @@ def test_sampling_options_reach_the_engine_unchanged():
     assert (s.max_tokens, s.temperature, s.top_p, s.repetition_penalty, s.seed) == (7, 0.3, 0.8, 1.1, 9)
     assert got["threads"] == 3 and got["vision"] == "onnx"
     assert np.isclose(s.repetition_penalty, 1.1)
+
+
+def test_importing_imaging_leaves_pydicom_settings_alone_and_the_cli_sets_them():
+    """mutation: the validation mode set as a side effect of importing dicomio (or not at start-up)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import pydicom.config as c\n"
+        "before = c.settings.reading_validation_mode\n"
+        "import huatuo_cli.imaging, huatuo_cli.imaging.dicomio, huatuo_cli.inputs\n"
+        "assert c.settings.reading_validation_mode == before != c.IGNORE, 'import changed pydicom settings'\n"
+        "from click.testing import CliRunner\n"
+        "from huatuo_cli.cli import cli\n"
+        "assert CliRunner().invoke(cli, ['inspect', '--help']).exit_code == 0\n"
+        "assert c.settings.reading_validation_mode == c.IGNORE, 'start-up did not quiet pydicom'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_missing_llama_cpp_is_a_broken_install_not_the_cpu_extra():
+    """llama-cpp-python is a core dependency; `[cpu]` is onnxruntime. mutation: doctor/extras hint `[cpu]`."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "sys.modules['llama_cpp'] = None\n"
+        "from huatuo_cli.doctor import llama_check\n"
+        "from huatuo_cli.errors import HuatuoError\n"
+        "from huatuo_cli.extras import require\n"
+        "(check,) = llama_check()\n"
+        "try:\n"
+        "    require('llama_cpp')\n"
+        "except HuatuoError as exc:\n"
+        "    error = str(exc)\n"
+        "print(check.status)\n"
+        "print(check.detail)\n"
+        "print(error)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    status, detail, error = proc.stdout.split("\n", 2)
+    assert status == "fail"
+    for text in (detail, error):
+        assert "[cpu]" not in text and "reinstall huatuo" in text
+    from huatuo_cli.extras import install_hint
+
+    assert install_hint("onnxruntime").startswith("pip install 'huatuo-cli[cpu]'")
+
+
+def test_more_than_six_images_in_one_conversation_is_refused():
+    """README: at most 6 images (the official CLI's limit). mutation: the check in prompt.render removed."""
+    render([Turn("q", images=6)])
+    with pytest.raises(HuatuoError, match="7 images in one conversation"):
+        render([Turn("q", images=7)])
+    with pytest.raises(HuatuoError, match="at most 6"):  # counted over the turns of a follow-up too
+        render([Turn("a", images=4, answer="x"), Turn("b", images=3)])
+
+
+def test_default_threads_are_the_physical_cores_this_process_may_use(monkeypatch):
+    """README/--threads: default = physical cores. mutation: default_threads returns os.cpu_count()."""
+    import os
+
+    from huatuo_cli.engine import threads
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)  # many logical CPUs on the machine...
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})  # ...but this process may use one
+    assert threads.default_threads() == 1
+
+
+def test_ask_and_batch_close_the_model_even_when_answering_fails(tiny_bundle, tmp_path, monkeypatch):
+    """mutations: model.close() outside a `finally` (ask) or never called (batch); a failed answer not audited."""
+    from click.testing import CliRunner
+    from pydicom.data import get_testdata_file
+
+    from huatuo_cli.cli import cli
+    from huatuo_cli.engine.session import VisionLanguageModel
+
+    closed: list[int] = []
+    real_close = VisionLanguageModel.close
+
+    def counting_close(self: VisionLanguageModel) -> None:
+        closed.append(1)
+        real_close(self)
+
+    monkeypatch.setattr(VisionLanguageModel, "close", counting_close)
+    ct = get_testdata_file("CT_small.dcm", download=False)
+    runner = CliRunner()
+    # the prompt plus 4096 answer tokens cannot fit the 4096-position context: the answer fails
+    res = runner.invoke(cli, ["ask", "--model", str(tiny_bundle), "--max-tokens", "4096", ct, "Describe."])
+    assert res.exit_code == 1 and "context window" in res.output, res.output
+    assert closed == [1]
+    from huatuo_cli import audit  # a failed answer is recorded too (mutation: its audit.record removed)
+
+    assert [(e["command"], e["outcome"], e["answer_chars"]) for e in audit.read_entries()] == [("ask", "error", 0)]
+    study = tmp_path / "in" / "s1"
+    study.mkdir(parents=True)
+    (study / "IM1").write_bytes(Path(ct).read_bytes())
+    res = runner.invoke(cli, ["batch", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--model",
+                              str(tiny_bundle), "-q", "Describe.", "--max-tokens", "2"])
+    assert res.exit_code == 0, res.output
+    assert closed == [1, 1]

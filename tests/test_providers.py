@@ -101,11 +101,10 @@ def test_fallback_is_reported_never_assumed():
 
 def test_plan_is_accepted_by_onnxruntime(tmp_path):
     """The real onnxruntime takes the plan's list format (CPU build here: only CPU is planned)."""
-    import onnxruntime as ort
-
     from importlib import resources
 
     import numpy as np
+    import onnxruntime as ort
 
     plan = plan_providers(ort.get_available_providers(), tmp_path, 56, "auto")
     assert plan.names[-1] == CPU

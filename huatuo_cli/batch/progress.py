@@ -3,6 +3,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
+
 import sys
 from typing import Protocol, TextIO
 
@@ -43,13 +48,14 @@ class RichProgress:
         self.bar = Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                        console=Console(stderr=True), transient=False)
-        self.task = None
+        self.task: TaskID | None = None
 
     def start(self, total: int) -> None:
         self.bar.start()
         self.task = self.bar.add_task("studies", total=total)
 
     def step(self, label: str, status: str) -> None:
+        assert self.task is not None, "start() first"
         self.bar.update(self.task, advance=1, description=f"{label}: {status}")
 
     def close(self) -> None:

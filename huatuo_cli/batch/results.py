@@ -12,6 +12,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.jsonl import read_jsonl as read_jsonl  # the one JSON-lines reader (audit log too)
@@ -29,23 +30,23 @@ class BatchState:
     """The output folder of one batch: what is done, and the appenders for what comes next."""
 
     out: Path
-    results: list[dict] = field(default_factory=list)
-    errors: list[dict] = field(default_factory=list)
+    results: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
     #: (study, question) pairs answered, and error entries recorded: kept as sets so that a batch
     #: of many thousand studies does not rescan every record for every question
     done: set[tuple[str, str]] = field(init=False)
-    _error_keys: set[tuple] = field(init=False, repr=False)
+    _error_keys: set[tuple[Any, ...]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.done = {(r["study"], r["question"]) for r in self.results}
         self._error_keys = {self._error_key(e) for e in self.errors}
 
     @staticmethod
-    def _error_key(entry: dict) -> tuple:
+    def _error_key(entry: dict[str, Any]) -> tuple[Any, ...]:
         return (entry.get("kind"), entry.get("key"), entry.get("question"), entry.get("reason"))
 
     @classmethod
-    def open(cls, out: str | os.PathLike) -> BatchState:
+    def open(cls, out: str | os.PathLike[str]) -> BatchState:
         out = private_dir(out)
         results = read_jsonl(out / RESULTS_NAME, repair=True, hint=DAMAGED_HINT)
         for record in results:
@@ -59,10 +60,10 @@ class BatchState:
         done = self.done
         return [q for q in questions if (study, q) not in done]
 
-    def answers_for(self, study: str) -> list[dict]:
+    def answers_for(self, study: str) -> list[dict[str, Any]]:
         return [r for r in self.results if r["study"] == study]
 
-    def add_result(self, record: dict) -> None:
+    def add_result(self, record: dict[str, Any]) -> None:
         if (record["study"], record["question"]) in self.done:
             raise ValueError("result recorded twice")  # a bug in the loop, never a user error
         append_line(self.out / RESULTS_NAME, json.dumps(record, ensure_ascii=False))
@@ -80,7 +81,7 @@ class BatchState:
         self._error_keys.add(self._error_key(entry))
         return True
 
-    def open_errors(self) -> list[dict]:
+    def open_errors(self) -> list[dict[str, Any]]:
         """Errors still standing: a study that failed once and was answered on a rerun is not one."""
         done = self.done
         return [e for e in self.errors

@@ -35,6 +35,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from huatuo_cli.engine.cpu_verdicts import VerdictCache, cache_key, run_selftest
 from huatuo_cli.errors import HuatuoError
@@ -65,16 +66,16 @@ class CpuBackend:
     """The CPU kernels this process runs llama.cpp with, and why."""
 
     build: str  # "portable" (variants chosen at run time) or "single" (one CPU library)
-    build_info: dict | None
+    build_info: dict[str, Any] | None
     variant: str
     repack: bool
     verdict: str  # "zen4, weight repacking off, ...; self-test passed": for doctor and the notice
     ranked: list[str] = field(default_factory=list)  # variants this CPU can run, best first
-    tested: dict[str, dict] = field(default_factory=dict)  # variant -> Verdict fields
+    tested: dict[str, dict[str, Any]] = field(default_factory=dict)  # variant -> Verdict fields
     fallback: bool = False  # a faster path was ruled out by the self-test
     found_now: bool = False  # this run ran the self-test that ruled it out
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -99,7 +100,7 @@ def activate() -> CpuBackend:
     if _ACTIVE is not None:
         return _ACTIVE
     llama_cpp = require("llama_cpp")
-    lib_dir = Path(llama_cpp.__file__).parent / "lib"
+    lib_dir = Path(str(llama_cpp.__file__)).parent / "lib"
     variants_dir = Path(os.environ.get(ENV_VARIANTS_DIR) or lib_dir)
     backend = choose(rank_variants(variants_dir), build_info(lib_dir), variants_dir)
     if backend.build == "portable":
@@ -150,19 +151,20 @@ def set_repack(llama_cpp: ModuleType, enabled: bool) -> None:
     original = getattr(low, "_huatuo_default_params", None) or low.llama_model_default_params
     low._huatuo_default_params = original
 
-    def default_params():
+    def default_params() -> Any:
         params = original()
         params.use_extra_bufts = enabled
         return params
 
     low.llama_model_default_params = default_params
-    llama_cpp.llama_model_default_params = default_params
+    llama_cpp.llama_model_default_params = default_params  # type: ignore[attr-defined]
 
 
-def build_info(lib_dir: Path) -> dict | None:
+def build_info(lib_dir: Path) -> dict[str, Any] | None:
     """What packaging/llama_wheel.py recorded about the installed build (None: another build)."""
     try:
-        return json.loads((lib_dir.parent / BUILD_INFO).read_text())
+        info: dict[str, Any] = json.loads((lib_dir.parent / BUILD_INFO).read_text())
+        return info
     except (OSError, ValueError):
         return None
 
@@ -204,7 +206,7 @@ def wants_repack(variant: Variant) -> bool:
     return variant.name in AMX_VARIANTS
 
 
-def choose(variants: list[Variant], info: dict | None, variants_dir: Path) -> CpuBackend:
+def choose(variants: list[Variant], info: dict[str, Any] | None, variants_dir: Path) -> CpuBackend:
     """The first variant (best first) whose self-test passes, with repacking if that passed too."""
     build = "portable" if variants else "single"
     if not variants:
@@ -216,8 +218,8 @@ def choose(variants: list[Variant], info: dict | None, variants_dir: Path) -> Cp
         if not variants:
             raise HuatuoError(f"{ENV_VARIANT}={forced}: no such CPU variant runs on this machine",
                               hint=f"one of: {', '.join(ranked)}")
-    cache = VerdictCache(cache_key([(v.name, v.score) for v in variants], variants_dir, info and info.get("key")))
-    tested: dict[str, dict] = {}
+    cache = VerdictCache(cache_key([(v.name, v.score) for v in variants], variants_dir, info.get("key") if info else None))
+    tested: dict[str, dict[str, Any]] = {}
     ruled_out: list[str] = []
     found_now = False
     for variant in variants:

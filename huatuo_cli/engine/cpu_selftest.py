@@ -24,6 +24,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,11 +34,11 @@ BATCH = 32
 MAX_REL_DIFF = 0.05
 
 
-def _report(stage: str, result: str, **extra) -> None:
+def _report(stage: str, result: str, **extra: Any) -> None:
     print(json.dumps({"stage": stage, "result": result, **extra}), flush=True)
 
 
-def _logits(llama_cpp, model: Path) -> np.ndarray:
+def _logits(llama_cpp: Any, model: Path) -> np.ndarray:
     llm = llama_cpp.Llama(str(model), n_ctx=TOKENS * 2, n_batch=BATCH, n_ubatch=BATCH, n_threads=2,
                           n_threads_batch=2, logits_all=True, verbose=False)
     try:
@@ -77,7 +78,8 @@ def main(argv: list[str]) -> int:
     set_repack(llama_cpp, False)
     plain = [_logits(llama_cpp, m) for m in models]
     if args.save_expected:
-        np.savez_compressed(args.save_expected, **{m.name: p.astype(np.float16) for m, p in zip(models, plain, strict=True)})
+        arrays: dict[str, Any] = {m.name: p.astype(np.float16) for m, p in zip(models, plain, strict=True)}
+        np.savez_compressed(args.save_expected, **arrays)
         return 0
     if args.expected:
         with np.load(args.expected) as expected:

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from huatuo_cli.engine.preprocess import PreprocessConfig, preprocess
-from huatuo_cli.engine.providers import CUDA, MAX_IMAGES, TENSORRT, fallback_note, plan_providers
+from huatuo_cli.engine.providers import CUDA, TENSORRT, fallback_note, plan_providers
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.extras import require
+from huatuo_cli.prompt import MAX_IMAGES
 
 FP32_NAME = "vision-fp32.onnx"
 FP16_NAME = "vision-fp16.onnx"
@@ -66,7 +68,7 @@ class ImageEncoder:
         self.fallback_note: str | None = fallback_note(self.plan, self.session.get_providers())
 
     @classmethod
-    def from_folder(cls, folder: Path | str, *, device: str = "auto", **kwargs) -> ImageEncoder:
+    def from_folder(cls, folder: Path | str, *, device: str = "auto", **kwargs: Any) -> ImageEncoder:
         """Pick the file for the device: fp16 for CUDA (half the memory traffic), else fp32.
 
         TensorRT builds its own fp16 engine from the fp32 graph (`trt_fp16_enable`); the CPU runs

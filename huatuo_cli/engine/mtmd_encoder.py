@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -27,7 +28,7 @@ from huatuo_cli.extras import require
 _QUIET = None
 
 
-def _silence(llama_cpp, mtmd) -> None:
+def _silence(llama_cpp: Any, mtmd: Any) -> None:
     """mtmd and clip log every encode to stderr; keep them quiet unless asked (one callback, kept alive)."""
     global _QUIET
     if _QUIET is None:
@@ -69,7 +70,7 @@ class MtmdImageEncoder:
     def __enter__(self) -> MtmdImageEncoder:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def _encode_one(self, pixels: np.ndarray) -> np.ndarray:

@@ -26,6 +26,12 @@ _RESAMPLE = {0: Image.Resampling.NEAREST, 1: Image.Resampling.LANCZOS, 2: Image.
              3: Image.Resampling.BICUBIC, 4: Image.Resampling.BOX, 5: Image.Resampling.HAMMING}
 
 
+def _triple(values: Sequence[float]) -> tuple[float, float, float]:
+    """Per-channel values (RGB) from a preprocessor config."""
+    r, g, b = (float(x) for x in values)
+    return r, g, b
+
+
 @dataclass(frozen=True)
 class PreprocessConfig:
     """The fields of a CLIP `preprocessor_config.json` that change pixels."""
@@ -57,8 +63,8 @@ class PreprocessConfig:
         if resample not in _RESAMPLE:
             raise HuatuoError(f"unknown resample mode {resample} in preprocessor config")
         return cls(
-            image_mean=tuple(float(x) for x in raw["image_mean"]),
-            image_std=tuple(float(x) for x in raw["image_std"]),
+            image_mean=_triple(raw["image_mean"]),
+            image_std=_triple(raw["image_std"]),
             shortest_edge=int(size["shortest_edge"]),
             crop_height=int(crop["height"]),
             crop_width=int(crop["width"]),
@@ -72,7 +78,7 @@ class PreprocessConfig:
         )
 
     @classmethod
-    def from_file(cls, path: Path | str, **kwargs) -> PreprocessConfig:
+    def from_file(cls, path: Path | str, **kwargs: Any) -> PreprocessConfig:
         path = Path(path)
         try:
             return cls.from_dict(json.loads(path.read_text()), **kwargs)
@@ -82,7 +88,8 @@ class PreprocessConfig:
     @property
     def background(self) -> tuple[int, int, int]:
         """LLaVA's padding colour: `tuple(int(x * 255) for x in image_mean)` (truncation, not rounding)."""
-        return tuple(int(x * 255) for x in self.image_mean)
+        r, g, b = (int(x * 255) for x in self.image_mean)
+        return r, g, b
 
 
 def expand2square(image: Image.Image, background: tuple[int, ...]) -> Image.Image:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from huatuo_cli.bundle import Bundle, load_bundle
 from huatuo_cli.engine.llm import Generation, LlamaEngine, Sampling, Segment
@@ -57,9 +58,10 @@ class BundleImageEncoder:
         else:
             raise HuatuoError(f"unknown vision path '{vision}'", hint="use onnx (default) or mmproj")
 
-    def encode(self, images: list) -> np.ndarray:
+    def encode(self, images: list[Image.Image]) -> np.ndarray:
         if self._onnx is not None:
             return self._onnx.encode(images)
+        assert self._mtmd is not None
         return self._mtmd.encode(images, self._config)
 
     def close(self) -> None:
@@ -113,7 +115,7 @@ class VisionLanguageModel:
             llm_cpu=self.llm.cpu_kernels,
         )
 
-    def encode_images(self, images: Sequence) -> list[np.ndarray]:
+    def encode_images(self, images: Sequence[Image.Image]) -> list[np.ndarray]:
         """One [tokens, n_embd] array per PIL image."""
         if not images:
             return []
@@ -135,7 +137,7 @@ class Conversation:
     """Images given once, then questions and answers; follow-ups see the whole history."""
 
     model: VisionLanguageModel
-    images: list = field(default_factory=list)
+    images: list[Image.Image] = field(default_factory=list)
     turns: list[Turn] = field(default_factory=list)
     #: computed on the first question; pass them in to ask several independent questions of one study
     image_embeds: list[np.ndarray] | None = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import warnings
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -37,6 +38,7 @@ def _render_series(
             image = load_image(rep.instance.path, window=window, frame=rep.frame if frame is None else frame)
         except HuatuoError as exc:
             return getattr(exc, "reason", None) or str(exc).splitlines()[0], "", exc
+        assert image.meta is not None  # files always carry meta; only in-memory pictures lack it
         windows.append(image.meta.window)
         if out is not None:
             folder = out / study.key / series.key
@@ -49,11 +51,12 @@ def _render_series(
     return status, (windows[0] if windows else ""), None
 
 
-def _table(result: ScanResult, **render) -> tuple[Table, int, list[HuatuoError]]:
+def _table(result: ScanResult, **render: Any) -> tuple[Table, int, list[HuatuoError]]:
     table = Table(title="huatuo inspect", title_justify="left")
     for column in ("study", "series", "#", "modality", "images", "frames", "size", "syntax", "window", "status"):
         table.add_column(column, overflow="fold", max_width=34 if column in ("syntax", "window", "status") else None)
-    usable, errors = 0, []
+    usable = 0
+    errors: list[HuatuoError] = []
     for study in result.studies:
         for series in study.series:
             status, window, error = _render_series(study, series, **render)
@@ -103,7 +106,8 @@ def inspect(path: Path, png_dir: Path | None, window: WindowChoice, frame: Frame
 def _inspect(path: Path, png_dir: Path | None, window: WindowChoice, frame: FrameChoice | None, count: int) -> None:
     result = scan(path)
     console = Console(soft_wrap=False, width=160)
-    usable, errors = 0, []
+    usable = 0
+    errors: list[HuatuoError] = []
     if result.studies:
         table, usable, errors = _table(result, count=count, window=window, frame=frame, out=png_dir)
         console.print(table)

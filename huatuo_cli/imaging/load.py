@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageSequence, UnidentifiedImageError
@@ -42,7 +44,7 @@ class ImageMeta:
     transfer_syntax: str  # name, e.g. "JPEG 2000 Image Compression"; the format for plain images
     window: str  # e.g. "lung (C=-600 W=1500)", "file (C=40 W=400)", "colour (no window)"
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -124,7 +126,7 @@ def _render_dataset(ds: Dataset, choice: WindowChoice, frame: FrameChoice) -> Re
     return RenderedImage(frames=frames, meta=meta)
 
 
-def _decode(ds: Dataset, indices: list[int], n: int, ts: str):
+def _decode(ds: Dataset, indices: list[int], n: int, ts: str) -> Iterator[np.ndarray]:
     """Decoded arrays of the chosen frames (one decode per frame; all at once for `all`)."""
     try:
         with warnings.catch_warnings():

@@ -7,12 +7,15 @@ accept exactly the same strings and report the same errors.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.imaging.frames import parse_frame
 from huatuo_cli.imaging.windows import CT_PRESETS, parse_window
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 WINDOW_HELP = (
     "auto (default: the file's window, else a CT preset, else percentiles), a CT preset ("
@@ -22,23 +25,23 @@ WINDOW_HELP = (
 FRAME_HELP = "frame of multi-frame images: a 0-based index, mid or all"
 
 
-class ParsedType(click.ParamType):
+class ParsedType(click.ParamType):  # type: ignore[type-arg,unused-ignore]  # generic only in newer click
     """A click type that delegates to one of the library parsers (HuatuoError -> usage error)."""
 
     def __init__(self, name: str, parse: Callable[[str], object]) -> None:
         self.name = name
         self.parse = parse
 
-    def convert(self, value, param, ctx):
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         try:
             return self.parse(value)
         except HuatuoError as exc:
             self.fail(str(exc), param, ctx)
 
 
-def window_option(default: str = "auto"):
+def window_option(default: str = "auto") -> Callable[[F], F]:
     return click.option("--window", "window", type=ParsedType("WINDOW", parse_window), default=default, show_default=True, help=WINDOW_HELP)
 
 
-def frame_option(default: str | None = None):
+def frame_option(default: str | None = None) -> Callable[[F], F]:
     return click.option("--frame", "frame", type=ParsedType("FRAME", parse_frame), default=default, help=FRAME_HELP)

@@ -9,6 +9,8 @@ already converted YBR), PALETTE COLOR through `apply_color_lut`.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -25,9 +27,9 @@ def padding_mask(arr: np.ndarray, view: Dataset) -> np.ndarray | None:
         return None
     limit = view.get("PixelPaddingRangeLimit")
     if limit is None:
-        return arr == value
+        return np.asarray(arr == value)
     lo, hi = sorted((value, limit))
-    return (arr >= lo) & (arr <= hi)
+    return np.asarray((arr >= lo) & (arr <= hi))
 
 
 def modality_values(arr: np.ndarray, view: Dataset) -> np.ndarray:
@@ -43,7 +45,7 @@ def modality_values(arr: np.ndarray, view: Dataset) -> np.ndarray:
     return values
 
 
-def _first(value):
+def _first(value: Any) -> Any:
     """First value of a possibly multi-valued element."""
     return value[0] if isinstance(value, (MultiValue, list, tuple)) else value
 
@@ -71,7 +73,7 @@ def _voi_lut(values: np.ndarray, view: Dataset) -> np.ndarray:
     bits = int(item.LUTDescriptor[2]) or 16
     out = apply_voi(np.rint(values).astype(np.int64), view, index=0)
     top = float(2**bits - 1)
-    return np.clip(np.asarray(out, dtype=np.float32) / top, 0.0, 1.0)
+    return np.asarray(np.clip(np.asarray(out, dtype=np.float32) / top, 0.0, 1.0))
 
 
 def _auto(values: np.ndarray, view: Dataset, mask: np.ndarray | None, body_part: str) -> tuple[np.ndarray, str]:

@@ -16,7 +16,7 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -48,7 +48,7 @@ class Instance:
     number_of_frames: int = 1
     transfer_syntax: str = ""  # short name, e.g. "JPEG 2000 lossless"; the format for plain images
     instance_number: int | None = None
-    position: tuple[float, float, float] | None = None  # ImagePositionPatient
+    position: tuple[float, ...] | None = None  # ImagePositionPatient (3 values)
     orientation: tuple[float, ...] | None = None  # ImageOrientationPatient (6 values)
     acquisition_number: str = ""
     echo_number: str = ""
@@ -159,7 +159,7 @@ def spread(n: int, count: int) -> list[int]:
     return picks
 
 
-def _floats(value, n: int) -> tuple[float, ...] | None:
+def _floats(value: Any, n: int) -> tuple[float, ...] | None:
     try:
         out = tuple(float(v) for v in value)
     except (TypeError, ValueError):
@@ -167,7 +167,7 @@ def _floats(value, n: int) -> tuple[float, ...] | None:
     return out if len(out) == n and all(np.isfinite(out)) else None
 
 
-def _int(value) -> int | None:
+def _int(value: Any) -> int | None:
     try:
         return int(value)
     except (TypeError, ValueError):
@@ -221,28 +221,28 @@ def _files(root: Path) -> list[Path]:
     """Regular files under root in a stable order, hidden files and folders skipped."""
     if root.is_file():
         return [root]
-    out = []
+    out: list[Path] = []
     for folder, dirs, names in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         out.extend(Path(folder) / n for n in sorted(names) if not n.startswith("."))
     return out
 
 
-def _stack_key(i: Instance) -> tuple:
+def _stack_key(i: Instance) -> tuple[Any, ...]:
     orientation = tuple(round(v, 3) for v in i.orientation) if i.orientation else None
     return (orientation, i.acquisition_number, i.echo_number, i.temporal_position)
 
 
 def order_stack(instances: list[Instance]) -> Stack:
     """Order by position along the slice normal when every instance has one, else InstanceNumber."""
-    def by_number(i: Instance):
+    def by_number(i: Instance) -> tuple[bool, int, str]:
         return (i.instance_number is None, i.instance_number or 0, i.path.name)
 
     if instances and all(i.position and i.orientation for i in instances):
         o = np.array(instances[0].orientation)
         normal = np.cross(o[:3], o[3:])
         if np.linalg.norm(normal) > 0.5:
-            ranked = sorted(instances, key=lambda i: (float(np.dot(i.position, normal)), by_number(i)))
+            ranked = sorted(instances, key=lambda i: (float(np.dot(np.asarray(i.position), normal)), by_number(i)))
             return Stack(ranked, "position")
     return Stack(sorted(instances, key=by_number), "instance-number")
 
@@ -284,7 +284,7 @@ def scan(path: str | Path, *, key_salt: str = "") -> ScanResult:
         series_members.setdefault((study_uid, series_uid), []).append(instance)
         series_info.setdefault((study_uid, series_uid), (instance.modality, series_number))
     for (study_uid, series_uid), members in series_members.items():
-        groups: dict[tuple, list[Instance]] = {}
+        groups: dict[tuple[Any, ...], list[Instance]] = {}
         for instance in members:
             groups.setdefault(_stack_key(instance), []).append(instance)
         stacks = [order_stack(g) for g in groups.values()]
