@@ -4,6 +4,7 @@ answered independently: a batch answer must not depend on which question came fi
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from PIL import Image
@@ -38,7 +39,7 @@ def model_answerer(model: VisionLanguageModel, sampling: Sampling) -> AnswerFn:
     return answer
 
 
-def load_model(bundle: Bundle, *, device: str = "auto", vision: str = "onnx", n_ctx: int = 4096,
+def load_model(bundle: Bundle | Path, *, device: str = "auto", vision: str = "onnx", n_ctx: int = 4096,
                threads: int | None = None) -> VisionLanguageModel:
     from huatuo_cli.engine.session import VisionLanguageModel as Model
 

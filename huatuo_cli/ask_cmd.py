@@ -71,9 +71,10 @@ def ask(paths: tuple[Path, ...], question: str, model_path: str | None, window: 
                 if not (interactive and conversation.turns):
                     raise
                 click.echo(f"Error: {exc}", err=True)  # a follow-up failed (e.g. context full); the session goes on
-                question = _follow_up()
-                if not question:
+                follow = _follow_up()
+                if not follow:
                     break
+                question = follow
                 continue
             answer = answer_from_generation(generation)
             audit.record("ask", model_id=model.info.model_id, study_id=audit_id, question=question,
@@ -86,9 +87,10 @@ def ask(paths: tuple[Path, ...], question: str, model_path: str | None, window: 
                 click.echo()
             if not interactive:
                 break
-            question = _follow_up()
-            if not question:
+            follow = _follow_up()
+            if not follow:
                 break
+            question = follow
     finally:
         model.close()
 

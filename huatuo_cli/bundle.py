@@ -170,7 +170,7 @@ class VerifiedCache:
         self.trust = trust
         self.path = path or Path(platformdirs.user_cache_dir(APP_NAME)) / "verified-files.json"
         try:
-            self.entries: dict[str, list] = json.loads(self.path.read_text())
+            self.entries: dict[str, list[Any]] = json.loads(self.path.read_text())
         except (OSError, ValueError):
             self.entries = {}
 

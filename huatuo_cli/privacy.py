@@ -17,7 +17,7 @@ FILE_MODE = 0o600
 DIR_MODE = 0o700
 
 
-def private_dir(path: str | os.PathLike) -> Path:
+def private_dir(path: str | os.PathLike[str]) -> Path:
     """Create `path` (and missing parents) as owner-only folders; tighten it if it already exists.
 
     Only folders this call creates, plus `path` itself, are chmod-ed: an existing parent such as the
@@ -35,7 +35,7 @@ def private_dir(path: str | os.PathLike) -> Path:
     return path
 
 
-def open_private_fd(path: str | os.PathLike, flags: int) -> int:
+def open_private_fd(path: str | os.PathLike[str], flags: int) -> int:
     """os.open with O_CREAT and mode 0600, re-applied with fchmod: O_CREAT leaves the mode of an
     existing file (say one from before an upgrade, 0644) alone, and a strict umask may have cut it."""
     fd = os.open(path, flags | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
@@ -55,7 +55,7 @@ def write_private(path: str | os.PathLike[str], data: bytes | str) -> Path:
     return write_atomic(path, data, private=True)
 
 
-def append_line(path: str | os.PathLike, line: str, *, fsync: bool = True) -> None:
+def append_line(path: str | os.PathLike[str], line: str, *, fsync: bool = True) -> None:
     """Append one whole line with a single O_APPEND write, so concurrent writers never interleave
     inside a line and a crash leaves at most a torn last line (which readers drop)."""
     data = (line.rstrip("\n") + "\n").encode("utf-8")

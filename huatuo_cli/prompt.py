@@ -1,7 +1,7 @@
 """HuatuoGPT-Vision's prompt format, shared by the runtime and the PyTorch reference.
 
 One definition, so that what the workstation sends to llama.cpp is exactly what the fidelity
-checks were measured on (DESIGN.md 1): per past turn `<|user|>\\n{h}\\n<|assistant|>\\n{answer} \\n`,
+checks were measured on (docs/model.md): per past turn `<|user|>\\n{h}\\n<|assistant|>\\n{answer} \\n`,
 the open turn ends with `<|user|>\\n{h}\\n<|assistant|>\\n`, images prepended as `<image>\\n`.
 """
 

@@ -12,6 +12,9 @@ import base64
 import hashlib
 from html import escape
 from pathlib import Path
+from typing import Any
+
+from PIL import Image
 
 from huatuo_cli.privacy import NOTICE, private_dir, write_private
 
@@ -26,7 +29,7 @@ def study_slug(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
 
 
-def save_thumbnails(out: Path, key: str, images: list) -> list[Path]:
+def save_thumbnails(out: Path, key: str, images: list[Image.Image]) -> list[Path]:
     """PNG thumbnails of the images the model saw, owner-only, under OUT/thumbs/."""
     from io import BytesIO
 
@@ -47,14 +50,14 @@ def thumbnails(out: Path, key: str) -> list[Path]:
     return sorted(found, key=lambda p: int(p.stem.rsplit("-", 1)[1]))
 
 
-def _by_study(results: list[dict]) -> dict[str, list[dict]]:
-    grouped: dict[str, list[dict]] = {}
+def _by_study(results: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    grouped: dict[str, list[dict[str, Any]]] = {}
     for record in results:
         grouped.setdefault(record["study"], []).append(record)
     return grouped
 
 
-def shown_item(error: dict) -> str:
+def shown_item(error: dict[str, Any]) -> str:
     """How an error's item appears in a report. Unusable files are keyed by their path in
     errors.jsonl (owner-only, so the user can find them), but export folders are often named after
     patients: reports, made to be shared, show a hash of the path instead."""
@@ -68,7 +71,7 @@ def _md_text(text: str) -> str:
     return "\n".join("> " + escape(line, quote=False) for line in (text or "(no answer)").splitlines() or [""])
 
 
-def render_markdown(out: Path, results: list[dict], errors: list[dict]) -> str:
+def render_markdown(out: Path, results: list[dict[str, Any]], errors: list[dict[str, Any]]) -> str:
     lines = ["# huatuo batch report", "", f"**{NOTICE}**", "",
              f"{len(_by_study(results))} studies, {len(results)} answers, {len(errors)} errors.", ""]
     for key, records in _by_study(results).items():
@@ -97,7 +100,7 @@ _STYLE = """body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0
 .meta{color:#666;font-size:80%} table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:.2em .5em}"""
 
 
-def render_html(out: Path, results: list[dict], errors: list[dict]) -> str:
+def render_html(out: Path, results: list[dict[str, Any]], errors: list[dict[str, Any]]) -> str:
     e = escape
     parts = ['<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">',
              # forbid every external load, even if some text slipped through unescaped
@@ -127,7 +130,7 @@ def render_html(out: Path, results: list[dict], errors: list[dict]) -> str:
     return "\n".join(parts)
 
 
-def write_reports(out: Path, results: list[dict], errors: list[dict]) -> tuple[Path, Path]:
+def write_reports(out: Path, results: list[dict[str, Any]], errors: list[dict[str, Any]]) -> tuple[Path, Path]:
     md = write_private(out / REPORT_MD, render_markdown(out, results, errors))
     html = write_private(out / REPORT_HTML, render_html(out, results, errors))
     return md, html

@@ -10,6 +10,9 @@ signed report. Identifiers are only ever written into the file, never printed.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
 
 from huatuo_cli.privacy import NOTICE, write_private
 
@@ -19,7 +22,7 @@ SERIES_NUMBER = 9901
 SERIES_DESCRIPTION = "huatuo AI draft (unverified)"
 
 
-def read_evidence(sources: list[Path]):
+def read_evidence(sources: list[Path]) -> list[Dataset]:
     """Headers of the source images, pixel data left on disk (read as the scan read them: files
     without a preamble included)."""
     from huatuo_cli.imaging.dicomio import read_dicom
@@ -27,7 +30,7 @@ def read_evidence(sources: list[Path]):
     return [read_dicom(Path(p), headers_only=True) for p in sources]
 
 
-def build_sr(sources: list[Path], answers: list[dict], *, model_id: str = "", software: str = ""):
+def build_sr(sources: list[Path], answers: list[dict[str, Any]], *, model_id: str = "", software: str = "") -> Any:
     """The SR dataset for one study. `answers` are result records (question, answer) of that study."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
@@ -37,7 +40,7 @@ def build_sr(sources: list[Path], answers: list[dict], *, model_id: str = "", so
         raise ValueError("an SR needs at least one source image")
     if len({ds.StudyInstanceUID for ds in evidence}) != 1:
         raise ValueError("the source images of one SR must belong to one study")
-    items = []
+    items: list[Any] = []  # highdicom content items of several kinds
     for record in answers:
         items.append(hd.sr.TextContentItem(name=codes.DCM.Request, value=record["question"],
                                            relationship_type="CONTAINS"))
@@ -69,13 +72,13 @@ def build_sr(sources: list[Path], answers: list[dict], *, model_id: str = "", so
     )
 
 
-def _charset(answers: list[dict]) -> dict:
+def _charset(answers: list[dict[str, Any]]) -> dict[str, Any]:
     """Answers may be Chinese: then UTF-8, whatever the source images used; otherwise keep theirs."""
     text = "".join(r["question"] + (r["answer"] or "") for r in answers)
     return {} if text.isascii() else {"specific_character_set": "ISO_IR 192"}
 
 
-def write_sr(path: Path, sources: list[Path], answers: list[dict], *, model_id: str = "") -> Path:
+def write_sr(path: Path, sources: list[Path], answers: list[dict[str, Any]], *, model_id: str = "") -> Path:
     """Build and write one study's SR, owner-only."""
     from io import BytesIO
 

@@ -1,6 +1,6 @@
 """The language model on llama.cpp, fed with a mix of token ids and precomputed image embeddings.
 
-llama.cpp's own LLaVA vision graph is inexact in the version we ship (DESIGN.md 2), so image
+llama.cpp's own LLaVA vision graph is inexact in the version we ship (docs/llama-cpp.md), so image
 embeddings come from ONNX Runtime and enter the LLM here through `llama_batch.embd`. Sampling is
 done in numpy on the last logits so that greedy decoding and the official repetition penalty
 (HF semantics: divide positive logits, multiply negative ones, over the generated tokens) are the
@@ -28,6 +28,8 @@ from huatuo_cli.prompt import USER_MARKER
 
 #: One prompt segment: token ids (a text chunk) or an image's embeddings [tokens, n_embd].
 Segment = Union[list[int], np.ndarray]
+#: What a KV-cache position holds: a token id, or (digest of an image, row of its embeddings).
+PositionKey = Union[int, tuple[bytes, int]]
 #: Text that ends an answer even if the model forgets to emit end-of-generation.
 STOP_STRINGS = (USER_MARKER,)
 
@@ -83,9 +85,9 @@ def choose_token(logits: np.ndarray, previous: Sequence[int], sampling: Sampling
     return int(rng.choice(len(probs), p=probs))
 
 
-def _position_keys(segments: Sequence[Segment]) -> list:
+def _position_keys(segments: Sequence[Segment]) -> list[PositionKey]:
     """One comparable key per prompt position: the token id, or (digest of the image, row)."""
-    keys: list = []
+    keys: list[PositionKey] = []
     for seg in segments:
         if isinstance(seg, np.ndarray):
             digest = hashlib.blake2b(np.ascontiguousarray(seg, dtype=np.float32).tobytes(), digest_size=16).digest()
@@ -143,7 +145,7 @@ class LlamaEngine:
         self._ctx = context_handle(self.llm)
         self._vocab = llama_cpp.llama_model_get_vocab(model_handle(self.llm))
         #: what each KV-cache position holds (token id, or (image digest, row)), for prefix reuse
-        self._cached: list = []
+        self._cached: list[PositionKey] = []
         self.last_prefill_reused = 0
 
     # -- text ------------------------------------------------------------------------------------

@@ -57,7 +57,7 @@ class Rejected(HuatuoError):
     @property
     def reason(self) -> str:
         """The one-line message without the hint (for tables)."""
-        return self.args[0]
+        return str(self.args[0])
 
 
 #: short transfer syntax names for tables
