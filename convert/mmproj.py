@@ -25,7 +25,7 @@ import numpy as np
 
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.extras import require
-from huatuo_convert.atomic import atomic_output
+from huatuo_convert.atomic import atomic_output, write_text_atomic
 from huatuo_convert.checkpoint import LlavaCheckpoint
 
 #: CLIPVisionModel state-dict name -> GGUF name; `None` = deliberately not written. Anything
@@ -195,7 +195,7 @@ def convert_mmproj(src: Path | str | LlavaCheckpoint, out: Path | str, *, ftype:
     try:
         report = {"file": out.name, "type": ftype, **measure_mmproj(out, ckpt, threads=threads)}
         if sidecar:
-            record.write_text(json.dumps(report, indent=2))
+            write_text_atomic(record, json.dumps(report, indent=2))
     except BaseException:
         out.unlink(missing_ok=True)
         raise
