@@ -4,16 +4,23 @@ loop: kept in a module of its own so that `ask` and the engine side never import
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
 
 from PIL import Image
 
 from huatuo_cli.record import Answer
 
+if TYPE_CHECKING:
+    from huatuo_cli.engine.session import ModelInfo
+
 #: answer(images, question): made once per batch, the boundary the loop knows the engine by
 AnswerFn = Callable[[list[Image.Image], str], Answer]
+#: what records and the audit log say about the model: the engine's ModelInfo, or a plain mapping
+#: (test doubles, benchmarks)
+ModelRef = Union["ModelInfo", Mapping[str, Any]]
 
 
 @dataclass

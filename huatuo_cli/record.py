@@ -8,10 +8,16 @@ field changes meaning; readers check it.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import asdict, dataclass, field, is_dataclass
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from huatuo_cli.privacy import NOTICE
+
+if TYPE_CHECKING:
+    from huatuo_cli.engine.llm import Generation
+    from huatuo_cli.engine.session import ModelInfo
+
 
 SCHEMA = "huatuo.result/1"
 
@@ -32,7 +38,7 @@ class Answer:
         return self.tokens / decode if decode > 0 else 0.0
 
 
-def answer_from_generation(generation: Any) -> Answer:
+def answer_from_generation(generation: Generation) -> Answer:
     """An engine `Generation` (huatuo_cli.engine.llm) as an Answer."""
     return Answer(
         text=generation.text,
@@ -43,11 +49,13 @@ def answer_from_generation(generation: Any) -> Answer:
     )
 
 
-def model_dict(info: Any) -> dict[str, Any]:
+def model_dict(info: ModelInfo | Mapping[str, Any] | None) -> dict[str, Any]:
     """ModelInfo (a dataclass) or a plain mapping, as JSON-ready dict."""
     if info is None:
         return {}
-    return asdict(info) if is_dataclass(info) and not isinstance(info, type) else dict(info)
+    if isinstance(info, Mapping):
+        return dict(info)
+    return asdict(info)
 
 
 def build_record(
@@ -55,7 +63,7 @@ def build_record(
     study: str,
     question: str,
     answer: Answer,
-    model: Any,
+    model: ModelInfo | Mapping[str, Any] | None,
     inputs: list[str],
     window: str | None,
     series: str | None = None,

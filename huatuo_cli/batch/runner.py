@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from huatuo_cli import audit
 from huatuo_cli.batch.progress import PlainProgress, Progress
@@ -27,6 +26,7 @@ from huatuo_cli.errors import HuatuoError
 from huatuo_cli.jobs import AnswerFn as AnswerFn
 from huatuo_cli.jobs import BadFile as BadFile
 from huatuo_cli.jobs import Job as Job
+from huatuo_cli.jobs import ModelRef
 from huatuo_cli.jobs import StudyInputs as StudyInputs
 from huatuo_cli.record import build_record
 
@@ -67,7 +67,7 @@ def run_batch(
     jobs: Sequence[Job | BadFile],
     questions: Sequence[str],
     out: Path,
-    make_answerer: Callable[[], tuple[AnswerFn, Any]],
+    make_answerer: Callable[[], tuple[AnswerFn, ModelRef]],
     *,
     write_srs: bool = False,
     progress: Progress | None = None,
@@ -85,7 +85,7 @@ def run_batch(
     state = BatchState.open(out)
     progress = progress or PlainProgress()
     summary = Summary()
-    answerer: tuple[AnswerFn, Any] | None = None
+    answerer: tuple[AnswerFn, ModelRef] | None = None
     progress.start(len(jobs))
     try:
         for job in jobs:
@@ -159,7 +159,7 @@ def _write_sr(state: BatchState, job: Job, root: Path | None, summary: Summary) 
     return True
 
 
-def _audit(command: str, model: Any, job: Job, question: str, chars: int, outcome: str) -> None:
+def _audit(command: str, model: ModelRef, job: Job, question: str, chars: int, outcome: str) -> None:
     from huatuo_cli.record import model_dict
 
     audit.record(command, model_id=model_dict(model).get("model_id"), study_id=job.audit_id or job.key,
