@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
-from huatuo_cli.bundle import Manifest, describe_files, write_manifest
+from huatuo_cli.bundle import Manifest, apply_bundle_modes, describe_files, write_manifest
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.prompt import PROMPT_FORMAT
 from huatuo_convert.checkpoint import LlavaCheckpoint
@@ -162,6 +162,7 @@ def build_bundle(
             tools=tool_versions(),
         )
         write_manifest(work, manifest)
+        apply_bundle_modes(work)
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         work.rename(out)

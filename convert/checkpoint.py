@@ -28,6 +28,8 @@ ARCHITECTURES: dict[str, tuple[str, str]] = {
 }
 EMBEDDED_TOWER_PREFIX = "model.vision_tower.vision_tower."
 PROJECTOR_PREFIX = "model.mm_projector."
+#: first name parts of a CLIP vision tower's tensors stored without `vision_model.` (transformers 5)
+BARE_TOWER_ROOTS = frozenset({"embeddings", "pre_layrnorm", "encoder", "post_layernorm"})
 #: CLIP's attention head size; the embedded layout carries no vision config of its own.
 CLIP_HEAD_DIM = 64
 
@@ -159,13 +161,23 @@ class VisionTower:
     prefix: str  # prepended to CLIPVisionModel state-dict names (`vision_model.…`)
     config: dict[str, Any]  # CLIPVisionConfig fields
     source: str  # "embedded" or "folder"
+    #: the stored names lack `vision_model.` (transformers 5's CLIPVisionModel.save_pretrained)
+    bare: bool = False
+
+    def _stored(self, clip_name: str) -> str:
+        return self.prefix + (clip_name.removeprefix("vision_model.") if self.bare else clip_name)
 
     def state_dict_names(self) -> list[str]:
-        """CLIPVisionModel state-dict names present in the checkpoint."""
-        return [n[len(self.prefix):] for n in self.tensors.names() if n.startswith(self.prefix + "vision_model.")]
+        """CLIPVisionModel state-dict names (`vision_model.…`) present in the checkpoint, whatever the
+        layout: `vision_model.*` (transformers 4, or a full CLIPModel whose `text_model.*` is ignored)
+        or bare `embeddings.*`/`encoder.*` (transformers 5)."""
+        names = self.tensors.names()
+        if self.bare:
+            return ["vision_model." + n for n in names if n.split(".")[0] in BARE_TOWER_ROOTS]
+        return [n[len(self.prefix):] for n in names if n.startswith(self.prefix + "vision_model.")]
 
     def get(self, clip_name: str):
-        return self.tensors.get(self.prefix + clip_name)
+        return self.tensors.get(self._stored(clip_name))
 
 
 @dataclass
@@ -282,7 +294,10 @@ class LlavaCheckpoint:
             cfg = json.loads((folder / "config.json").read_text())
             vision_cfg = cfg.get("vision_config", cfg) if cfg.get("model_type") == "clip" else cfg
             tensors = TensorFiles.from_folder(folder, allow_pickle=self.allow_pickle, what="vision tower")
-            return VisionTower(tensors=tensors, prefix="", config=_clip_config(vision_cfg), source="folder")
+            names = tensors.names()
+            bare = not any(n.startswith("vision_model.") for n in names) and any(
+                n.split(".")[0] in BARE_TOWER_ROOTS for n in names)
+            return VisionTower(tensors=tensors, prefix="", config=_clip_config(vision_cfg), source="folder", bare=bare)
         embedded = [n for n in self.tensors.names() if n.startswith(EMBEDDED_TOWER_PREFIX)]
         if embedded:
             return VisionTower(

@@ -14,8 +14,10 @@ from typing import Any
 
 import click
 
+from huatuo_cli.errors import HuatuoError
 from huatuo_cli.imaging.options import frame_option, window_option
 from huatuo_cli.privacy import NOTICE
+from huatuo_cli.prompt import check_question
 
 DEVICE_HELP = "where the vision encoder runs: auto (TensorRT, CUDA, CPU: the first that loads), cpu, cuda or tensorrt"
 
@@ -74,7 +76,9 @@ def ask(paths: tuple[Path, ...], question: str, model_path: str | None, window: 
     from huatuo_cli.locate import find_bundle
     from huatuo_cli.record import answer_from_generation, build_record
 
+    question = check_question(question)
     bundle = find_bundle(model_path)
+    audit.ensure_writable()  # before any answer: an answer must never go unaudited
     study_key, audit_id, inputs = inputs_from_paths(paths, window=window, frame=frame, images=images)
     sampling = Sampling(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                         repetition_penalty=repetition_penalty, seed=seed)
@@ -120,7 +124,13 @@ def _follow_up() -> str | None:
     except (EOFError, click.Abort):
         return None
     text = text.strip()
-    return None if text.lower() in ("", "exit", "quit") else text
+    if text.lower() in ("", "exit", "quit"):
+        return None
+    try:
+        return check_question(text)
+    except HuatuoError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        return _follow_up()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -21,6 +21,7 @@ from pathlib import Path
 import platformdirs
 
 from huatuo_cli import APP_NAME as APP
+from huatuo_cli.errors import HuatuoError
 from huatuo_cli.privacy import append_line, open_private_fd, private_dir
 
 LOG_NAME = "audit.jsonl"
@@ -90,9 +91,31 @@ def record(
         "answer_chars": answer_chars,
         "outcome": outcome,
     }
-    private_dir(audit_dir())
-    append_line(audit_path(), json.dumps(entry, ensure_ascii=False))
+    try:
+        private_dir(audit_dir())
+        append_line(audit_path(), json.dumps(entry, ensure_ascii=False))
+    except OSError as exc:
+        raise HuatuoError(f"cannot write the audit trail in {audit_dir()} ({exc.strerror or exc.__class__.__name__})",
+                          hint="make that folder writable: every answer is audited") from exc
     return entry
+
+
+def ensure_writable() -> None:
+    """Check, before any question is answered, that the audit trail can be written: open the log
+    for appending (creating the folder, the salt and the file if needed) and write nothing.
+
+    An answer must never go unaudited, so a command that cannot audit refuses to start instead of
+    answering and failing afterwards.
+    """
+    try:
+        _salt()
+        os.close(open_private_fd(audit_path(), os.O_WRONLY | os.O_APPEND))
+    except OSError as exc:
+        raise HuatuoError(
+            f"cannot write the audit trail in {audit_dir()} ({exc.strerror or exc.__class__.__name__}); "
+            "nothing was answered",
+            hint="make that folder writable (or set XDG_DATA_HOME to a writable place): every answer is audited",
+        ) from exc
 
 
 def read_entries(path: Path | None = None) -> list[dict]:

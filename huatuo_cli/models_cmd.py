@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from huatuo_cli.bundle import VerifiedCache, read_manifest, verify_files
+from huatuo_cli.bundle import VerifiedCache, check_metadata, read_manifest, verify_files
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.locate import find_bundle, installed_bundles, models_dirs
 
@@ -57,6 +57,10 @@ def info(bundle: str | None, as_json: bool) -> None:
     """
     path = find_bundle(bundle)
     manifest, digest = read_manifest(path)
+    contradictions = check_metadata(path, manifest)  # nothing the LLM file contradicts is shown as fact
+    if contradictions:
+        raise HuatuoError(f"bundle {Path(path).name}: " + "; ".join(contradictions),
+                          hint="the manifest was edited; re-copy the bundle from the conversion server")
     if as_json:
         click.echo(json.dumps({"model_id": digest, **json.loads(manifest.to_json())}, indent=2))
         return

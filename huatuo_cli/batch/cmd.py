@@ -10,6 +10,7 @@ import click
 from huatuo_cli.ask_cmd import DEVICE_HELP, sampling_options
 from huatuo_cli.imaging.options import frame_option, window_option
 from huatuo_cli.privacy import NOTICE
+from huatuo_cli.prompt import check_question
 
 
 def read_questions(question: tuple[str, ...], questions_file: Path | None) -> list[str]:
@@ -27,7 +28,7 @@ def read_questions(question: tuple[str, ...], questions_file: Path | None) -> li
     unique = list(dict.fromkeys(q.strip() for q in question if q.strip()))
     if not unique:
         raise click.UsageError("empty question")
-    return unique
+    return [check_question(q) for q in unique]
 
 
 @click.command()
@@ -63,6 +64,7 @@ def batch(ctx: click.Context, folder: Path, out: Path, question: tuple[str, ...]
       huatuo batch /data/export --out /data/huatuo-run -q "Describe the findings."
       huatuo batch /data/export --out run2 --questions questions.txt --per series --sr
     """
+    from huatuo_cli import audit
     from huatuo_cli.answering import load_model, model_answerer
     from huatuo_cli.batch.progress import make_progress
     from huatuo_cli.batch.runner import EXIT_INTERRUPTED, run_batch
@@ -75,6 +77,7 @@ def batch(ctx: click.Context, folder: Path, out: Path, question: tuple[str, ...]
     if out == root or root in out.parents:
         raise click.UsageError("--out must not be inside FOLDER (the outputs would be scanned as inputs)")
     bundle = find_bundle(model_path)
+    audit.ensure_writable()  # before any answer: an answer must never go unaudited
     sampling = Sampling(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                         repetition_penalty=repetition_penalty, seed=seed)
     jobs = jobs_from_folder(root, per=per, window=window, frame=frame, images=images)

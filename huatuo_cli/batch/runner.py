@@ -9,7 +9,6 @@ benchmark stand behind it unchanged.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from huatuo_cli.batch.progress import PlainProgress, Progress
 from huatuo_cli.batch.report import save_thumbnails, study_slug, write_reports
 from huatuo_cli.batch.results import BatchState
 from huatuo_cli.errors import HuatuoError
+from huatuo_cli.privacy import scrub
 from huatuo_cli.record import Answer, build_record
 
 EXIT_OK = 0
@@ -75,13 +75,13 @@ class Summary:
 
 
 def _reason(exc: BaseException, root: Path | None) -> str:
-    """A failure reason for errors.jsonl. HuatuoError messages are PHI-free by contract; for other
-    exceptions (decoder bugs on odd files) only the type and a message with paths removed."""
+    """A failure reason for errors.jsonl (and so the reports). HuatuoError messages are PHI-free by
+    contract; for other exceptions (decoder bugs on odd files) the type and the message with every
+    path, quoted value and UID removed (`privacy.scrub`): a damaged element's complaint may quote
+    a patient name or UID."""
     text = str(exc)
     if not isinstance(exc, HuatuoError):
-        if root is not None:
-            text = text.replace(os.fspath(root), "<batch>")
-        text = f"{type(exc).__name__}: {text}"
+        text = f"{type(exc).__name__}: {scrub(text)}"
     return " ".join(text.split())[:500]
 
 
