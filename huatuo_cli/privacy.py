@@ -7,6 +7,7 @@ these helpers instead of `open()`, so a new output cannot forget the permissions
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from pathlib import Path
@@ -88,13 +89,17 @@ def write_private(path: str | os.PathLike, data: bytes | str) -> Path:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = open_private_fd(tmp, os.O_WRONLY | os.O_TRUNC)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk or Ctrl-C: no temp file is left behind
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -106,7 +111,7 @@ def append_line(path: str | os.PathLike, line: str, *, fsync: bool = True) -> No
     try:
         written = os.write(fd, data)
         if written != len(data):  # only on a full disk; the rest would interleave if written later
-            raise OSError(f"short write to {Path(path).name}: {written} of {len(data)} bytes")
+            raise OSError(errno.ENOSPC, f"short write to {Path(path).name}: {written} of {len(data)} bytes")
         if fsync:
             os.fsync(fd)
     finally:

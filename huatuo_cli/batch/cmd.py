@@ -9,7 +9,7 @@ import click
 
 from huatuo_cli.ask_cmd import DEVICE_HELP, sampling_options
 from huatuo_cli.imaging.options import frame_option, window_option
-from huatuo_cli.privacy import NOTICE
+from huatuo_cli.privacy import NOTICE, writable_folder
 from huatuo_cli.prompt import check_question
 
 
@@ -76,6 +76,7 @@ def batch(ctx: click.Context, folder: Path, out: Path, question: tuple[str, ...]
     root, out = folder.resolve(), out.resolve()
     if out == root or root in out.parents:
         raise click.UsageError("--out must not be inside FOLDER (the outputs would be scanned as inputs)")
+    writable_folder(out, what="--out")
     bundle = find_bundle(model_path)
     audit.ensure_writable()  # before any answer: an answer must never go unaudited
     sampling = Sampling(max_tokens=max_tokens, temperature=temperature, top_p=top_p,

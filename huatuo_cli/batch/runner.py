@@ -9,6 +9,7 @@ benchmark stand behind it unchanged.
 
 from __future__ import annotations
 
+import errno
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,10 +105,14 @@ def run_batch(
     """
     if not questions:
         raise HuatuoError("no questions to ask")
-    state = BatchState.open(out)
+    try:
+        state = BatchState.open(out)
+    except OSError as exc:
+        raise output_error(exc, Path(out), saved=0) from exc
     progress = progress or PlainProgress()
     summary = Summary()
     answerer: tuple[AnswerFn, Any] | None = None
+    failure: OSError | None = None  # the output folder could not be written (disk full, read-only)
     progress.start(len(jobs))
     try:
         for job in jobs:
@@ -124,12 +129,13 @@ def run_batch(
                     inputs = job.load()
                     if not inputs.images:
                         raise HuatuoError("no usable images in this study")
-                    save_thumbnails(state.out, job.key, inputs.images)
                 except Exception as exc:  # one bad study never stops the batch
                     state.add_error(kind="study", key=job.key, reason=_reason(exc, root))
                     summary.failed += 1
                     progress.step(job.key, "failed: see errors.jsonl")
                     continue
+                # outside the try: a full --out is the output folder's failure, not the study's
+                save_thumbnails(state.out, job.key, inputs.images)
                 if answerer is None:
                     answerer = make_answerer()
                 answer_fn, model = answerer
@@ -157,10 +163,31 @@ def run_batch(
             progress.step(job.key, status)
     except KeyboardInterrupt:
         summary.interrupted = True
+    except OSError as exc:
+        failure = exc
     finally:
         progress.close()
-        write_reports(state.out, state.results, state.open_errors())
+        try:
+            write_reports(state.out, state.results, state.open_errors())
+        except OSError as exc:
+            failure = failure or exc
+    if failure is not None:
+        raise output_error(failure, state.out, saved=len(state.results)) from failure
     return summary
+
+
+def output_error(exc: OSError, out: Path, *, saved: int) -> HuatuoError:
+    """The output folder failed under the batch (disk full, read-only, removed): one clear message.
+
+    Every answer appended before the failure is complete and fsynced (a torn last line is dropped
+    on resume), so the message says how many are kept and that a rerun resumes.
+    """
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    what = "the disk is full" if full else (exc.strerror or exc.__class__.__name__)
+    return HuatuoError(
+        f"cannot write to the output folder {out}: {what}; the {saved} answer(s) saved so far are kept",
+        hint=("free space there" if full else "fix the output folder") + " and rerun the same command to resume",
+    )
 
 
 def _write_sr(state: BatchState, job: Job, root: Path | None, summary: Summary) -> bool:
