@@ -9,9 +9,9 @@ PyTorch reference. A workstation therefore never sees a bundle nobody measured.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import platform
 import shutil
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
@@ -19,6 +19,7 @@ from typing import Any, Callable
 from huatuo_cli.bundle import Manifest, apply_bundle_modes, describe_files, write_manifest
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.prompt import PROMPT_FORMAT
+from huatuo_convert.atomic import output_error, temp_dir
 from huatuo_convert.checkpoint import LlavaCheckpoint
 
 #: file names inside a bundle, by role
@@ -107,7 +108,7 @@ def build_bundle(
     if not ckpt.has_vision:
         raise HuatuoError(f"{ckpt.hf_architecture} has no vision tower; a bundle needs a HuatuoGPT-Vision checkpoint")
     ckpt.vision  # fail early, naming what was looked for, if the tower is missing
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    work = temp_dir(out)
     try:
         fidelity: dict[str, Any] = {}
         llm_file = LLM_NAME.format(quant=quant)
@@ -167,6 +168,11 @@ def build_bundle(
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         work.rename(out)
         return manifest
+    except OSError as exc:  # a full disk or a folder gone read-only under the build
+        shutil.rmtree(work, ignore_errors=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
+            raise output_error(exc, out) from exc
+        raise
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

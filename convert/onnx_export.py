@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from huatuo_cli.errors import HuatuoError
 from huatuo_cli.engine.encoder import FP16_NAME, FP32_NAME, PREPROCESSOR_NAME
 from huatuo_cli.engine.providers import INPUT_NAME
 from huatuo_cli.extras import require
+from huatuo_convert.atomic import temp_dir
 from huatuo_convert.checkpoint import LlavaCheckpoint
 from huatuo_convert.onnx_validate import Tolerance, validate_onnx, validation_pixels
 from huatuo_convert.reference import VisionEncoder, build_vision
@@ -143,7 +143,7 @@ def export_vision(
     }
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = temp_dir(out)
     tmp.chmod(0o755)  # mkdtemp makes it private; the published folder is an ordinary one
     try:
         files = {"fp32": FP32_NAME}
