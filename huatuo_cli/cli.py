@@ -74,7 +74,8 @@ def _unavailable(name: str, error: HuatuoError) -> click.Command:
 
 @click.group(cls=LazyGroup, lazy_subcommands=SUBCOMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="huatuo")
-def cli() -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Also show library logs (llama.cpp, ...) on stderr.")
+def cli(verbose: bool) -> None:
     """huatuo: ask HuatuoGPT-Vision about medical images, fully offline.
 
     \b
@@ -83,6 +84,9 @@ def cli() -> None:
       huatuo convert gguf /tmp/tiny /tmp/tiny.gguf --quant f16
       huatuo inspect ~/exports/ct-chest --window lung --png /tmp/preview
     """
+    from huatuo_cli.logs import setup
+
+    setup(verbose)
 
 
 def main() -> None:

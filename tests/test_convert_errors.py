@@ -80,3 +80,46 @@ def test_killed_convert_leftovers_are_removed_by_the_next_run(make_checkpoint, t
     res = run("gguf", str(src), str(out), "--quant", "q4_k_m")
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [live.name]
+
+
+def test_ctrl_c_during_quantization_stops_it_at_once(make_checkpoint, tmp_path):
+    """Ctrl-C (SIGINT to the terminal's process group) while llama.cpp quantizes: the conversion
+    stops, nothing is left behind, no traceback. On main the interrupt landed in llama-cpp's log
+    callback, was dropped, and quantization went on."""
+    psutil = pytest.importorskip("psutil")
+    out = tmp_path / "llm.gguf"
+    proc = subprocess.Popen([sys.executable, "-m", "huatuo_cli", "convert", "gguf", str(make_checkpoint()), str(out),
+                             "--quant", "q4_k_m", "--no-verify"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    quantizer = None
+    while quantizer is None and proc.poll() is None:
+        try:
+            quantizer = next((c for c in psutil.Process(proc.pid).children()
+                              if "spawn_main" in " ".join(c.cmdline())), None)
+        except psutil.Error:
+            pass
+        time.sleep(0.005)
+    assert quantizer is not None, "quantization never ran in an interruptible child"
+    os.killpg(proc.pid, signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "Traceback" not in stderr, stderr
+    assert "Aborted" in stderr
+    assert not quantizer.is_running() or quantizer.status() == psutil.STATUS_ZOMBIE
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no output, no .tmp, no .f16
+
+
+def test_llama_cpp_log_is_quiet_by_default_and_shown_with_verbose(make_checkpoint, tmp_path):
+    """`convert gguf --quant q4_k_m` printed ~99 llama.cpp lines and a ResourceWarning; now none,
+    and `huatuo --verbose` shows llama.cpp's log through huatuo's logging."""
+    def convert(*flags: str) -> str:
+        res = subprocess.run([sys.executable, "-W", "always::ResourceWarning", "-m", "huatuo_cli", *flags, "convert",
+                              "gguf", str(make_checkpoint()), str(tmp_path / "llm.gguf"), "--quant", "q4_k_m",
+                              "--force"], capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stderr
+        return res.stderr
+
+    quiet = convert()
+    assert quiet.strip() == "" , quiet
+    loud = convert("--verbose")
+    assert "huatuo: huatuo.llama_cpp: llama_model_quantize" in loud or "huatuo.llama_cpp: " in loud
+    assert "ResourceWarning" not in loud
