@@ -134,7 +134,7 @@ def build_bundle(
                 f"{e2e['first_divergence']}", hint="this is a converter bug; please report it with the manifest figures")
         roles = {llm_file: "llm", **roles}
         manifest = Manifest(
-            model_id=out.name,
+            bundle_name=out.name,
             created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             architecture=ckpt.arch,
             source={
@@ -186,7 +186,7 @@ def _vision_role(name: str) -> str | None:
 def summary(manifest: Manifest) -> str:
     """A few lines for the terminal: the figures an admin checks before shipping a bundle."""
     f = manifest.fidelity
-    lines = [f"bundle {manifest.model_id}: {manifest.architecture}, {manifest.quantization}, {len(manifest.files)} files"]
+    lines = [f"bundle {manifest.bundle_name}: {manifest.architecture}, {manifest.quantization}, {len(manifest.files)} files"]
     if "llm" in f:
         tok, logits = f["llm"]["tokenizer"], f["llm"]["logits"]
         lines.append(f"  llm: tokenizer {tok['identical']}/{tok['strings']} identical; top-1 {logits['top1_agreement']:.2%}, "

@@ -91,7 +91,7 @@ def ask(paths: tuple[Path, ...], question: str, model_path: str | None, window: 
         try:
             generation = conversation.ask(question, sampling, on_text=stream)
         except HuatuoError as exc:
-            audit.record("ask", model_id=model.info.model_id, study_id=audit_id, question=question,
+            audit.record("ask", model_sha256=model.info.model_sha256, study_id=audit_id, question=question,
                          answer_chars=0, outcome="error")
             if not (interactive and conversation.turns):
                 raise
@@ -101,7 +101,7 @@ def ask(paths: tuple[Path, ...], question: str, model_path: str | None, window: 
                 break
             continue
         answer = answer_from_generation(generation)
-        audit.record("ask", model_id=model.info.model_id, study_id=audit_id, question=question,
+        audit.record("ask", model_sha256=model.info.model_sha256, study_id=audit_id, question=question,
                      answer_chars=len(answer.text), outcome="ok")
         if as_json:
             record = build_record(study=study_key, question=question, answer=answer, model=model.info,

@@ -26,7 +26,7 @@ from huatuo_cli.privacy import append_line, open_private_fd, private_dir
 
 LOG_NAME = "audit.jsonl"
 SALT_NAME = "audit.salt"
-SCHEMA = "huatuo.audit/1"
+SCHEMA = "huatuo.audit/2"  # 2: model_id renamed model_sha256 (older lines keep their key)
 
 
 def audit_dir() -> Path:
@@ -73,7 +73,7 @@ def _os_user() -> str:
 def record(
     command: str,
     *,
-    model_id: str | None,
+    model_sha256: str | None,
     study_id: str | None,
     question: str,
     answer_chars: int,
@@ -85,7 +85,7 @@ def record(
         "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "user": _os_user(),
         "command": command,
-        "model_id": model_id,
+        "model_sha256": model_sha256,
         "study": study_ref(study_id) if study_id else None,
         "question": question,
         "answer_chars": answer_chars,

@@ -21,7 +21,7 @@ from huatuo_cli import APP_NAME
 from huatuo_cli.errors import HuatuoError
 
 MANIFEST_NAME = "manifest.json"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: `model_id` (the folder name at conversion) renamed `bundle_name`
 _CHUNK = 1 << 20
 #: Roles every bundle must list: the runtime reads these files (and no unlisted one) on every answer.
 REQUIRED_ROLES = ("llm", "vision-fp32", "preprocessor")
@@ -54,7 +54,7 @@ class BundleFile:
 class Manifest:
     """What `manifest.json` holds. Unknown keys are kept so newer converters stay readable."""
 
-    model_id: str
+    bundle_name: str  # the name given to the bundle at conversion (its folder may be renamed since)
     architecture: str
     source: dict[str, Any]
     prompt_format: str
@@ -71,7 +71,7 @@ class Manifest:
     def to_json(self) -> str:
         data = {
             "version": self.version,
-            "model_id": self.model_id,
+            "bundle_name": self.bundle_name,
             "created": self.created,
             "architecture": self.architecture,
             "source": self.source,
@@ -90,11 +90,12 @@ class Manifest:
     def from_json(cls, text: str) -> "Manifest":
         """Parse and check the manifest's own rules (`check_entries`); a manifest breaking them is refused."""
         data = json.loads(text)
-        known = {"version", "model_id", "created", "architecture", "source", "prompt_format", "quantization",
+        known = {"version", "bundle_name", "model_id", "created", "architecture", "source", "prompt_format", "quantization",
                  "files", "fidelity", "vision", "llm", "tools"}
         files = [BundleFile(**f) for f in data["files"]]
         manifest = cls(
-            version=int(data["version"]), model_id=data["model_id"], created=data.get("created", ""),
+            version=int(data["version"]), bundle_name=data["bundle_name"] if "bundle_name" in data else data["model_id"],
+            created=data.get("created", ""),
             architecture=data["architecture"], source=data["source"], prompt_format=data["prompt_format"],
             quantization=data["quantization"], files=files, fidelity=data.get("fidelity", {}),
             vision=data.get("vision", {}), llm=data.get("llm", {}), tools=data.get("tools", {}),

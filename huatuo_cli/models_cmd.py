@@ -38,7 +38,7 @@ def list_() -> None:
     if not bundles:
         click.echo("no bundles installed in " + " or ".join(str(d) for d in models_dirs()))
         return
-    table = Table("bundle", "architecture", "quantization", "model id", "path")
+    table = Table("bundle", "architecture", "quantization", "model sha256", "path")
     for path in bundles:
         manifest, digest = read_manifest(path)
         table.add_row(path.name, manifest.architecture, manifest.quantization, digest[:12], str(path))
@@ -62,10 +62,10 @@ def info(bundle: str | None, as_json: bool) -> None:
         raise HuatuoError(f"bundle {Path(path).name}: " + "; ".join(contradictions),
                           hint="the manifest was edited; re-copy the bundle from the conversion server")
     if as_json:
-        click.echo(json.dumps({"model_id": digest, **json.loads(manifest.to_json())}, indent=2))
+        click.echo(json.dumps({"model_sha256": digest, "bundle": Path(path).name, **json.loads(manifest.to_json())}, indent=2))
         return
     click.echo(f"bundle:        {path}")
-    click.echo(f"model id:      {digest}")
+    click.echo(f"model sha256:  {digest}")
     click.echo(f"architecture:  {manifest.architecture}")
     click.echo(f"source:        {manifest.source}")
     click.echo(f"prompt format: {manifest.prompt_format}")

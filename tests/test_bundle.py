@@ -42,7 +42,7 @@ def make_bundle(root: Path, roles: dict[str, str] = ROLES) -> Path:
     (root / "vision" / "vision-fp32.onnx").write_bytes(b"onnx" * 1000)
     (root / "vision" / "preprocessor_config.json").write_text('{"crop_size": 336}')
     files = describe_files(root, roles)
-    write_manifest(root, Manifest(model_id="test", architecture="llava-qwen2",
+    write_manifest(root, Manifest(bundle_name="test", architecture="llava-qwen2",
                                   source={"config_sha256": CONFIG_SHA, "hf_architecture": "LlavaQwen2ForCausalLM"},
                                   prompt_format="huatuo-v1", quantization="f16", files=files,
                                   fidelity={"llm": {"top1": 1.0}}))

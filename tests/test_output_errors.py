@@ -57,7 +57,7 @@ def test_full_disk_under_out_is_a_clear_error_and_a_resume_finishes(small_disk, 
     root = sample_folder(tmp_path / "in", truncated=False, text_file=False)
     out = small_disk / "out"
     filler = fill(small_disk, leave=40000)  # room for some answers, not all (measured: 6 need ~60 kB)
-    run = lambda: run_batch(jobs_from_folder(root), QUESTIONS, out, lambda: (describe, {"model_id": "m"}),  # noqa: E731
+    run = lambda: run_batch(jobs_from_folder(root), QUESTIONS, out, lambda: (describe, {"model_sha256": "m"}),  # noqa: E731
                             progress=PlainProgress(io.StringIO()), root=root)
     with pytest.raises(HuatuoError, match="the disk is full; the [0-9]+ answer.s. saved so far are kept") as err:
         run()

@@ -37,7 +37,7 @@ def damaged_name_study(root: Path, vr: bytes = b"FD") -> Path:
 def test_damaged_patient_name_stays_out_of_errors_and_reports(tmp_path):
     root = damaged_name_study(tmp_path / "in")
     out = tmp_path / "out"
-    run_batch(jobs_from_folder(root), ["Describe."], out, lambda: (describe, {"model_id": "m"}), write_srs=True,
+    run_batch(jobs_from_folder(root), ["Describe."], out, lambda: (describe, {"model_sha256": "m"}), write_srs=True,
               progress=PlainProgress(io.StringIO()), root=root)
     errors = (out / "errors.jsonl").read_bytes()
     assert b"SR not written" in errors  # the damaged element did fail the SR ...

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.privacy import append_line, private_dir
-from huatuo_cli.record import SCHEMA
+from huatuo_cli.record import SCHEMA, upgrade
 
 RESULTS_NAME = "results.jsonl"
 ERRORS_NAME = "errors.jsonl"
@@ -82,7 +82,7 @@ class BatchState:
     @classmethod
     def open(cls, out: str | os.PathLike) -> "BatchState":
         out = private_dir(out)
-        results = read_jsonl(out / RESULTS_NAME, repair=True)
+        results = [upgrade(r) for r in read_jsonl(out / RESULTS_NAME, repair=True)]  # older schemas read on
         for record in results:
             if record.get("schema") != SCHEMA:
                 raise HuatuoError(f"{RESULTS_NAME} in the output folder has schema {record.get('schema')!r}, "

@@ -199,7 +199,8 @@ def _write_sr(state: BatchState, job: Job, root: Path | None, summary: Summary) 
         return False
     answers = state.answers_for(job.key)
     try:
-        write_sr(path, job.sources, answers, model_id=(answers[0]["model"].get("model_id") or "") if answers else "")
+        write_sr(path, job.sources, answers,
+                 model_sha256=(answers[0]["model"].get("model_sha256") or "") if answers else "")
     except Exception as exc:
         state.add_error(kind="study", key=job.key, reason="SR not written: " + _reason(exc, root))
         summary.failed += 1
@@ -211,5 +212,5 @@ def _write_sr(state: BatchState, job: Job, root: Path | None, summary: Summary) 
 def _audit(command: str, model: Any, job: Job, question: str, chars: int, outcome: str) -> None:
     from huatuo_cli.record import model_dict
 
-    audit.record(command, model_id=model_dict(model).get("model_id"), study_id=job.audit_id or job.key,
+    audit.record(command, model_sha256=model_dict(model).get("model_sha256"), study_id=job.audit_id or job.key,
                  question=question, answer_chars=chars, outcome=outcome)

@@ -74,8 +74,8 @@ class BundleImageEncoder:
 class ModelInfo:
     """What a result records about the model and where it ran."""
 
-    model_id: str
-    bundle: str
+    model_sha256: str  # sha256 of the bundle's manifest.json: which verified model answered
+    bundle: str  # the bundle's folder name
     architecture: str
     quantization: str
     vision_path: str
@@ -105,7 +105,7 @@ class VisionLanguageModel:
         self.encoder = BundleImageEncoder(self.bundle, vision=vision, device=device, threads=n_threads)
         self.llm = LlamaEngine(self.bundle.path("llm"), n_ctx=n_ctx, n_threads=n_threads)
         self.info = ModelInfo(
-            model_id=self.bundle.manifest_sha256,
+            model_sha256=self.bundle.manifest_sha256,
             bundle=self.bundle.root.name,
             architecture=manifest.architecture,
             quantization=manifest.quantization,
