@@ -177,6 +177,8 @@ class Bundle:
     root: Path
     manifest: Manifest
     manifest_sha256: str
+    #: id of the trusted key whose signature the bundle carries; None where no key is trusted
+    signed_by: str | None = None
 
     def path(self, role: str) -> Path:
         entry = self.manifest.file(role)
@@ -336,11 +338,24 @@ def load_bundle(root: Path | str, *, verify: bool = True, use_cache: bool = True
     """
     root = Path(root)
     manifest, digest = read_manifest(root)
+    signed_by = None
     if verify:
+        signed_by = verify_signature(root, digest)
         problems = verify_files(root, manifest, VerifiedCache() if use_cache else None)
         if problems:
             raise HuatuoError(
                 f"model bundle {root.name} failed verification: " + "; ".join(problems),
                 hint="re-copy the bundle from the conversion server; never edit bundle files",
             )
-    return Bundle(root=root, manifest=manifest, manifest_sha256=digest)
+    return Bundle(root=root, manifest=manifest, manifest_sha256=digest, signed_by=signed_by)
+
+
+def verify_signature(root: Path, manifest_sha256: str) -> str | None:
+    """The trusted key that signed the manifest `read_manifest` hashed (None: no key trusted, nothing
+    enforced); HuatuoError for a missing or bad signature (`huatuo_cli.signing`)."""
+    from huatuo_cli.signing import check_signature
+
+    raw = (Path(root) / MANIFEST_NAME).read_bytes()
+    if hashlib.sha256(raw).hexdigest() != manifest_sha256:
+        raise HuatuoError(f"bundle {Path(root).name}: manifest.json changed while it was being read")
+    return check_signature(root, raw)

@@ -31,6 +31,7 @@ EXTRA_FOR_MODULE: dict[str, str] = {
     "llama_cpp": "cpu",
     "libjpeg": "dicom-gpl",
     "huatuo_convert": "convert",
+    "cryptography": "sign",
 }
 
 

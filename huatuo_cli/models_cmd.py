@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from huatuo_cli.bundle import VerifiedCache, check_metadata, read_manifest, verify_files
+from huatuo_cli.bundle import VerifiedCache, check_metadata, read_manifest, verify_files, verify_signature
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.locate import find_bundle, installed_bundles, models_dirs
 
@@ -86,11 +86,13 @@ def verify(bundle: str | None) -> None:
       huatuo models verify /srv/bundles/huatuo-7b-q4_k_m
     """
     path = find_bundle(bundle)
-    manifest, _ = read_manifest(path)
+    manifest, digest = read_manifest(path)
+    signed_by = verify_signature(path, digest)
     problems = verify_files(path, manifest, VerifiedCache(trust=False))  # always a full re-hash
     bad = {p.split(":")[0] for p in problems}
     for entry in manifest.files:
         click.echo(f"{'FAIL' if entry.path in bad else 'ok  '} {entry.path}")
     if problems:
         raise HuatuoError(f"bundle {Path(path).name} failed verification: " + "; ".join(problems))
-    click.echo(f"bundle {Path(path).name} verified: {len(manifest.files)} files match the manifest")
+    click.echo(f"bundle {Path(path).name} verified: {len(manifest.files)} files match the manifest; "
+               + (f"signed by trusted key {signed_by}" if signed_by else "signatures not enforced (no trusted key)"))
