@@ -123,3 +123,28 @@ def test_llama_cpp_log_is_quiet_by_default_and_shown_with_verbose(make_checkpoin
     loud = convert("--verbose")
     assert "huatuo: huatuo.llama_cpp: llama_model_quantize" in loud or "huatuo.llama_cpp: " in loud
     assert "ResourceWarning" not in loud
+
+
+def test_long_convert_steps_show_progress_on_a_terminal(make_checkpoint, tmp_path):
+    """On a terminal (a pty here) `convert gguf` shows a bar per long step; piped, nothing (above)."""
+    import pty
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "huatuo_cli", "convert", "gguf", str(make_checkpoint()),
+                             str(tmp_path / "llm.gguf"), "--quant", "q4_k_m", "--no-verify"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=follower,
+                            env={**os.environ, "TERM": "xterm", "COLUMNS": "120"})
+    os.close(follower)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(leader)
+    assert proc.wait(timeout=300) == 0, shown.decode(errors="replace")
+    text = shown.decode(errors="replace")
+    assert "writing f16 tensors" in text and "quantizing to q4_k_m (llama.cpp)" in text, text[-2000:]
