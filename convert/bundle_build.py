@@ -15,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from huatuo_cli.bundle import Manifest, describe_files, write_manifest
+from huatuo_cli.bundle import Manifest, apply_bundle_modes, describe_files, write_manifest
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.prompt import PROMPT_FORMAT
 from huatuo_convert.atomic import atomic_folder
@@ -132,7 +132,7 @@ def build_bundle(
                 f"{e2e['first_divergence']}", hint="this is a converter bug; please report it with the manifest figures")
         roles = {llm_file: "llm", **roles}
         manifest = Manifest(
-            model_id=out.name,
+            bundle_name=out.name,
             created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             architecture=ckpt.arch,
             source={
@@ -161,6 +161,7 @@ def build_bundle(
             tools=tool_versions(),
         )
         write_manifest(work, manifest)
+        apply_bundle_modes(work)
     return manifest
 
 
@@ -172,7 +173,7 @@ def _vision_role(name: str) -> str | None:
 def summary(manifest: Manifest) -> str:
     """A few lines for the terminal: the figures an admin checks before shipping a bundle."""
     f = manifest.fidelity
-    lines = [f"bundle {manifest.model_id}: {manifest.architecture}, {manifest.quantization}, {len(manifest.files)} files"]
+    lines = [f"bundle {manifest.bundle_name}: {manifest.architecture}, {manifest.quantization}, {len(manifest.files)} files"]
     if "llm" in f:
         tok, logits = f["llm"]["tokenizer"], f["llm"]["logits"]
         lines.append(f"  llm: tokenizer {tok['identical']}/{tok['strings']} identical; top-1 {logits['top1_agreement']:.2%}, "

@@ -28,8 +28,26 @@ ARCHITECTURES: dict[str, tuple[str, str]] = {
 }
 EMBEDDED_TOWER_PREFIX = "model.vision_tower.vision_tower."
 PROJECTOR_PREFIX = "model.mm_projector."
+#: first name parts of a CLIP vision tower's tensors stored without `vision_model.` (transformers 5)
+BARE_TOWER_ROOTS = frozenset({"embeddings", "pre_layrnorm", "encoder", "post_layernorm"})
 #: CLIP's attention head size; the embedded layout carries no vision config of its own.
 CLIP_HEAD_DIM = 64
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A checkpoint's JSON file (config, index, preprocessor) as a dict, or a HuatuoError naming it:
+    a hand-edited or truncated config must not end the conversion in a traceback."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise HuatuoError(f"{path.name} is missing in {path.parent}") from None
+    except (ValueError, OSError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise HuatuoError(f"{path.name} in {path.parent} is not valid JSON ({exc})",
+                          hint="fix the file or copy it again from the original checkpoint") from None
+    if not isinstance(data, dict):
+        raise HuatuoError(f"{path.name} in {path.parent} is not a JSON object",
+                          hint="fix the file or copy it again from the original checkpoint")
+    return data
 
 
 class TensorFiles:
@@ -43,7 +61,7 @@ class TensorFiles:
     def from_folder(cls, folder: Path, *, allow_pickle: bool = False, what: str = "checkpoint") -> TensorFiles:
         index = folder / "model.safetensors.index.json"
         if index.is_file():
-            weight_map = json.loads(index.read_text())["weight_map"]
+            weight_map = read_json(index)["weight_map"]
             files = {name: folder / fname for name, fname in weight_map.items()}
             missing = sorted({str(p.name) for p in files.values() if not p.is_file()})
             if missing:
@@ -159,13 +177,23 @@ class VisionTower:
     prefix: str  # prepended to CLIPVisionModel state-dict names (`vision_model.…`)
     config: dict[str, Any]  # CLIPVisionConfig fields
     source: str  # "embedded" or "folder"
+    #: the stored names lack `vision_model.` (transformers 5's CLIPVisionModel.save_pretrained)
+    bare: bool = False
+
+    def _stored(self, clip_name: str) -> str:
+        return self.prefix + (clip_name.removeprefix("vision_model.") if self.bare else clip_name)
 
     def state_dict_names(self) -> list[str]:
-        """CLIPVisionModel state-dict names present in the checkpoint."""
-        return [n[len(self.prefix):] for n in self.tensors.names() if n.startswith(self.prefix + "vision_model.")]
+        """CLIPVisionModel state-dict names (`vision_model.…`) present in the checkpoint, whatever the
+        layout: `vision_model.*` (transformers 4, or a full CLIPModel whose `text_model.*` is ignored)
+        or bare `embeddings.*`/`encoder.*` (transformers 5)."""
+        names = self.tensors.names()
+        if self.bare:
+            return ["vision_model." + n for n in names if n.split(".")[0] in BARE_TOWER_ROOTS]
+        return [n[len(self.prefix):] for n in names if n.startswith(self.prefix + "vision_model.")]
 
     def get(self, clip_name: str):
-        return self.tensors.get(self.prefix + clip_name)
+        return self.tensors.get(self._stored(clip_name))
 
 
 @dataclass
@@ -184,7 +212,7 @@ class LlavaCheckpoint:
         config_path = root / "config.json"
         if not config_path.is_file():
             raise HuatuoError(f"{root} is not a model folder: no config.json")
-        config = json.loads(config_path.read_text())
+        config = read_json(config_path)
         archs = config.get("architectures") or []
         if not archs or archs[0] not in ARCHITECTURES:
             raise HuatuoError(
@@ -257,7 +285,7 @@ class LlavaCheckpoint:
     def preprocessor_config(self) -> dict[str, Any]:
         for folder in (self.root, self._vision_folder()):
             if folder is not None and (folder / "preprocessor_config.json").is_file():
-                return json.loads((folder / "preprocessor_config.json").read_text())
+                return read_json(folder / "preprocessor_config.json")
         raise HuatuoError(f"no preprocessor_config.json in {self.root} or its vision tower folder")
 
     def _vision_folder(self) -> Path | None:
@@ -279,10 +307,13 @@ class LlavaCheckpoint:
             raise HuatuoError(f"{self.hf_architecture} has no vision tower")
         folder = self._vision_folder()
         if folder is not None:
-            cfg = json.loads((folder / "config.json").read_text())
+            cfg = read_json(folder / "config.json")
             vision_cfg = cfg.get("vision_config", cfg) if cfg.get("model_type") == "clip" else cfg
             tensors = TensorFiles.from_folder(folder, allow_pickle=self.allow_pickle, what="vision tower")
-            return VisionTower(tensors=tensors, prefix="", config=_clip_config(vision_cfg), source="folder")
+            names = tensors.names()
+            bare = not any(n.startswith("vision_model.") for n in names) and any(
+                n.split(".")[0] in BARE_TOWER_ROOTS for n in names)
+            return VisionTower(tensors=tensors, prefix="", config=_clip_config(vision_cfg), source="folder", bare=bare)
         embedded = [n for n in self.tensors.names() if n.startswith(EMBEDDED_TOWER_PREFIX)]
         if embedded:
             return VisionTower(

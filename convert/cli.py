@@ -179,3 +179,40 @@ def all_(src: Path, out: Path, quant: str, no_mmproj: bool, force: bool, allow_p
                             threads=threads, log=lambda msg: click.echo(f"- {msg}", err=True))
     click.echo(summary(manifest))
     click.echo(f"wrote bundle {out}")
+
+
+@convert.command()
+@click.argument("folder", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--comment", default="", help="text appended to the public key line (e.g. who owns it)")
+def keygen(folder: Path, comment: str) -> None:
+    """Make IT's ed25519 signing key: FOLDER/huatuo-signing.key (owner-only) and .pub.
+
+    Keep the .key on the conversion server. Put the .pub line in each workstation's trusted-keys
+    file (docs/bundle.md): from then on only bundles signed with this key are used there.
+
+    \b
+    Example:
+      huatuo convert keygen /root/huatuo-keys --comment "radiology IT 2026"
+    """
+    from huatuo_convert.sign import keygen as make_key
+
+    folder.mkdir(parents=True, exist_ok=True)
+    private, public, kid = make_key(folder, comment)
+    click.echo(f"key {kid}: private {private} (keep it here), public {public} (trust it on workstations)")
+
+
+@convert.command()
+@click.argument("bundle", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--key", "key_path", required=True, type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="the private key from `huatuo convert keygen`")
+def sign(bundle: Path, key_path: Path) -> None:
+    """Verify every file of BUNDLE, then sign its manifest (writes manifest.json.sig).
+
+    \b
+    Example:
+      huatuo convert sign /bundles/huatuo-7b-q4_k_m --key /root/huatuo-keys/huatuo-signing.key
+    """
+    from huatuo_convert.sign import sign_bundle
+
+    kid = sign_bundle(bundle, key_path)
+    click.echo(f"signed {bundle.name} with key {kid}")

@@ -15,7 +15,8 @@ from typing import Any
 from huatuo_convert.atomic import atomic_output, check_target, temp_path, write_text_atomic
 from huatuo_convert.checkpoint import LlavaCheckpoint
 from huatuo_convert.gguf_arch import arch_for
-from huatuo_convert.gguf_write import DIRECT_TYPES, write_gguf_file
+from huatuo_convert import progress
+from huatuo_convert.gguf_write import DIRECT_TYPES, plan_tensors, write_gguf_file
 from huatuo_convert.quantize import INTERMEDIATE, check_quant, llama_quantize
 
 
@@ -53,18 +54,28 @@ def write_llm_gguf(
     arch_for(ckpt)  # unknown architecture: fail before touching the disk
     check_target(out, force)
     fidelity = None
+    direct = quant if quant in DIRECT_TYPES else INTERMEDIATE
+    tensors = len(plan_tensors(ckpt, arch_for(ckpt), direct))
     with atomic_output(out, force=force) as tmp:
-        if quant in DIRECT_TYPES:
-            write_gguf_file(ckpt, tmp, quant, name=name, on_tensor=on_tensor)
-        else:
-            intermediate = temp_path(out, INTERMEDIATE)
-            try:
-                write_gguf_file(ckpt, intermediate, INTERMEDIATE, label=quant, name=name, on_tensor=on_tensor)
-                llama_quantize(intermediate, tmp, quant, threads=threads)
-            finally:
-                intermediate.unlink(missing_ok=True)
+        # k-quants: an F16 intermediate beside the output, quantized by llama.cpp, then removed
+        target = tmp if direct == quant else temp_path(out, INTERMEDIATE)
+        try:
+            with progress.step(f"writing {direct} tensors", tensors) as advance:
+                def written(gguf_name: str) -> None:
+                    advance()
+                    if on_tensor:
+                        on_tensor(gguf_name)
+
+                write_gguf_file(ckpt, target, direct, label=quant, name=name, on_tensor=written)
+            if target != tmp:
+                with progress.step(f"quantizing to {quant} (llama.cpp)"):
+                    llama_quantize(target, tmp, quant, threads=threads)
+        finally:
+            if target != tmp:
+                target.unlink(missing_ok=True)
         if verify:
-            fidelity = verify_llm_gguf(tmp, ref, quant, ckpt=ckpt, threads=threads)
+            with progress.step("verifying against the PyTorch reference"):
+                fidelity = verify_llm_gguf(tmp, ref, quant, ckpt=ckpt, threads=threads)
             check(fidelity)
     if not sidecar:
         return out, fidelity

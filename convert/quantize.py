@@ -34,12 +34,44 @@ def check_quant(quant: str) -> str:
 
 
 def llama_quantize(src: Path, dst: Path, quant: str, *, threads: int | None = None) -> None:
-    """Quantize GGUF `src` into `dst` with llama.cpp (keeps all metadata, sets general.file_type)."""
+    """Quantize GGUF `src` into `dst` with llama.cpp (keeps all metadata, sets general.file_type).
+
+    llama.cpp's quantizer runs for minutes on a 7B model inside one C call that cannot be stopped
+    from Python (a Ctrl-C lands in its log callback and is lost), so it runs in a child process:
+    Ctrl-C (or any failure) here kills the child at once, and the caller's cleanup removes the
+    half-written output.
+    """
+    import multiprocessing
+
+    from huatuo_cli.logs import verbose
+
+    child = multiprocessing.get_context("spawn").Process(
+        target=_quantize_child, args=(str(src), str(dst), quant, threads or os.cpu_count() or 1, verbose()),
+        name="huatuo-quantize", daemon=True)
+    child.start()
+    try:
+        child.join()
+    except BaseException:  # Ctrl-C: stop the quantizer now, not when it is done
+        child.kill()
+        child.join()
+        raise
+    if child.exitcode != 0:
+        raise HuatuoError(f"llama.cpp's quantizer failed to make {quant} (exit {child.exitcode})",
+                          hint=f"check free disk space in {dst.parent}; run with --verbose for llama.cpp's log")
+
+
+def _quantize_child(src: str, dst: str, quant: str, threads: int, verbose: bool) -> None:
+    """The child's side: SIGINT is the parent's to handle (it kills this process)."""
+    import signal
+    import sys
+
+    from huatuo_cli.logs import setup
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    setup(verbose)
     llama_cpp = llama()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = LLAMA_QUANTS[quant]
-    params.nthread = threads or os.cpu_count() or 1
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
-    if rc != 0:
-        raise HuatuoError(f"llama.cpp's quantizer failed to make {quant} (code {rc})",
-                          hint=f"check free disk space in {dst.parent}")
+    params.nthread = threads
+    rc = llama_cpp.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(params))
+    sys.exit(0 if rc == 0 else 1)

@@ -14,9 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from huatuo_cli.errors import HuatuoError
 from huatuo_cli.imaging.options import frame_option, window_option
 from huatuo_cli.model_options import device_option, images_option, model_option, sampling_options
 from huatuo_cli.privacy import NOTICE
+from huatuo_cli.prompt import check_question
 
 if TYPE_CHECKING:
     from huatuo_cli.engine.llm import Sampling
@@ -54,7 +56,9 @@ def ask(paths: tuple[Path, ...], question: str, model_path: str | None, window: 
     from huatuo_cli.locate import find_bundle
     from huatuo_cli.record import answer_from_generation, build_record
 
+    question = check_question(question)
     bundle = find_bundle(model_path)
+    audit.ensure_writable()  # before any answer: an answer must never go unaudited
     study_key, audit_id, inputs = inputs_from_paths(paths, window=window, frame=frame, images=images)
     model = load_model(bundle, device=device, vision=vision, threads=threads)
     try:  # the model holds native memory and threads: released on errors and Ctrl-C too
@@ -66,7 +70,7 @@ def ask(paths: tuple[Path, ...], question: str, model_path: str | None, window: 
             try:
                 generation = conversation.ask(question, sampling, on_text=stream)
             except HuatuoError as exc:
-                audit.record("ask", model_id=model.info.model_id, study_id=audit_id, question=question,
+                audit.record("ask", model_sha256=model.info.model_sha256, study_id=audit_id, question=question,
                              answer_chars=0, outcome="error")
                 if not (interactive and conversation.turns):
                     raise
@@ -77,7 +81,7 @@ def ask(paths: tuple[Path, ...], question: str, model_path: str | None, window: 
                 question = follow
                 continue
             answer = answer_from_generation(generation)
-            audit.record("ask", model_id=model.info.model_id, study_id=audit_id, question=question,
+            audit.record("ask", model_sha256=model.info.model_sha256, study_id=audit_id, question=question,
                          answer_chars=len(answer.text), outcome="ok")
             if as_json:
                 record = build_record(study=study_key, question=question, answer=answer, model=model.info,
@@ -102,7 +106,13 @@ def _follow_up() -> str | None:
     except (EOFError, click.Abort):
         return None
     text = text.strip()
-    return None if text.lower() in ("", "exit", "quit") else text
+    if text.lower() in ("", "exit", "quit"):
+        return None
+    try:
+        return check_question(text)
+    except HuatuoError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        return _follow_up()
 
 
 if __name__ == "__main__":  # pragma: no cover

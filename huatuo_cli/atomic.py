@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -58,16 +59,81 @@ def check_target(out: Path, force: bool) -> None:
         raise HuatuoError(f"folder {out.parent} does not exist")
 
 
+#: errno values that mean the output place cannot take the file (read-only, no permission), beside DISK_FULL
+NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+class OutputError(HuatuoError):
+    """A user's error writing an output (full disk, read-only or unwritable folder). It keeps the
+    OSError, so a caller that owns a larger output (a batch folder) can say more about what survived."""
+
+    def __init__(self, message: str, *, hint: str, os_error: OSError) -> None:
+        super().__init__(message, hint=hint)
+        self.os_error = os_error
+
+
+def output_error(exc: OSError, out: Path) -> OutputError:
+    """An OSError writing `out` (full disk, read-only or unwritable folder) as the user's error."""
+    if exc.errno in DISK_FULL:
+        return OutputError(f"disk full while writing {out.name}; nothing was left behind",
+                           hint=f"free space in {out.parent} and run again", os_error=exc)
+    return OutputError(f"cannot write {out.name} in {out.parent}: {exc.strerror or exc.__class__.__name__}",
+                       hint="choose an output folder you can write to", os_error=exc)
+
+
+def _user_error(exc: OSError, out: Path) -> OutputError | None:
+    """`output_error` for the errnos that are the user's to fix, else None (a bug: let it crash)."""
+    return output_error(exc, out) if exc.errno in DISK_FULL + NOT_WRITABLE else None
+
+
+def _temp_prefix(out: Path) -> str:
+    """Temp names beside `out` carry the writer's pid (`.OUT.<pid>-<random>.<tag>`), so a later run
+    can tell a dead run's leftovers (kill -9, power cut) from a live concurrent writer's files."""
+    return f".{out.name}.{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def clean_leftovers(out: Path) -> list[Path]:
+    """Remove temp files and folders beside `out` (`.OUT.<pid>-….tmp/.f16/.partial`) whose writer is
+    dead: a killed conversion cannot clean up after itself, so the next writer of `out` does."""
+    out = Path(out)
+    pattern = re.compile(re.escape(f".{out.name}.") + r"(\d+)-[^/]*\.[a-z0-9_]+")
+    removed = []
+    try:
+        candidates = list(out.parent.iterdir())
+    except OSError:
+        return []
+    for path in candidates:
+        match = pattern.fullmatch(path.name)
+        if not match or _alive(int(match.group(1))):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
 def temp_path(out: Path, tag: str = "tmp") -> Path:
-    """A fresh, unused path beside `out` (hidden, so no tool mistakes it for a finished output)."""
-    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=f".{tag}", dir=out.parent)
+    """A fresh, unused path beside `out` (hidden, so no tool mistakes it for a finished output);
+    a dead earlier writer's leftovers are removed first."""
+    clean_leftovers(out)
+    try:
+        fd, name = tempfile.mkstemp(prefix=_temp_prefix(out), suffix=f".{tag}", dir=out.parent)
+    except OSError as exc:
+        raise output_error(exc, out) from exc
     os.close(fd)
     return Path(name)
-
-
-def _disk_full(exc: OSError, out: Path) -> HuatuoError:
-    return HuatuoError(f"disk full while writing {out.name}; nothing was left behind",
-                       hint=f"free space in {out.parent} and run again")
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes | str, *, private: bool = False) -> Path:
@@ -76,7 +142,10 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str, *, private: bo
     path = Path(path)
     if isinstance(data, str):
         data = data.encode("utf-8")
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, name = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise output_error(exc, path) from exc
     tmp = Path(name)
     try:
         try:
@@ -91,8 +160,9 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str, *, private: bo
         fsync_dir(path.parent)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        if exc.errno in DISK_FULL:
-            raise _disk_full(exc, path) from exc
+        error = _user_error(exc, path)
+        if error is not None:
+            raise error from exc
         raise
     except BaseException:  # incl. KeyboardInterrupt
         tmp.unlink(missing_ok=True)
@@ -114,8 +184,9 @@ def atomic_output(out: Path, *, force: bool = False) -> Iterator[Path]:
         fsync_dir(out.parent)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        if exc.errno in DISK_FULL:
-            raise _disk_full(exc, out) from exc
+        error = _user_error(exc, out)
+        if error is not None:
+            raise error from exc
         raise
     except BaseException:  # incl. KeyboardInterrupt and HuatuoError
         tmp.unlink(missing_ok=True)
@@ -133,7 +204,11 @@ def atomic_folder(out: Path, *, force: bool = False, mode: int = 0o755) -> Itera
         raise HuatuoError(f"{out} already exists", hint="pass --force to replace it")
     if not out.parent.is_dir():
         raise HuatuoError(f"folder {out.parent} does not exist")
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    clean_leftovers(out)
+    try:
+        work = Path(tempfile.mkdtemp(prefix=_temp_prefix(out), suffix=".partial", dir=out.parent))
+    except OSError as exc:
+        raise output_error(exc, out) from exc
     try:
         work.chmod(mode)  # mkdtemp makes it 0700; the published folder is an ordinary one by default
         yield work
@@ -149,8 +224,9 @@ def atomic_folder(out: Path, *, force: bool = False, mode: int = 0o755) -> Itera
         fsync_dir(out.parent)
     except OSError as exc:
         shutil.rmtree(work, ignore_errors=True)
-        if exc.errno in DISK_FULL:
-            raise _disk_full(exc, out) from exc
+        error = _user_error(exc, out)
+        if error is not None:
+            raise error from exc
         raise
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)

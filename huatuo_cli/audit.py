@@ -23,12 +23,13 @@ from typing import Any
 import platformdirs
 
 from huatuo_cli import APP_NAME as APP
+from huatuo_cli.errors import HuatuoError
 from huatuo_cli.jsonl import read_jsonl, repair_tail
 from huatuo_cli.privacy import append_line, open_private_fd, private_dir
 
 LOG_NAME = "audit.jsonl"
 SALT_NAME = "audit.salt"
-SCHEMA = "huatuo.audit/1"
+SCHEMA = "huatuo.audit/2"  # 2: model_id renamed model_sha256 (older lines keep their key)
 
 
 def audit_dir() -> Path:
@@ -75,7 +76,7 @@ def _os_user() -> str:
 def record(
     command: str,
     *,
-    model_id: str | None,
+    model_sha256: str | None,
     study_id: str | None,
     question: str,
     answer_chars: int,
@@ -87,21 +88,43 @@ def record(
         "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "user": _os_user(),
         "command": command,
-        "model_id": model_id,
+        "model_sha256": model_sha256,
         "study": study_ref(study_id) if study_id else None,
         "question": question,
         "answer_chars": answer_chars,
         "outcome": outcome,
     }
-    private_dir(audit_dir())
-    fd = open_private_fd(audit_path(), os.O_WRONLY | os.O_APPEND)
-    try:  # one writer at a time, so the repair never cuts another process's line in flight
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        repair_tail(audit_path())  # a torn last line from a crash must not swallow this entry
-        append_line(audit_path(), json.dumps(entry, ensure_ascii=False))
-    finally:
-        os.close(fd)  # releases the lock
+    try:
+        private_dir(audit_dir())
+        fd = open_private_fd(audit_path(), os.O_WRONLY | os.O_APPEND)
+        try:  # one writer at a time, so the repair never cuts another process's line in flight
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            repair_tail(audit_path())  # a torn last line from a crash must not swallow this entry
+            append_line(audit_path(), json.dumps(entry, ensure_ascii=False))
+        finally:
+            os.close(fd)  # releases the lock
+    except OSError as exc:
+        raise HuatuoError(f"cannot write the audit trail in {audit_dir()} ({exc.strerror or exc.__class__.__name__})",
+                          hint="make that folder writable: every answer is audited") from exc
     return entry
+
+
+def ensure_writable() -> None:
+    """Check, before any question is answered, that the audit trail can be written: open the log
+    for appending (creating the folder, the salt and the file if needed) and write nothing.
+
+    An answer must never go unaudited, so a command that cannot audit refuses to start instead of
+    answering and failing afterwards.
+    """
+    try:
+        _salt()
+        os.close(open_private_fd(audit_path(), os.O_WRONLY | os.O_APPEND))
+    except OSError as exc:
+        raise HuatuoError(
+            f"cannot write the audit trail in {audit_dir()} ({exc.strerror or exc.__class__.__name__}); "
+            "nothing was answered",
+            hint="make that folder writable (or set XDG_DATA_HOME to a writable place): every answer is audited",
+        ) from exc
 
 
 def read_entries(path: Path | None = None) -> list[dict[str, Any]]:

@@ -76,7 +76,8 @@ def _unavailable(name: str, error: HuatuoError) -> click.Command:
 
 @click.group(cls=LazyGroup, lazy_subcommands=SUBCOMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="huatuo")
-def cli() -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Also show library logs (llama.cpp, ...) on stderr.")
+def cli(verbose: bool) -> None:
     """huatuo: ask HuatuoGPT-Vision about medical images, fully offline.
 
     \b
@@ -87,7 +88,10 @@ def cli() -> None:
     """
     from huatuo_cli.imaging.dicomio import configure_pydicom
 
+    from huatuo_cli.logs import setup
+
     configure_pydicom()  # start-up, explicitly: no PHI in pydicom's warnings (see there)
+    setup(verbose)
 
 
 def main() -> None:

@@ -13,9 +13,10 @@ each non-empty chunk here. Byte-level BPE (Qwen2) has no prefix.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from huatuo_cli.prompt import split_at_images
+from huatuo_cli.prompt import TEMPLATE_MARKERS, split_at_images
 
 CHUNK_PREFIX_KEY = "huatuo.tokenizer.chunk_prefix"
 
@@ -25,11 +26,26 @@ def chunk_prefix(llama: Any) -> str:
     return str(llama.metadata.get(CHUNK_PREFIX_KEY, ""))
 
 
+_MARKERS = re.compile("(" + "|".join(re.escape(m) for m in TEMPLATE_MARKERS) + ")")
+
+
 def encode_text(llama: Any, text: str, *, add_bos: bool = False) -> list[int]:
-    """One text chunk; chat markers are parsed as tokens (`special=True`)."""
+    """One text chunk. Only the prompt template's own markers (`<|user|>`, `<|assistant|>`) become
+    control tokens; all other text, the user's question above all, is tokenized with
+    `special=False`, so `<|endoftext|>` typed in a question is text, never end-of-text.
+
+    llama.cpp splits at special tokens and tokenizes the pieces separately when `special=True`, so
+    splitting here first gives the same ids for a prompt without foreign control text.
+    """
     if text:
         text = chunk_prefix(llama) + text
-    return list(llama.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True))
+    ids: list[int] = []
+    if add_bos:
+        ids += llama.tokenize(b"", add_bos=True, special=True)
+    for piece in _MARKERS.split(text):
+        if piece:
+            ids += llama.tokenize(piece.encode("utf-8"), add_bos=False, special=piece in TEMPLATE_MARKERS)
+    return ids
 
 
 def encode_chunks(llama: Any, prompt: str) -> list[list[int]]:

@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from huatuo_cli.bundle import VerifiedCache, read_manifest, verify_files
+from huatuo_cli.bundle import VerifiedCache, check_metadata, read_manifest, verify_files, verify_signature
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.locate import find_bundle, installed_bundles, models_dirs
 
@@ -38,7 +38,7 @@ def list_() -> None:
     if not bundles:
         click.echo("no bundles installed in " + " or ".join(str(d) for d in models_dirs()))
         return
-    table = Table("bundle", "architecture", "quantization", "model id", "path")
+    table = Table("bundle", "architecture", "quantization", "model sha256", "path")
     for path in bundles:
         manifest, digest = read_manifest(path)
         table.add_row(path.name, manifest.architecture, manifest.quantization, digest[:12], str(path))
@@ -57,11 +57,15 @@ def info(bundle: str | None, as_json: bool) -> None:
     """
     path = find_bundle(bundle)
     manifest, digest = read_manifest(path)
+    contradictions = check_metadata(path, manifest)  # nothing the LLM file contradicts is shown as fact
+    if contradictions:
+        raise HuatuoError(f"bundle {Path(path).name}: " + "; ".join(contradictions),
+                          hint="the manifest was edited; re-copy the bundle from the conversion server")
     if as_json:
-        click.echo(json.dumps({"model_id": digest, **json.loads(manifest.to_json())}, indent=2))
+        click.echo(json.dumps({"model_sha256": digest, "bundle": Path(path).name, **json.loads(manifest.to_json())}, indent=2))
         return
     click.echo(f"bundle:        {path}")
-    click.echo(f"model id:      {digest}")
+    click.echo(f"model sha256:  {digest}")
     click.echo(f"architecture:  {manifest.architecture}")
     click.echo(f"source:        {manifest.source}")
     click.echo(f"prompt format: {manifest.prompt_format}")
@@ -82,11 +86,13 @@ def verify(bundle: str | None) -> None:
       huatuo models verify /srv/bundles/huatuo-7b-q4_k_m
     """
     path = find_bundle(bundle)
-    manifest, _ = read_manifest(path)
+    manifest, digest = read_manifest(path)
+    signed_by = verify_signature(path, digest)
     problems = verify_files(path, manifest, VerifiedCache(trust=False))  # always a full re-hash
     bad = {p.split(":")[0] for p in problems}
     for entry in manifest.files:
         click.echo(f"{'FAIL' if entry.path in bad else 'ok  '} {entry.path}")
     if problems:
         raise HuatuoError(f"bundle {Path(path).name} failed verification: " + "; ".join(problems))
-    click.echo(f"bundle {Path(path).name} verified: {len(manifest.files)} files match the manifest")
+    click.echo(f"bundle {Path(path).name} verified: {len(manifest.files)} files match the manifest; "
+               + (f"signed by trusted key {signed_by}" if signed_by else "signatures not enforced (no trusted key)"))

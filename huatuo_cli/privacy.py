@@ -7,7 +7,9 @@ these helpers instead of `open()`, so a new output cannot forget the permissions
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 from pathlib import Path
 
 #: Shown with every answer (stderr for `ask`, so stdout pipes stay clean) and written into reports.
@@ -15,6 +17,22 @@ NOTICE = "Not for diagnostic use: an AI-generated draft that a qualified reader 
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
+
+
+#: What a library's error message may quote from a file: quoted values (names, UIDs, dates),
+#: byte strings, absolute paths, and dotted numeric UIDs. `scrub` replaces each with a placeholder.
+_QUOTED = re.compile(r"b?'(?:[^'\\]|\\.)*'" + r'|b?"(?:[^"\\]|\\.)*"')
+_PATH = re.compile(r"(?:[A-Za-z]:)?[\\/][^\s:,;'\")\]]+")
+_UID = re.compile(r"\b\d+(?:\.\d+){2,}\b")
+
+
+def scrub(text: str) -> str:
+    """`text` with every quoted value, path and UID replaced: for messages of exceptions huatuo did
+    not raise itself (a decoder's complaint about a damaged element may quote its value: a patient
+    name, a UID), before they reach errors.jsonl, reports or the terminal."""
+    text = _QUOTED.sub("<value>", text)
+    text = _PATH.sub("<path>", text)
+    return _UID.sub("<uid>", text)
 
 
 def private_dir(path: str | os.PathLike[str]) -> Path:
@@ -33,6 +51,22 @@ def private_dir(path: str | os.PathLike[str]) -> Path:
     for folder in [path, *missing]:
         os.chmod(folder, DIR_MODE)
     return path
+
+
+def writable_folder(path: str | os.PathLike[str], *, what: str) -> Path:
+    """`private_dir(path)`, with a failure (read-only place, a file in the way, no permission, full
+    disk) as a HuatuoError naming the option instead of a traceback."""
+    from huatuo_cli.errors import HuatuoError
+
+    try:
+        folder = private_dir(path)
+        probe = folder / f".huatuo-write-test.{os.getpid()}"
+        os.close(open_private_fd(probe, os.O_WRONLY | os.O_EXCL))
+        probe.unlink()
+        return folder
+    except OSError as exc:
+        raise HuatuoError(f"cannot write to the {what} folder {path}: {exc.strerror or exc.__class__.__name__}",
+                          hint=f"choose a {what} folder you can write to") from exc
 
 
 def open_private_fd(path: str | os.PathLike[str], flags: int) -> int:
@@ -63,7 +97,7 @@ def append_line(path: str | os.PathLike[str], line: str, *, fsync: bool = True) 
     try:
         written = os.write(fd, data)
         if written != len(data):  # only on a full disk; the rest would interleave if written later
-            raise OSError(f"short write to {Path(path).name}: {written} of {len(data)} bytes")
+            raise OSError(errno.ENOSPC, f"short write to {Path(path).name}: {written} of {len(data)} bytes")
         if fsync:
             os.fsync(fd)
     finally:

@@ -14,18 +14,46 @@ from huatuo_cli.errors import HuatuoError
 IMAGE_PLACEHOLDER = "<image>"
 #: The official CLI accepts at most this many images in one conversation.
 MAX_IMAGES = 6
-#: Markers users may not inject (input moderation of the official code).
-_STRIPPED = (IMAGE_PLACEHOLDER, "<s>", "</s>")
 USER_MARKER = "<|user|>"
 ASSISTANT_MARKER = "<|assistant|>"
+#: The template's own markers: the only prompt text tokenized as control tokens (`gguf_tokens`);
+#: everything else, above all the user's text, is plain text whatever it looks like.
+TEMPLATE_MARKERS = (USER_MARKER, ASSISTANT_MARKER)
+#: Markers users may not inject: the official code's input moderation, plus the turn markers
+#: (a question containing `<|assistant|>` must not open a forged turn).
+_STRIPPED = (IMAGE_PLACEHOLDER, "<s>", "</s>", *TEMPLATE_MARKERS)
 PROMPT_FORMAT = "huatuo-v1"
 
 
 def moderate(text: str) -> str:
-    """Remove the markers a user could use to forge images or turn boundaries."""
-    for token in _STRIPPED:
-        text = text.replace(token, "")
+    """Remove the markers a user could use to forge images or turn boundaries.
+
+    Repeated until nothing changes: removing one marker must not join its neighbours into
+    another (`<im<image>age>` would otherwise leave `<image>`).
+    """
+    previous = None
+    while previous != text:
+        previous = text
+        for token in _STRIPPED:
+            text = text.replace(token, "")
     return text.strip()
+
+
+def check_question(text: str) -> str:
+    """The question as given, or a HuatuoError if it cannot be asked: one rule for ask and batch.
+
+    A question that is empty once moderated is refused (there is nothing to answer); one that is
+    not valid UTF-8 (bytes the terminal could not decode reach Python as lone surrogates) is
+    refused before any model is loaded, instead of failing when results or the audit are written.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise HuatuoError("the question is not valid UTF-8 text",
+                          hint="set a UTF-8 locale (e.g. LANG=C.UTF-8) or fix the question's encoding") from None
+    if not moderate(text):
+        raise HuatuoError("empty question", hint="ask something, e.g. \"Describe the findings.\"")
+    return text
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,9 @@ if TYPE_CHECKING:
     from huatuo_cli.engine.session import ModelInfo
 
 
-SCHEMA = "huatuo.result/1"
+SCHEMA = "huatuo.result/2"  # 2: model.model_id renamed model.model_sha256 (it always held that)
+#: schemas a reader accepts; `upgrade` turns older records into the current one
+READABLE_SCHEMAS = ("huatuo.result/1", SCHEMA)
 
 
 @dataclass
@@ -80,7 +82,7 @@ def build_record(
         "series": series,
         "question": question,
         "answer": answer.text,
-        "model": {k: info.get(k) for k in ("model_id", "bundle", "architecture", "quantization")} if info else {},
+        "model": {k: info.get(k) for k in ("model_sha256", "bundle", "architecture", "quantization")} if info else {},
         "provider": {"vision": info.get("vision_provider"), "vision_note": info.get("vision_note"),
                      "llm_gpu_offload": info.get("llm_gpu_offload"), "llm_cpu": info.get("llm_cpu")} if info else {},
         "inputs": [{"sha256": h} for h in inputs],
@@ -93,3 +95,14 @@ def build_record(
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "notice": NOTICE,
     }
+
+
+def upgrade(record: dict[str, Any]) -> dict[str, Any]:
+    """A result record of any readable schema as the current one (huatuo.result/1 called the
+    manifest sha256 `model_id`). Unknown schemas are returned unchanged for the caller to refuse."""
+    if record.get("schema") == "huatuo.result/1":
+        model = dict(record.get("model") or {})
+        if "model_id" in model:
+            model["model_sha256"] = model.pop("model_id")
+        record = {**record, "schema": SCHEMA, "model": model}
+    return record

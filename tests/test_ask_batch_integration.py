@@ -39,7 +39,7 @@ from huatuo_cli.batch.runner import run_batch
 from huatuo_cli.inputs import jobs_from_folder
 from tests.batch_helpers import slow_describe
 root, out = Path(sys.argv[1]), Path(sys.argv[2])
-run_batch(jobs_from_folder(root), {questions!r}, out, lambda: (slow_describe(0.4), {{"model_id": "m"}}), root=root)
+run_batch(jobs_from_folder(root), {questions!r}, out, lambda: (slow_describe(0.4), {{"model_sha256": "m"}}), root=root)
 """
 
 
@@ -106,7 +106,7 @@ def test_ask_and_batch_offline_end_to_end(tmp_path, tiny_bundle, no_network):
     entries = audit.read_entries()
     assert [(e["command"], e["outcome"], e["question"]) for e in entries] == [("ask", "ok", "Describe.")] * 2
     assert entries[0]["answer_chars"] == len(record["answer"]) and entries[1]["answer_chars"] == len(res.stdout.strip())
-    assert entries[0]["model_id"] == record["model"]["model_id"] and entries[0]["study"]
+    assert entries[0]["model_sha256"] == record["model"]["model_sha256"] and entries[0]["study"]
     root = done_when_folder(tmp_path)
     res = runner.invoke(cli, ["batch", str(root), "--out", str(tmp_path / "out"), "--model", str(tiny_bundle),
                               "-q", "Describe.", "--max-tokens", "8", "--sr"])

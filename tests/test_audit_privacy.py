@@ -48,16 +48,16 @@ def test_append_line_writes_whole_lines_under_concurrency(tmp_path):
 
 def test_audit_record_is_phi_free_and_salted():
     uid = "1.3.6.1.4.1.5962.1.2.1.20040119072730.12322"
-    entry = audit.record("ask", model_id="abc", study_id=uid, question="Any fracture?", answer_chars=42,
+    entry = audit.record("ask", model_sha256="abc", study_id=uid, question="Any fracture?", answer_chars=42,
                          outcome="ok")
-    audit.record("batch", model_id="abc", study_id=uid, question="Q2", answer_chars=0, outcome="error")
+    audit.record("batch", model_sha256="abc", study_id=uid, question="Q2", answer_chars=0, outcome="error")
     text = audit.audit_path().read_text()
     assert uid not in text and "1CT1" not in text
     entries = audit.read_entries()
     assert [e["command"] for e in entries] == ["ask", "batch"]
     assert entries[0]["study"] == entries[1]["study"] == entry["study"]  # correlatable on this machine
     assert entry["time"].endswith("+00:00") and entry["user"]
-    assert set(entry) == {"schema", "time", "user", "command", "model_id", "study", "question", "answer_chars",
+    assert set(entry) == {"schema", "time", "user", "command", "model_sha256", "study", "question", "answer_chars",
                           "outcome"}
     salt = audit.audit_dir() / audit.SALT_NAME
     assert mode(audit.audit_path()) == 0o600 and mode(salt) == 0o600 and mode(audit.audit_dir()) == 0o700
@@ -67,9 +67,9 @@ def test_audit_record_is_phi_free_and_salted():
 
 
 def test_audit_log_is_appended_never_rewritten():
-    audit.record("ask", model_id=None, study_id=None, question="q", answer_chars=1, outcome="ok")
+    audit.record("ask", model_sha256=None, study_id=None, question="q", answer_chars=1, outcome="ok")
     first = audit.audit_path().read_bytes()
-    audit.record("ask", model_id=None, study_id=None, question="q2", answer_chars=2, outcome="ok")
+    audit.record("ask", model_sha256=None, study_id=None, question="q2", answer_chars=2, outcome="ok")
     assert audit.audit_path().read_bytes().startswith(first)
 
 

@@ -26,7 +26,7 @@ class Tags(HTMLParser):
 
 def results() -> list[dict]:
     return [build_record(study="study-1", question=EVIL, answer=Answer(text=EVIL + "\n# not a heading"),
-                         model={"model_id": "m" * 64}, inputs=["a" * 64], window="lung")]
+                         model={"model_sha256": "m" * 64}, inputs=["a" * 64], window="lung")]
 
 
 def test_html_is_escaped_and_self_contained(tmp_path):

@@ -28,7 +28,7 @@ from huatuo_cli.inputs import jobs_from_folder
 from tests.batch_helpers import SAMPLES, describe, sample_folder
 
 QUESTIONS = ["Describe the image.", "Any abnormality?"]
-MODEL = {"model_id": "m" * 64, "bundle": "test", "vision_provider": "CPUExecutionProvider"}
+MODEL = {"model_sha256": "m" * 64, "bundle": "test", "vision_provider": "CPUExecutionProvider"}
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -80,7 +80,7 @@ def test_all_ok_exit_0_and_model_loaded_once(tmp_path):
     assert summary.exit_code == EXIT_OK and summary.answered == 6 and make.loads == 1
     results = read_jsonl(tmp_path / "out" / RESULTS_NAME)
     assert {(r["study"], r["question"]): r["answer"] for r in results} == expected(root)
-    assert all(r["inputs"][0]["sha256"] and r["model"]["model_id"] == MODEL["model_id"] for r in results)
+    assert all(r["inputs"][0]["sha256"] and r["model"]["model_sha256"] == MODEL["model_sha256"] for r in results)
     # a rerun of a finished batch answers nothing and does not even load the model
     again = Counting()
     summary = run_batch(jobs_from_folder(root), QUESTIONS, tmp_path / "out", again, progress=PlainProgress(io.StringIO()))
@@ -142,7 +142,7 @@ from huatuo_cli.batch.runner import run_batch
 from huatuo_cli.inputs import jobs_from_folder
 from tests.batch_helpers import slow_describe
 root, out = Path(sys.argv[1]), Path(sys.argv[2])
-run_batch(jobs_from_folder(root), {questions!r}, out, lambda: (slow_describe(0.4), {{"model_id": "m"}}), root=root)
+run_batch(jobs_from_folder(root), {questions!r}, out, lambda: (slow_describe(0.4), {{"model_sha256": "m"}}), root=root)
 """
 
 

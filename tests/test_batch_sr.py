@@ -37,7 +37,7 @@ def dsrdump(path: Path) -> str:
 
 def test_sr_round_trip_with_highdicom_and_dsrdump(tmp_path):
     src = sources("CT_small.dcm")
-    path = write_sr(tmp_path / "sr.dcm", src, ANSWERS, model_id="abc123")
+    path = write_sr(tmp_path / "sr.dcm", src, ANSWERS, model_sha256="abc123")
     assert oct(path.stat().st_mode & 0o777) == "0o600"
     sr = hd.sr.srread(path)
     source = pydicom.dcmread(src[0], stop_before_pixels=True)

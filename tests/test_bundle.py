@@ -14,13 +14,36 @@ from huatuo_cli.errors import HuatuoError
 from huatuo_cli.locate import ENV_MODEL, config_file, find_bundle, models_dirs
 
 
-def make_bundle(root: Path) -> Path:
+CONFIG_SHA = "0" * 64
+ROLES = {"llm.gguf": "llm", "vision/vision-fp32.onnx": "vision-fp32", "vision/preprocessor_config.json": "preprocessor"}
+
+
+def tiny_gguf(path: Path, *, quant: str = "f16", arch: str = "qwen2") -> Path:
+    """A GGUF header with the `huatuo.*` keys the converter writes (no tensors: nothing loads it)."""
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_string("huatuo.quantization", quant)
+    writer.add_string("huatuo.prompt_format", "huatuo-v1")
+    writer.add_string("huatuo.source.architecture", "LlavaQwen2ForCausalLM")
+    writer.add_string("huatuo.source.config_sha256", CONFIG_SHA)
+    writer.add_string("huatuo.padding", "p" * 16000)  # room for the flipped-byte offsets below
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def make_bundle(root: Path, roles: dict[str, str] = ROLES) -> Path:
     root.mkdir(parents=True)
-    (root / "llm.gguf").write_bytes(bytes(range(256)) * 64)
+    tiny_gguf(root / "llm.gguf")
     (root / "vision").mkdir()
     (root / "vision" / "vision-fp32.onnx").write_bytes(b"onnx" * 1000)
-    files = describe_files(root, {"llm.gguf": "llm", "vision/vision-fp32.onnx": "vision-fp32"})
-    write_manifest(root, Manifest(model_id="test", architecture="llava-qwen2", source={"config_sha256": "0" * 64},
+    (root / "vision" / "preprocessor_config.json").write_text('{"crop_size": 336}')
+    files = describe_files(root, roles)
+    write_manifest(root, Manifest(bundle_name="test", architecture="llava-qwen2",
+                                  source={"config_sha256": CONFIG_SHA, "hf_architecture": "LlavaQwen2ForCausalLM"},
                                   prompt_format="huatuo-v1", quantization="f16", files=files,
                                   fidelity={"llm": {"top1": 1.0}}))
     return root
@@ -29,7 +52,7 @@ def make_bundle(root: Path) -> Path:
 def test_manifest_round_trip(tmp_path):
     root = make_bundle(tmp_path / "b")
     bundle = load_bundle(root)
-    assert bundle.manifest.file("llm").size == 256 * 64
+    assert bundle.manifest.file("llm").size == (root / "llm.gguf").stat().st_size
     assert Manifest.from_json(bundle.manifest.to_json()) == bundle.manifest
     assert len(bundle.manifest_sha256) == 64
 
@@ -62,7 +85,7 @@ def test_models_verify_and_info_on_intact_bundle(tmp_path):
     runner = CliRunner()
     res = runner.invoke(cli, ["models", "verify", str(root)])
     assert res.exit_code == 0, res.output
-    assert "2 files match" in res.output
+    assert "3 files match" in res.output
     res = runner.invoke(cli, ["models", "info", str(root), "--json"])
     assert json.loads(res.output)["architecture"] == "llava-qwen2"
 
@@ -123,4 +146,4 @@ def test_cache_is_not_trusted_by_models_verify(tmp_path, monkeypatch):
     load_bundle(root)
     assert hashed == []  # answered from the cache
     res = CliRunner().invoke(cli, ["models", "verify", str(root)])
-    assert res.exit_code == 0 and len(hashed) == 2  # models verify re-reads every file
+    assert res.exit_code == 0 and len(hashed) == len(ROLES)  # models verify re-reads every file

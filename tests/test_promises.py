@@ -75,11 +75,11 @@ def test_audit_log_refuses_damage_in_the_middle_and_survives_a_torn_tail():
     """mutations: read_entries skipping bad lines anywhere; record() not repairing a torn tail."""
     from huatuo_cli import audit
 
-    audit.record("ask", model_id="m", study_id="s", question="q1", answer_chars=1, outcome="ok")
+    audit.record("ask", model_sha256="m", study_id="s", question="q1", answer_chars=1, outcome="ok")
     with open(audit.audit_path(), "ab") as log:
         log.write(b'{"schema": "huatuo.audit/1", "comm')  # a crash during the last append
     assert [e["question"] for e in audit.read_entries()] == ["q1"]
-    audit.record("ask", model_id="m", study_id="s", question="q2", answer_chars=1, outcome="ok")
+    audit.record("ask", model_sha256="m", study_id="s", question="q2", answer_chars=1, outcome="ok")
     assert [e["question"] for e in audit.read_entries()] == ["q1", "q2"]  # the torn line did not eat q2
     lines = audit.audit_path().read_bytes().splitlines(keepends=True)
     audit.audit_path().write_bytes(lines[0] + b"not json\n" + lines[1])  # edited by hand

@@ -9,7 +9,8 @@ import click
 
 from huatuo_cli.imaging.options import frame_option, window_option
 from huatuo_cli.model_options import device_option, images_option, model_option, sampling_options
-from huatuo_cli.privacy import NOTICE
+from huatuo_cli.privacy import NOTICE, writable_folder
+from huatuo_cli.prompt import check_question
 
 if TYPE_CHECKING:
     from huatuo_cli.engine.llm import Sampling
@@ -32,7 +33,7 @@ def read_questions(question: tuple[str, ...], questions_file: Path | None) -> li
     unique = list(dict.fromkeys(q.strip() for q in question if q.strip()))
     if not unique:
         raise click.UsageError("empty question")
-    return unique
+    return [check_question(q) for q in unique]
 
 
 @click.command()
@@ -67,6 +68,7 @@ def batch(ctx: click.Context, folder: Path, out: Path, question: tuple[str, ...]
       huatuo batch /data/export --out /data/huatuo-run -q "Describe the findings."
       huatuo batch /data/export --out run2 --questions questions.txt --per series --sr
     """
+    from huatuo_cli import audit
     from huatuo_cli.answering import load_model, model_answerer
     from huatuo_cli.batch.progress import make_progress
     from huatuo_cli.batch.runner import EXIT_INTERRUPTED, run_batch
@@ -77,7 +79,9 @@ def batch(ctx: click.Context, folder: Path, out: Path, question: tuple[str, ...]
     root, out = folder.resolve(), out.resolve()
     if out == root or root in out.parents:
         raise click.UsageError("--out must not be inside FOLDER (the outputs would be scanned as inputs)")
+    writable_folder(out, what="--out")
     bundle = find_bundle(model_path)
+    audit.ensure_writable()  # before any answer: an answer must never go unaudited
     jobs = jobs_from_folder(root, per=per, window=window, frame=frame, images=images)
     click.echo(f"{NOTICE}\n{sum(1 for j in jobs if hasattr(j, 'load'))} {per} jobs, "
                f"{sum(1 for j in jobs if not hasattr(j, 'load'))} unusable files, {len(asked)} questions", err=True)

@@ -81,7 +81,7 @@ def render_markdown(out: Path, results: list[dict[str, Any]], errors: list[dict[
         lines.append("")
         for r in records:
             lines += [f"**Q:** {escape(r['question'], quote=False)}", "", _md_text(r["answer"]), "",
-                      f"<sub>model {r['model'].get('model_id', '')[:12]}, window {r.get('window')}, "
+                      f"<sub>model {r['model'].get('model_sha256', '')[:12]}, window {r.get('window')}, "
                       f"{r['tokens']} tokens, {r['tokens_per_s']} tokens/s</sub>", ""]
     if errors:
         lines += ["## Errors", "", "| kind | item | question | reason |", "|---|---|---|---|"]
@@ -117,7 +117,7 @@ def render_html(out: Path, results: list[dict[str, Any]], errors: list[dict[str,
         parts.append("</div>")
         for r in records:
             parts.append(f"<h3>{e(r['question'])}</h3><div class=\"answer\">{e(r['answer'] or '(no answer)')}</div>"
-                         f"<p class=\"meta\">model {e(r['model'].get('model_id', '')[:12])}, window "
+                         f"<p class=\"meta\">model {e(r['model'].get('model_sha256', '')[:12])}, window "
                          f"{e(str(r.get('window')))}, {r['tokens']} tokens, {r['tokens_per_s']} tokens/s</p>")
         parts.append("</section>")
     if errors:

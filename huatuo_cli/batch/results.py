@@ -17,7 +17,7 @@ from typing import Any
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.jsonl import read_jsonl as read_jsonl  # the one JSON-lines reader (audit log too)
 from huatuo_cli.privacy import append_line, private_dir
-from huatuo_cli.record import SCHEMA
+from huatuo_cli.record import SCHEMA, upgrade
 
 RESULTS_NAME = "results.jsonl"
 ERRORS_NAME = "errors.jsonl"
@@ -48,7 +48,7 @@ class BatchState:
     @classmethod
     def open(cls, out: str | os.PathLike[str]) -> BatchState:
         out = private_dir(out)
-        results = read_jsonl(out / RESULTS_NAME, repair=True, hint=DAMAGED_HINT)
+        results = [upgrade(r) for r in read_jsonl(out / RESULTS_NAME, repair=True, hint=DAMAGED_HINT)]  # older schemas read on
         for record in results:
             if record.get("schema") != SCHEMA:
                 raise HuatuoError(f"{RESULTS_NAME} in the output folder has schema {record.get('schema')!r}, "

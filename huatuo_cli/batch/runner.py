@@ -9,14 +9,14 @@ benchmark stand behind it unchanged.
 
 from __future__ import annotations
 
-import os
-import re
+import errno
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from huatuo_cli import audit
+from huatuo_cli.atomic import OutputError
 from huatuo_cli.batch.progress import PlainProgress, Progress
 from huatuo_cli.batch.report import save_thumbnails, study_slug, write_reports
 from huatuo_cli.batch.results import BatchState
@@ -28,6 +28,7 @@ from huatuo_cli.jobs import BadFile as BadFile
 from huatuo_cli.jobs import Job as Job
 from huatuo_cli.jobs import ModelRef
 from huatuo_cli.jobs import StudyInputs as StudyInputs
+from huatuo_cli.privacy import scrub
 from huatuo_cli.record import build_record
 
 EXIT_OK = 0
@@ -53,13 +54,13 @@ class Summary:
 
 
 def _reason(exc: BaseException, root: Path | None) -> str:
-    """A failure reason for errors.jsonl. HuatuoError messages are PHI-free by contract; for other
-    exceptions (decoder bugs on odd files) only the type and a message with paths removed."""
+    """A failure reason for errors.jsonl (and so the reports). HuatuoError messages are PHI-free by
+    contract; for other exceptions (decoder bugs on odd files) the type and the message with every
+    path, quoted value and UID removed (`privacy.scrub`): a damaged element's complaint may quote
+    a patient name or UID."""
     text = str(exc)
     if not isinstance(exc, HuatuoError):
-        if root is not None:  # the whole path: folders below the batch folder may name the patient
-            text = re.sub(re.escape(os.fspath(root)) + r"[^'\"\n]*", "<file in the batch folder>", text)
-        text = f"{type(exc).__name__}: {text}"
+        text = f"{type(exc).__name__}: {scrub(text)}"
     return " ".join(text.split())[:500]
 
 
@@ -82,10 +83,14 @@ def run_batch(
     """
     if not questions:
         raise HuatuoError("no questions to ask")
-    state = BatchState.open(out)
+    try:
+        state = BatchState.open(out)
+    except OSError as exc:
+        raise output_error(exc, Path(out), saved=0) from exc
     progress = progress or PlainProgress()
     summary = Summary()
     answerer: tuple[AnswerFn, ModelRef] | None = None
+    failure: OSError | None = None  # the output folder could not be written (disk full, read-only)
     progress.start(len(jobs))
     try:
         for job in jobs:
@@ -102,12 +107,13 @@ def run_batch(
                     inputs = job.load()
                     if not inputs.images:
                         raise HuatuoError("no usable images in this study")
-                    save_thumbnails(state.out, job.key, inputs.images)
                 except Exception as exc:  # one bad study never stops the batch
                     state.add_error(kind="study", key=job.key, reason=_reason(exc, root))
                     summary.failed += 1
                     progress.step(job.key, "failed: see errors.jsonl")
                     continue
+                # outside the try: a full --out is the output folder's failure, not the study's
+                save_thumbnails(state.out, job.key, inputs.images)
                 if answerer is None:
                     answerer = make_answerer()
                 answer_fn, model = answerer
@@ -135,10 +141,35 @@ def run_batch(
             progress.step(job.key, status)
     except KeyboardInterrupt:
         summary.interrupted = True
+    except OSError as exc:
+        failure = exc
+    except OutputError as exc:  # the one file writer names a full disk itself; the batch says what survived
+        failure = exc.os_error
     finally:
         progress.close()
-        write_reports(state.out, state.results, state.open_errors())
+        try:
+            write_reports(state.out, state.results, state.open_errors())
+        except OSError as exc:
+            failure = failure or exc
+        except OutputError as exc:
+            failure = failure or exc.os_error
+    if failure is not None:
+        raise output_error(failure, state.out, saved=len(state.results)) from failure
     return summary
+
+
+def output_error(exc: OSError, out: Path, *, saved: int) -> HuatuoError:
+    """The output folder failed under the batch (disk full, read-only, removed): one clear message.
+
+    Every answer appended before the failure is complete and fsynced (a torn last line is dropped
+    on resume), so the message says how many are kept and that a rerun resumes.
+    """
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    what = "the disk is full" if full else (exc.strerror or exc.__class__.__name__)
+    return HuatuoError(
+        f"cannot write to the output folder {out}: {what}; the {saved} answer(s) saved so far are kept",
+        hint=("free space there" if full else "fix the output folder") + " and rerun the same command to resume",
+    )
 
 
 def _write_sr(state: BatchState, job: Job, root: Path | None, summary: Summary) -> bool:
@@ -150,7 +181,7 @@ def _write_sr(state: BatchState, job: Job, root: Path | None, summary: Summary) 
         return False
     answers = state.answers_for(job.key)
     try:
-        write_sr(path, job.sources, answers, model_id=(answers[0]["model"].get("model_id") or "") if answers else "")
+        write_sr(path, job.sources, answers, model_sha256=(answers[0]["model"].get("model_sha256") or "") if answers else "")
     except Exception as exc:
         state.add_error(kind="study", key=job.key, reason="SR not written: " + _reason(exc, root))
         summary.failed += 1
@@ -162,5 +193,5 @@ def _write_sr(state: BatchState, job: Job, root: Path | None, summary: Summary) 
 def _audit(command: str, model: ModelRef, job: Job, question: str, chars: int, outcome: str) -> None:
     from huatuo_cli.record import model_dict
 
-    audit.record(command, model_id=model_dict(model).get("model_id"), study_id=job.audit_id or job.key,
+    audit.record(command, model_sha256=model_dict(model).get("model_sha256"), study_id=job.audit_id or job.key,
                  question=question, answer_chars=chars, outcome=outcome)

@@ -30,7 +30,7 @@ def read_evidence(sources: list[Path]) -> list[Dataset]:
     return [read_dicom(Path(p), headers_only=True) for p in sources]
 
 
-def build_sr(sources: list[Path], answers: list[dict[str, Any]], *, model_id: str = "", software: str = "") -> Any:
+def build_sr(sources: list[Path], answers: list[dict[str, Any]], *, model_sha256: str = "", software: str = "") -> Any:
     """The SR dataset for one study. `answers` are result records (question, answer) of that study."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
@@ -46,7 +46,7 @@ def build_sr(sources: list[Path], answers: list[dict[str, Any]], *, model_id: st
                                            relationship_type="CONTAINS"))
         items.append(hd.sr.TextContentItem(name=codes.DCM.Finding, value=record["answer"] or "(no answer)",
                                            relationship_type="CONTAINS"))
-    comment = f"{NOTICE} Model {model_id}." if model_id else NOTICE
+    comment = f"{NOTICE} Model {model_sha256}." if model_sha256 else NOTICE
     items.append(hd.sr.TextContentItem(name=codes.DCM.Comment, value=comment, relationship_type="CONTAINS"))
     for ds in evidence:
         items.append(hd.sr.ImageContentItem(name=codes.DCM.SourceImage, referenced_sop_class_uid=ds.SOPClassUID,
@@ -62,7 +62,7 @@ def build_sr(sources: list[Path], answers: list[dict[str, Any]], *, model_id: st
         sop_instance_uid=hd.UID(),
         instance_number=1,
         manufacturer="huatuo",
-        manufacturer_model_name=model_id[:64] or "huatuo",
+        manufacturer_model_name=model_sha256[:64] or "huatuo",
         software_versions=software or None,
         series_description=SERIES_DESCRIPTION,
         is_complete=False,
@@ -78,13 +78,13 @@ def _charset(answers: list[dict[str, Any]]) -> dict[str, Any]:
     return {} if text.isascii() else {"specific_character_set": "ISO_IR 192"}
 
 
-def write_sr(path: Path, sources: list[Path], answers: list[dict[str, Any]], *, model_id: str = "") -> Path:
+def write_sr(path: Path, sources: list[Path], answers: list[dict[str, Any]], *, model_sha256: str = "") -> Path:
     """Build and write one study's SR, owner-only."""
     from io import BytesIO
 
     from huatuo_cli import __version__
 
-    sr = build_sr(sources, answers, model_id=model_id, software=f"huatuo {__version__}")
+    sr = build_sr(sources, answers, model_sha256=model_sha256, software=f"huatuo {__version__}")
     buffer = BytesIO()
     sr.save_as(buffer, enforce_file_format=True)
     return write_private(path, buffer.getvalue())

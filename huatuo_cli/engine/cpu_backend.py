@@ -100,6 +100,10 @@ def activate() -> CpuBackend:
     if _ACTIVE is not None:
         return _ACTIVE
     llama_cpp = require("llama_cpp")
+    from huatuo_cli.logs import route_llama_cpp
+
+    route_llama_cpp(llama_cpp)  # llama.cpp's log through huatuo's logging, quiet unless --verbose
+    _close_devnull_at_exit()
     lib_dir = Path(str(llama_cpp.__file__)).parent / "lib"
     variants_dir = Path(os.environ.get(ENV_VARIANTS_DIR) or lib_dir)
     backend = choose(rank_variants(variants_dir), build_info(lib_dir), variants_dir)
@@ -114,6 +118,23 @@ def activate() -> CpuBackend:
     if backend.fallback and backend.found_now:
         print(f"huatuo: llama.cpp CPU kernels {backend.verdict}", file=sys.stderr)
     return backend
+
+
+def _close_devnull_at_exit() -> None:
+    """llama-cpp-python opens two /dev/null files at import for its stdout/stderr suppression (used
+    only while a model or context is created) and never closes them: every run then ends with
+    `ResourceWarning: unclosed file '/dev/null'`. They are closed at exit, when no model is made."""
+    import atexit
+
+    from llama_cpp import _utils
+
+    def close() -> None:
+        for name in ("outnull_file", "errnull_file"):
+            handle = getattr(_utils, name, None)
+            if handle is not None:
+                handle.close()
+
+    atexit.register(close)
 
 
 def gpu_backends(folder: Path) -> list[Path]:

@@ -26,6 +26,12 @@ FP16_NAME = "vision-fp16.onnx"
 PREPROCESSOR_NAME = "preprocessor_config.json"
 
 
+def wants_fp16(device: str) -> bool:
+    """Whether the fp16 graph suits `device` (CUDA without TensorRT); the CPU and TensorRT take fp32."""
+    available = require("onnxruntime").get_available_providers()
+    return device == "cuda" or (device == "auto" and CUDA in available and TENSORRT not in available)
+
+
 class ImageEncoder:
     """`ImageEncoder(path).encode([img, ...]) -> float32 [N, tokens, hidden]`."""
 
@@ -75,10 +81,7 @@ class ImageEncoder:
         fp32, which is both faster and exact there.
         """
         folder = Path(folder)
-        ort = require("onnxruntime")
-        available = ort.get_available_providers()
-        cuda_first = device == "cuda" or (device == "auto" and CUDA in available and TENSORRT not in available)
-        name = FP16_NAME if cuda_first and (folder / FP16_NAME).is_file() else FP32_NAME
+        name = FP16_NAME if wants_fp16(device) and (folder / FP16_NAME).is_file() else FP32_NAME
         return cls(folder / name, device=device, **kwargs)
 
     def encode_pixels(self, pixel_values: np.ndarray) -> np.ndarray:

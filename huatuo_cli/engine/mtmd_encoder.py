@@ -13,8 +13,8 @@ against the LLM, and tokenizing a single image part touches no vocabulary.
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Sequence
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -25,16 +25,14 @@ from huatuo_cli.engine.preprocess import PreprocessConfig, prepare_image
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.extras import require
 
-_QUIET = None
-
 
 def _silence(llama_cpp: Any, mtmd: Any) -> None:
-    """mtmd and clip log every encode to stderr; keep them quiet unless asked (one callback, kept alive)."""
-    global _QUIET
-    if _QUIET is None:
-        _QUIET = llama_cpp.llama_log_callback(lambda level, text, user_data: None)
-    mtmd.mtmd_log_set(_QUIET, None)
-    mtmd.mtmd_helper_log_set(_QUIET, None)
+    """mtmd and clip log every encode to stderr; their log goes through huatuo's logging instead."""
+    from huatuo_cli.logs import route_llama_cpp
+
+    callback = route_llama_cpp(llama_cpp)  # huatuo's logging: quiet unless --verbose
+    mtmd.mtmd_log_set(callback, None)
+    mtmd.mtmd_helper_log_set(callback, None)
 
 
 class MtmdImageEncoder:
@@ -45,8 +43,7 @@ class MtmdImageEncoder:
         llama_cpp = llama()
         self.mtmd = require("llama_cpp.mtmd_cpp")
         llama_cpp.llama_backend_init()
-        if not verbose:
-            _silence(llama_cpp, self.mtmd)
+        _silence(llama_cpp, self.mtmd)
         self.path = Path(mmproj_path)
         if not self.path.is_file():
             raise HuatuoError(f"mmproj {self.path.name} not found in {self.path.parent}")
@@ -57,7 +54,7 @@ class MtmdImageEncoder:
         params.warmup = False
         self.ctx = self.mtmd.mtmd_init_from_file(str(self.path).encode(), None, params)
         if not self.ctx:
-            raise HuatuoError(f"llama.cpp could not load mmproj {self.path.name} (see the log above)")
+            raise HuatuoError(f"llama.cpp could not load mmproj {self.path.name} (run with --verbose for its log)")
         if not self.mtmd.mtmd_support_vision(self.ctx):
             self.close()
             raise HuatuoError(f"{self.path.name} has no vision encoder")

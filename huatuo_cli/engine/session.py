@@ -44,10 +44,13 @@ class BundleImageEncoder:
         self.vision = vision
         self._onnx = self._mtmd = None
         if vision == "onnx":
-            from huatuo_cli.engine.encoder import ImageEncoder
+            from huatuo_cli.engine.encoder import ImageEncoder, wants_fp16
 
-            self._onnx = ImageEncoder.from_folder(bundle.path("vision-fp32").parent, device=device,
-                                                  cache_dir=bundle.root, threads=threads)
+            # only files the manifest lists (and verification hashed) are read: never a file that
+            # merely sits in the folder
+            role = "vision-fp16" if bundle.has("vision-fp16") and wants_fp16(device) else "vision-fp32"
+            self._onnx = ImageEncoder(bundle.path(role), device=device, cache_dir=bundle.root, threads=threads,
+                                      preprocess_config=PreprocessConfig.from_file(bundle.path("preprocessor")))
             self.provider, self.fallback_note = self._onnx.provider, self._onnx.fallback_note
         elif vision == "mmproj":
             from huatuo_cli.engine.mtmd_encoder import MtmdImageEncoder
@@ -73,8 +76,8 @@ class BundleImageEncoder:
 class ModelInfo:
     """What a result records about the model and where it ran."""
 
-    model_id: str
-    bundle: str
+    model_sha256: str  # sha256 of the bundle's manifest.json: which verified model answered
+    bundle: str  # the bundle's folder name
     architecture: str
     quantization: str
     vision_path: str
@@ -104,7 +107,7 @@ class VisionLanguageModel:
         self.encoder = BundleImageEncoder(self.bundle, vision=vision, device=device, threads=n_threads)
         self.llm = LlamaEngine(self.bundle.path("llm"), n_ctx=n_ctx, n_threads=n_threads)
         self.info = ModelInfo(
-            model_id=self.bundle.manifest_sha256,
+            model_sha256=self.bundle.manifest_sha256,
             bundle=self.bundle.root.name,
             architecture=manifest.architecture,
             quantization=manifest.quantization,

@@ -7,6 +7,7 @@ study key / series key / index.
 
 from __future__ import annotations
 
+import io
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -22,6 +23,7 @@ from huatuo_cli.imaging.load import load_image
 from huatuo_cli.imaging.options import frame_option, window_option
 from huatuo_cli.imaging.scan import ScanResult, Series, Study, scan
 from huatuo_cli.imaging.windows import WindowChoice
+from huatuo_cli.privacy import private_dir, write_private, writable_folder
 
 
 def _render_series(
@@ -41,11 +43,12 @@ def _render_series(
         assert image.meta is not None  # files always carry meta; only in-memory pictures lack it
         windows.append(image.meta.window)
         if out is not None:
-            folder = out / study.key / series.key
-            folder.mkdir(parents=True, exist_ok=True)
+            folder = private_dir(out / study.key / series.key)
             for frame_index, picture in zip(image.meta.frames, image.frames, strict=False):
                 name = f"{index:02d}.png" if len(image.frames) == 1 else f"{index:02d}-f{frame_index:03d}.png"
-                picture.save(folder / name)
+                encoded = io.BytesIO()
+                picture.save(encoded, format="PNG")
+                write_private(folder / name, encoded.getvalue())  # owner-only, like every output
                 written += 1
     status = "ok" if out is None else f"ok, {written} png"
     return status, (windows[0] if windows else ""), None
@@ -98,6 +101,8 @@ def inspect(path: Path, png_dir: Path | None, window: WindowChoice, frame: Frame
     """
     if not path.exists():
         raise HuatuoError("no such file or folder", hint="check the path you passed to inspect")
+    if png_dir is not None:
+        writable_folder(png_dir, what="--png")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # library warnings may quote header values (PHI)
         _inspect(path, png_dir, window, frame, count)

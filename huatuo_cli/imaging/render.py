@@ -9,6 +9,7 @@ already converted YBR), PALETTE COLOR through `apply_color_lut`.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -32,12 +33,19 @@ def padding_mask(arr: np.ndarray, view: Dataset) -> np.ndarray | None:
     return np.asarray((arr >= lo) & (arr <= hi))
 
 
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
 def modality_values(arr: np.ndarray, view: Dataset) -> np.ndarray:
     """Stored values -> modality units (HU for CT) as float32."""
     if "ModalityLUTSequence" in view:
         return np.asarray(apply_modality_lut(arr, view), dtype=np.float32)
     values = arr.astype(np.float32)
     slope, intercept = float(view.get("RescaleSlope") or 1.0), float(view.get("RescaleIntercept") or 0.0)
+    largest = float(np.abs(values).max()) if values.size else 0.0
+    if not (math.isfinite(slope) and math.isfinite(intercept)) or abs(slope) * largest + abs(intercept) > _F32_MAX             or abs(slope) > _F32_MAX:
+        # e.g. RescaleSlope 1e308: no real modality unit is that large; refuse instead of an overflow warning
+        raise ValueError("rescale slope/intercept out of range")
     if slope != 1.0:
         values *= np.float32(slope)
     if intercept != 0.0:

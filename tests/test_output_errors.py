@@ -1,0 +1,133 @@
+"""Issue 11 item 7: an output folder that cannot be written is a clear error, never a traceback,
+and loses nothing: a full disk under --out (a real, small tmpfs), a read-only or blocked --out or
+--png folder, an audit trail that cannot be written (checked before anything is answered)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from huatuo_cli.batch.progress import PlainProgress
+from huatuo_cli.batch.results import RESULTS_NAME, read_jsonl
+from huatuo_cli.batch.runner import run_batch
+from huatuo_cli.cli import cli
+from huatuo_cli.errors import HuatuoError
+from huatuo_cli.inputs import jobs_from_folder
+from tests.batch_helpers import describe, sample_folder
+
+QUESTIONS = ["Describe the image.", "Any abnormality?"]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs (mounting needs root: CI runs as root). Skipped, saying so, where mount is refused."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN): {res.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(disk: Path, leave: int) -> Path:
+    """Fill `disk` with one file, then free `leave` bytes of it."""
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, b"x" * 65536 if os.statvfs(disk).f_bavail > 16 else b"x" * 4096)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    os.truncate(filler, filler.stat().st_size - leave)
+    return filler
+
+
+def test_full_disk_under_out_is_a_clear_error_and_a_resume_finishes(small_disk, tmp_path):
+    root = sample_folder(tmp_path / "in", truncated=False, text_file=False)
+    out = small_disk / "out"
+    filler = fill(small_disk, leave=40000)  # room for some answers, not all (measured: 6 need ~60 kB)
+    run = lambda: run_batch(jobs_from_folder(root), QUESTIONS, out, lambda: (describe, {"model_sha256": "m"}),  # noqa: E731
+                            progress=PlainProgress(io.StringIO()), root=root)
+    with pytest.raises(HuatuoError, match="the disk is full; the [0-9]+ answer.s. saved so far are kept") as err:
+        run()
+    assert "rerun the same command to resume" in str(err.value)
+    saved = read_jsonl(out / RESULTS_NAME)
+    assert 0 < len(saved) < 6
+    leftovers = [p.name for p in out.rglob("*") if p.name.startswith(".") or p.name.endswith(".tmp")]
+    assert leftovers == []  # no zero-byte temp files
+    filler.unlink()
+    summary = run()
+    results = read_jsonl(out / RESULTS_NAME)
+    assert summary.exit_code == 0 and len(results) == 6
+    assert len({(r["study"], r["question"]) for r in results}) == 6
+    assert results[:len(saved)] == saved  # the saved answers survived, untouched
+
+
+@pytest.mark.parametrize("option", ["batch", "inspect"])
+def test_unwritable_output_folder_is_one_line_error(tmp_path, option):
+    root = sample_folder(tmp_path / "in", truncated=False, text_file=False)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    target = str(blocker / "sub")  # a path under a regular file: unwritable even for root
+    if option == "batch":
+        args = ["batch", str(root), "--out", target, "-q", "Describe."]
+    else:
+        args = ["inspect", str(root), "--png", target]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 1, res.output
+    assert "Traceback" not in res.output and res.exception.__class__ is SystemExit
+    assert f"cannot write to the {'--out' if option == 'batch' else '--png'} folder" in res.output
+
+
+def test_audit_trail_checked_before_answering(tmp_path, monkeypatch):
+    """An unwritable data directory: refused before any model is loaded or question answered."""
+    from huatuo_cli import audit
+
+    blocker = tmp_path / "data-file"
+    blocker.write_text("x")
+    monkeypatch.setenv("XDG_DATA_HOME", str(blocker))  # the data dir would be under a file
+    with pytest.raises(HuatuoError, match="cannot write the audit trail .*nothing was answered"):
+        audit.ensure_writable()
+
+
+def test_ask_with_unwritable_audit_trail_answers_nothing(tiny_bundle, tmp_path, monkeypatch):
+    from pydicom.data import get_testdata_file
+
+    blocker = tmp_path / "data-file"
+    blocker.write_text("x")
+    monkeypatch.setenv("XDG_DATA_HOME", str(blocker))
+    res = CliRunner().invoke(cli, ["ask", "--model", str(tiny_bundle), get_testdata_file("CT_small.dcm"),
+                                   "Any fracture?"])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert "cannot write the audit trail" in res.output and "nothing was answered" in res.output
+    assert res.stdout == ""  # no answer streamed
+
+
+@pytest.mark.parametrize("question,error", [("caf\udce9?", "the question is not valid UTF-8 text"),
+                                            ("<image>  ", "empty question")])
+@pytest.mark.parametrize("command", ["ask", "batch"])
+def test_questions_that_cannot_be_asked_are_refused_alike(tiny_bundle, tmp_path, question, error, command):
+    """A non-UTF-8 question (lone surrogates from argv) and an empty one: the same refusal in ask
+    and batch, before anything is answered."""
+    from pydicom.data import get_testdata_file
+
+    if command == "ask":
+        args = ["ask", "--model", str(tiny_bundle), get_testdata_file("CT_small.dcm"), question]
+    else:
+        args = ["batch", str(sample_folder(tmp_path / "in")), "--out", str(tmp_path / "out"), "-q", question,
+                "--model", str(tiny_bundle)]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code in (1, 2) and "Traceback" not in res.output, res.output
+    assert error in res.output
+    assert not (tmp_path / "out" / RESULTS_NAME).exists()
