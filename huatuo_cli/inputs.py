@@ -68,6 +68,19 @@ def _dicom_sources(reps: Sequence[Any]) -> list[Path]:
     return out
 
 
+def _frames_seen(reps: Sequence[Any], frame: Any) -> dict[Path, tuple[int, ...]]:
+    """0-based frames of each DICOM source the model is shown, as `render` will pick them."""
+    seen: dict[Path, list[int]] = {}
+    for rep in reps:
+        if rep.instance.kind != "dicom":
+            continue
+        n = rep.instance.number_of_frames
+        chosen = rep.frame if frame is None else frame
+        frames = list(range(n)) if chosen == "all" else [n // 2 if chosen == "mid" else int(chosen)]
+        seen.setdefault(rep.instance.path, []).extend(frames)
+    return {path: tuple(sorted(set(frames))) for path, frames in seen.items()}
+
+
 def jobs_from_folder(root: Path, *, per: str = "study", window: Any = "auto", frame: Any = None,
                      images: int = MAX_IMAGES) -> list[Job | BadFile]:
     """Scan `root` (headers only) into batch jobs, one per study or per series, and bad files."""
@@ -85,7 +98,7 @@ def jobs_from_folder(root: Path, *, per: str = "study", window: Any = "auto", fr
                 return render(reps, window=window, frame=frame, limit=images)
 
             jobs.append(Job(key=key, series=series_key, load=load, sources=_dicom_sources(reps),
-                            audit_id=study.uid))
+                            audit_id=study.uid, frames=_frames_seen(reps, frame), study=study.key))
     for skipped in result.skipped:
         jobs.append(BadFile(key=os.path.relpath(skipped.path, root), reason=skipped.reason))
     return jobs

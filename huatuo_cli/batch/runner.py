@@ -19,13 +19,13 @@ from huatuo_cli import audit
 from huatuo_cli.batch.progress import PlainProgress, Progress
 from huatuo_cli.batch.report import save_thumbnails, study_slug, write_reports
 from huatuo_cli.batch.results import BatchState
+from huatuo_cli.batch.sr import SR_DIR  # noqa: F401  (re-exported: OUT/sr/ holds the SRs)
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.record import Answer, build_record
 
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
 EXIT_INTERRUPTED = 130
-SR_DIR = "sr"
 
 AnswerFn = Callable[[list, str], Answer]
 
@@ -48,6 +48,13 @@ class Job:
     series: str | None = None
     sources: list[Path] = field(default_factory=list)  # DICOM files behind the images (SR references)
     audit_id: str | None = None        # identifier the audit log hashes (e.g. StudyInstanceUID)
+    #: 0-based frames of each source the model sees (the SR references them by frame number)
+    frames: dict[Path, tuple[int, ...]] = field(default_factory=dict)
+    study: str | None = None           # the study key when `key` is a series (--per series): one SR per study
+
+    @property
+    def study_key(self) -> str:
+        return self.study or self.key
 
 
 @dataclass
@@ -109,8 +116,9 @@ def run_batch(
     summary = Summary()
     answerer: tuple[AnswerFn, Any] | None = None
     progress.start(len(jobs))
+    last_of_study = {j.study_key: i for i, j in enumerate(jobs) if isinstance(j, Job)}
     try:
-        for job in jobs:
+        for index, job in enumerate(jobs):
             if isinstance(job, BadFile):
                 state.add_error(kind="file", key=job.key, reason=job.reason)
                 summary.bad_files += 1
@@ -151,8 +159,9 @@ def run_batch(
                     _audit(command, model, job, question, len(answer.text), "ok")
                 summary.failed += bool(failed)
                 status = f"{len(pending) - failed} answered" + (f", {failed} failed" if failed else "")
-            if write_srs and job.sources and not state.pending(job.key, list(questions)):
-                if _write_sr(state, job, root, summary):
+            if write_srs and last_of_study[job.study_key] == index:
+                study_jobs = [j for j in jobs if isinstance(j, Job) and j.study_key == job.study_key]
+                if _write_sr(state, study_jobs, list(questions), root, summary) is not None:
                     status += ", SR written"
             progress.step(job.key, status)
     except KeyboardInterrupt:
@@ -163,22 +172,33 @@ def run_batch(
     return summary
 
 
-def _write_sr(state: BatchState, job: Job, root: Path | None, summary: Summary) -> bool:
-    from huatuo_cli.batch.sr import write_sr
-    from huatuo_cli.privacy import private_dir
+def _write_sr(state: BatchState, jobs: list[Job], questions: list[str], root: Path | None,
+              summary: Summary) -> Path | None:
+    """Write (or rewrite) the study's one SR once every job of the study has all its answers;
+    return its path when this call wrote it (None: not due, unchanged, or failed).
 
-    path = private_dir(state.out / SR_DIR) / f"{study_slug(job.key)}.dcm"
-    if path.exists():
-        return False
-    answers = state.answers_for(job.key)
+    The SR holds every answer of the study, those of earlier runs included; it is rewritten
+    (atomically) only when what it would say changed (a question added), so a plain rerun leaves
+    it alone.
+    """
+    from huatuo_cli.batch.sr import AnsweredImages, SeenImage, is_current, sr_path, write_study_sr
+
+    if any(state.pending(j.key, questions) for j in jobs) or not any(j.sources for j in jobs):
+        return None
+    parts = [AnsweredImages(answers=state.answers_for(j.key),
+                            images=[SeenImage(p, j.frames.get(p, ())) for p in j.sources])
+             for j in jobs if j.sources]
+    path = sr_path(state.out, study_slug(jobs[0].study_key))
     try:
-        write_sr(path, job.sources, answers, model_id=(answers[0]["model"].get("model_id") or "") if answers else "")
+        if is_current(path, parts):
+            return None
+        write_study_sr(path, parts)
     except Exception as exc:
-        state.add_error(kind="study", key=job.key, reason="SR not written: " + _reason(exc, root))
+        state.add_error(kind="study", key=jobs[0].study_key, reason="SR not written: " + _reason(exc, root))
         summary.failed += 1
-        return False
+        return None
     summary.srs += 1
-    return True
+    return path
 
 
 def _audit(command: str, model: Any, job: Job, question: str, chars: int, outcome: str) -> None:
