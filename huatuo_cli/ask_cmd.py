@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from huatuo_cli.imaging.options import frame_option, window_option
+from huatuo_cli.imaging.options import frame_option, overlays_option, window_option
 from huatuo_cli.privacy import NOTICE
 
 DEVICE_HELP = "where the vision encoder runs: auto (TensorRT, CUDA, CPU: the first that loads), cpu, cuda or tensorrt"
@@ -45,13 +45,14 @@ def sampling_options(command):
 @click.option("--model", "model_path", metavar="BUNDLE", help="model bundle (default: HUATUO_MODEL, config, models folder)")
 @window_option()
 @frame_option()
+@overlays_option()
 @sampling_options
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--images", type=click.IntRange(1, 6), default=6, show_default=True,
               help="most images sent from the given files and series folders (each costs 576 prompt positions)")
 @click.option("--json", "as_json", is_flag=True, help="print a versioned JSON result instead of streaming text")
 @click.option("-i", "--interactive", is_flag=True, help="then read follow-up questions from the terminal")
-def ask(paths: tuple[Path, ...], question: str, model_path: str | None, window: Any, frame: Any,
+def ask(paths: tuple[Path, ...], question: str, model_path: str | None, window: Any, frame: Any, overlays: str,
         max_tokens: int, temperature: float, seed: int, top_p: float,
         repetition_penalty: float, vision: str, threads: int | None, device: str, images: int, as_json: bool, interactive: bool) -> None:
     """Ask QUESTION about the images in PATH (DICOM files, PNG/JPEG/TIFF, or series folders).
@@ -75,7 +76,8 @@ def ask(paths: tuple[Path, ...], question: str, model_path: str | None, window: 
     from huatuo_cli.record import answer_from_generation, build_record
 
     bundle = find_bundle(model_path)
-    study_key, audit_id, inputs = inputs_from_paths(paths, window=window, frame=frame, images=images)
+    study_key, audit_id, inputs = inputs_from_paths(paths, window=window, frame=frame, images=images,
+                                                    overlays=overlays)
     sampling = Sampling(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                         repetition_penalty=repetition_penalty, seed=seed)
     model = load_model(bundle, device=device, vision=vision, threads=threads)

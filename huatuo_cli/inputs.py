@@ -31,15 +31,18 @@ def pick_representatives(series_list: Sequence[Any], limit: int = MAX_IMAGES, fr
     return picks[:limit]
 
 
-def render(reps: Sequence[Any], *, window: Any, frame: Any, limit: int = MAX_IMAGES) -> StudyInputs:
+def render(reps: Sequence[Any], *, window: Any, frame: Any, limit: int = MAX_IMAGES,
+           overlays: str = "preview") -> StudyInputs:
     """Decode the chosen images (imaging's viewer pipeline). Raises HuatuoError for a bad image.
 
-    Each file is read and hashed once, however many of its frames are representatives.
+    Each file is read and hashed once, however many of its frames are representatives. Overlay
+    planes come back beside the images (for thumbnails) and are drawn into them only with
+    `overlays="model"` (imaging.overlays).
     """
     from huatuo_cli.imaging import load_image, render_dataset
     from huatuo_cli.imaging.dicomio import read_dicom
 
-    images, hashes, windows = [], [], []
+    images, hashes, windows, metas, masks = [], [], [], [], []
     by_path: dict[Path, list] = {}
     for rep in reps:
         by_path.setdefault(rep.instance.path, []).append(rep)
@@ -47,16 +50,19 @@ def render(reps: Sequence[Any], *, window: Any, frame: Any, limit: int = MAX_IMA
         dataset = read_dicom(path) if path_reps[0].instance.kind == "dicom" else None
         for rep in path_reps:
             chosen = rep.frame if frame is None else frame
-            rendered = (render_dataset(dataset, window=window, frame=chosen) if dataset is not None
-                        else load_image(path, window=window, frame=chosen))
+            rendered = (render_dataset(dataset, window=window, frame=chosen, overlays=overlays) if dataset is not None
+                        else load_image(path, window=window, frame=chosen, overlays=overlays))
             images.extend(rendered.frames)
+            metas.extend([rendered.meta] * len(rendered.frames))
+            masks.extend(rendered.overlays or [None] * len(rendered.frames))
             if rendered.meta and rendered.meta.window not in windows:
                 windows.append(rendered.meta.window)
         hashes.append(sha256_file(path))
     if len(images) > limit:
         raise HuatuoError(f"{len(images)} images selected; HuatuoGPT-Vision takes at most {limit}",
                           hint="pick one frame with --frame, or fewer files")
-    return StudyInputs(images=images, inputs=hashes, window="; ".join(windows) or getattr(window, "text", str(window)))
+    return StudyInputs(images=images, inputs=hashes, window="; ".join(windows) or getattr(window, "text", str(window)),
+                       metas=metas, overlays=masks)
 
 
 def _dicom_sources(reps: Sequence[Any]) -> list[Path]:
@@ -82,7 +88,7 @@ def _frames_seen(reps: Sequence[Any], frame: Any) -> dict[Path, tuple[int, ...]]
 
 
 def jobs_from_folder(root: Path, *, per: str = "study", window: Any = "auto", frame: Any = None,
-                     images: int = MAX_IMAGES) -> list[Job | BadFile]:
+                     images: int = MAX_IMAGES, overlays: str = "preview") -> list[Job | BadFile]:
     """Scan `root` (headers only) into batch jobs, one per study or per series, and bad files."""
     from huatuo_cli.imaging import scan
 
@@ -95,7 +101,7 @@ def jobs_from_folder(root: Path, *, per: str = "study", window: Any = "auto", fr
             reps = pick_representatives(series_list, images, frame)
 
             def load(reps=reps) -> StudyInputs:
-                return render(reps, window=window, frame=frame, limit=images)
+                return render(reps, window=window, frame=frame, limit=images, overlays=overlays)
 
             jobs.append(Job(key=key, series=series_key, load=load, sources=_dicom_sources(reps),
                             audit_id=study.uid, frames=_frames_seen(reps, frame), study=study.key))
@@ -105,7 +111,7 @@ def jobs_from_folder(root: Path, *, per: str = "study", window: Any = "auto", fr
 
 
 def inputs_from_paths(paths: Sequence[Path], *, window: Any = "auto", frame: Any = None,
-                      images: int = MAX_IMAGES) -> tuple[str, str | None, StudyInputs]:
+                      images: int = MAX_IMAGES, overlays: str = "preview") -> tuple[str, str | None, StudyInputs]:
     """`ask`'s inputs: files and/or series folders -> (study key, audit id, decoded inputs).
 
     A file that is not a usable image is an error here (with its PHI-free reason): the user named it.
@@ -129,4 +135,5 @@ def inputs_from_paths(paths: Sequence[Path], *, window: Any = "auto", frame: Any
             if study.key not in keys:
                 keys.append(study.key)
                 uids.append(study.uid)
-    return "+".join(keys), "+".join(uids) or None, render(reps, window=window, frame=frame, limit=images)
+    return "+".join(keys), "+".join(uids) or None, render(reps, window=window, frame=frame, limit=images,
+                                                          overlays=overlays)

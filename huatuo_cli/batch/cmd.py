@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from huatuo_cli.ask_cmd import DEVICE_HELP, sampling_options
-from huatuo_cli.imaging.options import frame_option, window_option
+from huatuo_cli.imaging.options import frame_option, overlays_option, window_option
 from huatuo_cli.privacy import NOTICE
 
 
@@ -43,18 +43,24 @@ def read_questions(question: tuple[str, ...], questions_file: Path | None) -> li
 @click.option("--model", "model_path", metavar="BUNDLE", help="model bundle (default: HUATUO_MODEL, config, models folder)")
 @window_option()
 @frame_option()
+@overlays_option()
+@click.option("--thumbnails", type=click.Choice(["safe", "all", "none"]), default="safe", show_default=True,
+              help="thumbnails in report.html/md: 'safe' leaves out images that may carry burned-in "
+                   "annotation (patient names on US and secondary captures), 'all' keeps them, 'none' shows none")
 @click.option("--images", type=click.IntRange(1, 6), default=6, show_default=True, help="images per study")
 @sampling_options
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True, help=DEVICE_HELP)
 @click.pass_context
 def batch(ctx: click.Context, folder: Path, out: Path, question: tuple[str, ...], questions_file: Path | None,
-          per: str, write_srs: bool, model_path: str | None, window: Any, frame: Any, images: int,
+          per: str, write_srs: bool, model_path: str | None, window: Any, frame: Any, overlays: str,
+          thumbnails: str, images: int,
           max_tokens: int, temperature: float, seed: int, top_p: float,
           repetition_penalty: float, vision: str, threads: int | None, device: str) -> None:
     """Ask every question of every study under FOLDER; write results, errors and reports to OUT.
 
     OUT gets results.jsonl (one record per study and question, written as each finishes),
-    errors.jsonl, report.md, a self-contained report.html and, with --sr, sr/*.dcm. Reruns resume:
+    errors.jsonl, report.md, a self-contained report.html and, with --sr, sr/*.dcm (one DICOM SR per
+    study, TID 1500, rewritten when a rerun adds answers). Reruns resume:
     finished answers are kept, the rest is done. Exit code 0: all succeeded, 1: some failed,
     2: usage error, 130: interrupted.
 
@@ -62,6 +68,7 @@ def batch(ctx: click.Context, folder: Path, out: Path, question: tuple[str, ...]
     Examples:
       huatuo batch /data/export --out /data/huatuo-run -q "Describe the findings."
       huatuo batch /data/export --out run2 --questions questions.txt --per series --sr
+      huatuo batch /data/us --out run3 -q "Describe." --thumbnails all --overlays model
     """
     from huatuo_cli.answering import load_model, model_answerer
     from huatuo_cli.batch.progress import make_progress
@@ -77,7 +84,7 @@ def batch(ctx: click.Context, folder: Path, out: Path, question: tuple[str, ...]
     bundle = find_bundle(model_path)
     sampling = Sampling(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                         repetition_penalty=repetition_penalty, seed=seed)
-    jobs = jobs_from_folder(root, per=per, window=window, frame=frame, images=images)
+    jobs = jobs_from_folder(root, per=per, window=window, frame=frame, images=images, overlays=overlays)
     click.echo(f"{NOTICE}\n{sum(1 for j in jobs if hasattr(j, 'load'))} {per} jobs, "
                f"{sum(1 for j in jobs if not hasattr(j, 'load'))} unusable files, {len(asked)} questions", err=True)
 
@@ -85,7 +92,8 @@ def batch(ctx: click.Context, folder: Path, out: Path, question: tuple[str, ...]
         model = load_model(bundle, device=device, vision=vision, threads=threads)
         return model_answerer(model, sampling), model.info
 
-    summary = run_batch(jobs, asked, out, make_answerer, write_srs=write_srs, progress=make_progress(), root=root)
+    summary = run_batch(jobs, asked, out, make_answerer, write_srs=write_srs, progress=make_progress(), root=root,
+                        thumbnails=thumbnails)
     click.echo(f"{summary.answered} answered, {summary.skipped} done earlier, {summary.failed} failed, "
                f"{summary.bad_files} unusable files" + (f", {summary.srs} SRs" if write_srs else "")
                + f"; see {out}", err=True)

@@ -37,6 +37,8 @@ class StudyInputs:
     images: list                       # PIL RGB images, in the order the model sees them
     inputs: list[str]                  # content hashes of the input files
     window: str | None = None          # the window actually applied (preset name or "C/W")
+    metas: list = field(default_factory=list)     # imaging.ImageMeta per image (PHI-free facts, caveats)
+    overlays: list = field(default_factory=list)  # overlay mask per image or None (thumbnails draw them)
 
 
 @dataclass
@@ -102,10 +104,12 @@ def run_batch(
     progress: Progress | None = None,
     root: Path | None = None,
     command: str = "batch",
+    thumbnails: str = "safe",
 ) -> Summary:
     """Answer every pending (study, question) pair; durable after each answer; resumable.
 
     `make_answerer()` returns (answer function, model info) and is called at most once.
+    `thumbnails` is which thumbnails the shareable reports embed (batch.report.THUMBNAIL_CHOICES).
     KeyboardInterrupt stops the loop cleanly: everything answered so far is on disk and the reports
     are written; the summary says interrupted.
     """
@@ -132,7 +136,7 @@ def run_batch(
                     inputs = job.load()
                     if not inputs.images:
                         raise HuatuoError("no usable images in this study")
-                    save_thumbnails(state.out, job.key, inputs.images)
+                    save_thumbnails(state.out, job.key, inputs.images, metas=inputs.metas, overlays=inputs.overlays)
                 except Exception as exc:  # one bad study never stops the batch
                     state.add_error(kind="study", key=job.key, reason=_reason(exc, root))
                     summary.failed += 1
@@ -168,7 +172,7 @@ def run_batch(
         summary.interrupted = True
     finally:
         progress.close()
-        write_reports(state.out, state.results, state.open_errors())
+        write_reports(state.out, state.results, state.open_errors(), thumbnails=thumbnails)
     return summary
 
 
