@@ -82,7 +82,30 @@ def read_evidence(paths: Sequence[Path]) -> list[Any]:
         for keyword in _TYPE2_COPIED:
             if keyword not in ds:
                 setattr(ds, keyword, "")
+        _conform_dates(ds)
     return evidence
+
+
+def _conform_dates(ds: Any) -> None:
+    """Dates and times the SR copies, in the DICOM 3 form: old ACR-NEMA style values (measured:
+    StudyTime "14:04:38" in a real ultrasound file; dates "1998.05.26") lose their separators;
+    a value that is still no date or time is emptied (Type 2), rather than failing the SR."""
+    from pydicom.valuerep import DA, TM
+
+    for keyword, kind, separator in (("StudyDate", DA, "."), ("PatientBirthDate", DA, "."), ("StudyTime", TM, ":")):
+        value = str(ds.get(keyword) or "").strip()
+        if not value:
+            continue
+        for candidate in (value, value.replace(separator, "")):
+            try:
+                kind(candidate)
+            except ValueError:
+                continue
+            if candidate != value:
+                setattr(ds, keyword, candidate)
+            break
+        else:
+            setattr(ds, keyword, "")
 
 
 @contextmanager
@@ -197,6 +220,17 @@ def _algorithm(model: dict[str, str], version: str) -> Any:
     )
 
 
+def _multiframe_iod(ds: Any) -> bool:
+    """Whether the image's IOD has frames to reference (highdicom's test; some real files carry
+    several frames under a single-frame SOP class, measured: pydicom's SC_rgb_rle_2frame.dcm):
+    otherwise the whole instance is referenced, without frame numbers."""
+    try:
+        from highdicom._standard_utils import is_multiframe_image
+    except ImportError:  # moved in a later highdicom: trust NumberOfFrames
+        return True
+    return bool(is_multiframe_image(ds))
+
+
 def _group(record: dict[str, Any], number: int, study_uid: str, sources: list[tuple[Any, SeenImage]],
            version: str) -> Any:
     """TID 1501 measurement group for one question and its answer."""
@@ -207,7 +241,7 @@ def _group(record: dict[str, Any], number: int, study_uid: str, sources: list[tu
     model = _model(record)
     source_images = []
     for ds, seen in sources:
-        multi = int(ds.get("NumberOfFrames") or 1) > 1
+        multi = int(ds.get("NumberOfFrames") or 1) > 1 and _multiframe_iod(ds)
         frames = sorted({f + 1 for f in seen.frames}) if multi and seen.frames else None
         source_images.append(hd.sr.SourceImageForMeasurementGroup.from_source_image(
             ds, referenced_frame_numbers=frames))
