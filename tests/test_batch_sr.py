@@ -163,3 +163,17 @@ def test_highdicom_warnings_never_print_the_patient_name(tmp_path, name):
     assert "withheld" in run.stderr  # highdicom did warn (else this test would prove nothing)
     assert patient not in run.stderr + run.stdout
     assert not [part for part in patient.replace("^", " ").split() if len(part) > 2 and part in run.stderr]
+
+
+@pytest.mark.parametrize("name,frames", [("ExplVR_BigEnd.dcm", ()), ("SC_rgb_rle_2frame.dcm", (0, 1))])
+def test_real_files_with_old_or_odd_headers_make_valid_srs(tmp_path, name, frames):
+    """ExplVR_BigEnd.dcm: StudyTime "14:04:38" (ACR-NEMA style), conformed to 140438 instead of
+    failing the SR. SC_rgb_rle_2frame.dcm: two frames under the single-frame Secondary Capture
+    class, referenced as a whole instance (frame numbers would be invalid there)."""
+    (source,) = sources(name)
+    path = write_sr(tmp_path / "sr.dcm", [source], ANSWERS[:1], frames={source: frames})
+    sr = hd.sr.srread(path)
+    assert own_errors(path, [source]) == []
+    assert frames_referenced(groups(sr)[0]) == {pydicom.dcmread(source, stop_before_pixels=True).SOPInstanceUID: []}
+    if name == "ExplVR_BigEnd.dcm":
+        assert sr.StudyTime == "140438"
