@@ -17,11 +17,18 @@ import pytest
 from click.testing import CliRunner
 from pydicom.data import get_charset_files, get_testdata_file
 
-from huatuo_cli.batch.results import ERRORS_NAME, RESULTS_NAME, read_jsonl
 from huatuo_cli.batch.report import study_slug
+from huatuo_cli.batch.results import ERRORS_NAME, RESULTS_NAME, read_jsonl
 from huatuo_cli.batch.sr import SR_DIR, TRUNCATED_NOTE
 from huatuo_cli.cli import cli
-from tests.sr_checks import bad_characters, dsrdump, frames_referenced, groups, own_errors, text_of
+from tests.sr_checks import (
+    bad_characters,
+    dsrdump,
+    frames_referenced,
+    groups,
+    own_errors,
+    text_of,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -57,7 +64,7 @@ def test_batch_srs_over_real_files_pass_dciodvfy_and_read_back(tmp_path, tiny_bu
     root, out = corpus_folder(tmp_path / "in"), tmp_path / "out"
     runner = CliRunner()
     args = ["batch", str(root), "--out", str(out), "--model", str(tiny_bundle), "--max-tokens", "3", "--sr"]
-    res = runner.invoke(cli, args + sum((["-q", q] for q in QUESTIONS), []))
+    res = runner.invoke(cli, args + [a for q in QUESTIONS for a in ("-q", q)])
     assert res.exit_code == 1, res.output  # the charset files without pixel data, and duplicates
     errors = read_jsonl(out / ERRORS_NAME)
     assert {e["reason"].split(":")[0] for e in errors} == {"not an image", "duplicate"}, errors
@@ -102,7 +109,7 @@ def test_batch_srs_over_real_files_pass_dciodvfy_and_read_back(tmp_path, tiny_bu
         text = (out / report).read_text(encoding="utf-8")
         assert not [c for c in text if (ord(c) < 0x20 and c not in "\n\t") or 0x7F <= ord(c) <= 0x9F], report
     # a rerun with one more question rewrites every SR with all three answers
-    res = runner.invoke(cli, args + sum((["-q", q] for q in [*QUESTIONS, "Which organ?"]), []))
+    res = runner.invoke(cli, args + [a for q in [*QUESTIONS, "Which organ?"] for a in ("-q", q)])
     assert res.exit_code == 1, res.output
     assert f"{len(srs)} SRs" in res.stderr
     for path in srs:

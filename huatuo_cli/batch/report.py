@@ -56,8 +56,8 @@ def thumbnail(image: Any, overlay: Any = None) -> Any:
     return thumb
 
 
-def save_thumbnails(out: Path, key: str, images: list, *, metas: list | None = None,
-                    overlays: list | None = None) -> list[Path]:
+def save_thumbnails(out: Path, key: str, images: list[Any], *, metas: list[Any] | None = None,
+                    overlays: list[Any] | None = None) -> list[Path]:
     """PNG thumbnails of the images the model saw, owner-only, under OUT/thumbs/, and beside them
     the study's PHI-free facts (<slug>.json) the reports show. `metas` are the images' ImageMeta
     (modality, body part, caveats); without them the caller vouches the images have no caveat."""
@@ -125,14 +125,14 @@ def thumbnails(out: Path, key: str) -> list[Path]:
     return sorted(found, key=lambda p: int(p.stem.rsplit("-", 1)[1]))
 
 
-def _by_study(results: list[dict]) -> dict[str, list[dict]]:
-    grouped: dict[str, list[dict]] = {}
+def _by_study(results: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    grouped: dict[str, list[dict[str, Any]]] = {}
     for record in results:
         grouped.setdefault(record["study"], []).append(record)
     return grouped
 
 
-def shown_item(error: dict) -> str:
+def shown_item(error: dict[str, Any]) -> str:
     """How an error's item appears in a report. Unusable files are keyed by their path in
     errors.jsonl (owner-only, so the user can find them), but export folders are often named after
     patients: reports, made to be shared, show a hash of the path instead."""
@@ -154,7 +154,7 @@ def _md_text(text: str) -> str:
     return "\n".join("> " + escape(line, quote=False) for line in wrapped)
 
 
-def study_summary(out: Path, key: str, records: list[dict]) -> dict[str, str]:
+def study_summary(out: Path, key: str, records: list[dict[str, Any]]) -> dict[str, str]:
     """PHI-free facts of a study for the reports: modality, body part, image count, bundle(s),
     run date(s), number of questions."""
     facts = study_facts(out, key)
@@ -170,7 +170,7 @@ def study_summary(out: Path, key: str, records: list[dict]) -> dict[str, str]:
     }
 
 
-def render_markdown(out: Path, results: list[dict], errors: list[dict], *, thumbnails: str = "safe") -> str:
+def render_markdown(out: Path, results: list[dict[str, Any]], errors: list[dict[str, Any]], *, thumbnails: str = "safe") -> str:
     lines = ["# huatuo batch report", "", f"**{NOTICE}**", "",
              f"{len(_by_study(results))} studies, {len(results)} answers, {len(errors)} errors.", ""]
     for key, records in _by_study(results).items():
@@ -185,9 +185,9 @@ def render_markdown(out: Path, results: list[dict], errors: list[dict], *, thumb
         for r in records:
             truncated = " *(cut off at the max-tokens limit)*" if r.get("stopped_by") == "max-tokens" else ""
             lines += [f"**Q:** {escape(_line(r['question']), quote=False)}", "", _md_text(r["answer"]), "",
-                      f"<sub>model {escape(_line(r['model'].get('model_id', ''))[:12], quote=False)}, window "
-                      f"{escape(_line(r.get('window')), quote=False)}, "
-                      f"{r['tokens']} tokens, {r['tokens_per_s']} tokens/s</sub>{truncated}", ""]
+                      (f"<sub>model {escape(_line(r['model'].get('model_id', ''))[:12], quote=False)}, window "
+                       f"{escape(_line(r.get('window')), quote=False)}, "
+                       f"{r['tokens']} tokens, {r['tokens_per_s']} tokens/s</sub>{truncated}"), ""]
     if errors:
         lines += ["## Errors", "", "| kind | item | question | reason |", "|---|---|---|---|"]
         for e in errors:
@@ -206,7 +206,7 @@ h3{overflow-wrap:anywhere} .facts{color:#333} .k{font-weight:bold} .note{backgro
 .meta{color:#666;font-size:80%} table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:.2em .5em}"""
 
 
-def render_html(out: Path, results: list[dict], errors: list[dict], *, thumbnails: str = "safe") -> str:
+def render_html(out: Path, results: list[dict[str, Any]], errors: list[dict[str, Any]], *, thumbnails: str = "safe") -> str:
     e = escape
     parts = ['<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">',
              # forbid every external load, even if some text slipped through unescaped
@@ -245,7 +245,7 @@ def render_html(out: Path, results: list[dict], errors: list[dict], *, thumbnail
     return "\n".join(parts)
 
 
-def write_reports(out: Path, results: list[dict], errors: list[dict], *,
+def write_reports(out: Path, results: list[dict[str, Any]], errors: list[dict[str, Any]], *,
                   thumbnails: str = "safe") -> tuple[Path, Path]:
     md = write_private(out / REPORT_MD, render_markdown(out, results, errors, thumbnails=thumbnails))
     html = write_private(out / REPORT_HTML, render_html(out, results, errors, thumbnails=thumbnails))

@@ -288,7 +288,7 @@ def build_sr(parts: Sequence[AnsweredImages], *, version: str = "") -> Any:
         raise ValueError("an SR needs at least one answer")
     study_uid = str(evidence[0].StudyInstanceUID)
     by_path = dict(zip(paths, evidence))
-    groups = []
+    groups: list[Any] = []
     for part in parts:
         sources = [(by_path[seen.path], seen) for seen in part.images]
         for record in part.answers:
