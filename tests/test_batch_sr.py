@@ -186,3 +186,21 @@ def test_real_files_with_old_or_odd_headers_make_valid_srs(tmp_path, name, frame
     assert frames_referenced(groups(sr)[0]) == {pydicom.dcmread(source, stop_before_pixels=True).SOPInstanceUID: []}
     if name == "ExplVR_BigEnd.dcm":
         assert sr.StudyTime == "140438"
+
+
+LOG_SCRIPT = """
+import logging, warnings
+from huatuo_cli.batch.sr import quiet_highdicom
+with quiet_highdicom():
+    logging.getLogger("highdicom.sr.templates").warning("found DOE^JOHN twice")
+    logging.getLogger("pydicom").warning("value DOE^JOHN invalid")
+    warnings.warn("DOE^JOHN is unlikely to be a name")
+"""
+
+
+def test_library_log_records_and_warnings_are_withheld_too():
+    """highdicom and pydicom also log (logging's last-resort handler prints to stderr)."""
+    run = subprocess.run([sys.executable, "-c", LOG_SCRIPT], check=False, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "DOE" not in run.stderr + run.stdout
+    assert "3 library warning(s)" in run.stderr

@@ -63,7 +63,8 @@ def patient_names(root: Path) -> set[str]:
 def test_batch_srs_over_real_files_pass_dciodvfy_and_read_back(tmp_path, tiny_bundle):
     root, out = corpus_folder(tmp_path / "in"), tmp_path / "out"
     runner = CliRunner()
-    args = ["batch", str(root), "--out", str(out), "--model", str(tiny_bundle), "--max-tokens", "3", "--sr"]
+    args = ["batch", str(root), "--out", str(out), "--model", str(tiny_bundle), "--max-tokens", "3", "--sr",
+            "--thumbnails", "all"]
     res = runner.invoke(cli, args + [a for q in QUESTIONS for a in ("-q", q)])
     assert res.exit_code == 1, res.output  # the charset files without pixel data, and duplicates
     errors = read_jsonl(out / ERRORS_NAME)
@@ -105,6 +106,10 @@ def test_batch_srs_over_real_files_pass_dciodvfy_and_read_back(tmp_path, tiny_bu
             assert (TRUNCATED_NOTE in text_of(group, "Comment")) == (stopped == "max-tokens")
     for name in patient_names(root):
         assert name not in res.output + res.stderr
+    # --thumbnails all: every thumbnail is in the report, those of possible burned-in annotation too
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert html.count("<img ") == len(list((out / "thumbs").glob("*.png")))
+    assert "may carry burned-in annotation" in html and "left out of this shareable report" not in html
     for report in ("report.md", "report.html"):  # the model's raw output is cleaned there too
         text = (out / report).read_text(encoding="utf-8")
         assert not [c for c in text if (ord(c) < 0x20 and c not in "\n\t") or 0x7F <= ord(c) <= 0x9F], report

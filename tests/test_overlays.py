@@ -43,3 +43,16 @@ def test_overlay_drawn_like_dcmtk(name, tmp_path):
 
 def test_images_without_overlays_have_none():
     assert load_image(local_file("CT_small.dcm")).overlays == [None]
+
+
+def test_inspect_previews_show_overlays(tmp_path):
+    from click.testing import CliRunner
+
+    from huatuo_cli.cli import cli
+
+    path = local_file("examples_overlay.dcm")
+    res = CliRunner().invoke(cli, ["inspect", str(path), "--window", "450,790", "--png", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    (png,) = tmp_path.rglob("*.png")
+    reference = dcm2pnm(path, tmp_path)
+    assert np.abs(reference - np.asarray(Image.open(png).convert("RGB"), dtype=np.int16)).max() <= 1
