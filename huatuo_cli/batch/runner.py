@@ -120,9 +120,12 @@ def run_batch(
     summary = Summary()
     answerer: tuple[AnswerFn, Any] | None = None
     progress.start(len(jobs))
-    last_of_study = {j.study_key: i for i, j in enumerate(jobs) if isinstance(j, Job)}
+    by_study: dict[str, list[Job]] = {}  # one SR per study, written after its last job
+    for j in jobs:
+        if isinstance(j, Job):
+            by_study.setdefault(j.study_key, []).append(j)
     try:
-        for index, job in enumerate(jobs):
+        for job in jobs:
             if isinstance(job, BadFile):
                 state.add_error(kind="file", key=job.key, reason=job.reason)
                 summary.bad_files += 1
@@ -163,9 +166,8 @@ def run_batch(
                     _audit(command, model, job, question, len(answer.text), "ok")
                 summary.failed += bool(failed)
                 status = f"{len(pending) - failed} answered" + (f", {failed} failed" if failed else "")
-            if write_srs and last_of_study[job.study_key] == index:
-                study_jobs = [j for j in jobs if isinstance(j, Job) and j.study_key == job.study_key]
-                if _write_sr(state, study_jobs, list(questions), root, summary) is not None:
+            if write_srs and by_study[job.study_key][-1] is job:
+                if _write_sr(state, by_study[job.study_key], list(questions), root, summary) is not None:
                     status += ", SR written"
             progress.step(job.key, status)
     except KeyboardInterrupt:
