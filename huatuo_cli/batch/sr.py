@@ -41,7 +41,7 @@ SERIES_DESCRIPTION = "huatuo AI draft (unverified)"
 CHARACTER_SET = "ISO_IR 192"
 SR_DIR = "sr"
 TRUNCATED_NOTE = "Incomplete: the answer was cut off at the max-tokens limit."
-_CJK = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+_HAN = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")  # CJK ideographs
 
 
 @dataclass(frozen=True)
@@ -180,10 +180,10 @@ def _uid(*parts: str) -> str:
 
 
 def _language(answers: Sequence[dict[str, Any]]) -> tuple[str, str, str]:
-    """RFC 5646 code of the content (CID 5000): Chinese when any question or answer holds CJK
+    """RFC 5646 code of the content (CID 5000): Chinese when any question or answer holds Han
     characters (HuatuoGPT-Vision answers in the question's language), English otherwise."""
     text = "".join(str(r.get("question", "")) + str(r.get("answer") or "") for r in answers)
-    return ("zh", "RFC5646", "Chinese") if _CJK.search(text) else ("en", "RFC5646", "English")
+    return ("zh", "RFC5646", "Chinese") if _HAN.search(text) else ("en", "RFC5646", "English")
 
 
 def _model(record: dict[str, Any]) -> dict[str, str]:
