@@ -39,7 +39,7 @@ def read_questions(question: tuple[str, ...], questions_file: Path | None) -> li
               help="file with one question per line")
 @click.option("--per", type=click.Choice(["study", "series"]), default="study", show_default=True,
               help="one answer per study, or per series")
-@click.option("--sr", "write_srs", is_flag=True, help="also write one DICOM Comprehensive SR per study (unverified)")
+@click.option("--sr", "write_srs", is_flag=True, help="also write one DICOM SR per study (TID 1500, unverified draft; docs/sr.md)")
 @click.option("--model", "model_path", metavar="BUNDLE", help="model bundle (default: HUATUO_MODEL, config, models folder)")
 @window_option()
 @frame_option()
