@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from huatuo_cli.errors import HuatuoError
-from huatuo_cli.imaging.options import frame_option, window_option
+from huatuo_cli.imaging.options import frame_option, overlays_option, window_option
 from huatuo_cli.model_options import device_option, images_option, model_option, sampling_options
 from huatuo_cli.privacy import NOTICE
 from huatuo_cli.prompt import check_question
@@ -29,12 +29,13 @@ if TYPE_CHECKING:
 @model_option
 @window_option()
 @frame_option()
+@overlays_option()
 @sampling_options
 @device_option
 @images_option
 @click.option("--json", "as_json", is_flag=True, help="print a versioned JSON result instead of streaming text")
 @click.option("-i", "--interactive", is_flag=True, help="then read follow-up questions from the terminal")
-def ask(paths: tuple[Path, ...], question: str, model_path: str | None, window: Any, frame: Any,
+def ask(paths: tuple[Path, ...], question: str, model_path: str | None, window: Any, frame: Any, overlays: str,
         sampling: Sampling, vision: str, threads: int | None, device: str, images: int, as_json: bool,
         interactive: bool) -> None:
     """Ask QUESTION about the images in PATH (DICOM files, PNG/JPEG/TIFF, or series folders).
@@ -59,7 +60,8 @@ def ask(paths: tuple[Path, ...], question: str, model_path: str | None, window: 
     question = check_question(question)
     bundle = find_bundle(model_path)
     audit.ensure_writable()  # before any answer: an answer must never go unaudited
-    study_key, audit_id, inputs = inputs_from_paths(paths, window=window, frame=frame, images=images)
+    study_key, audit_id, inputs = inputs_from_paths(paths, window=window, frame=frame, images=images,
+                                                    overlays=overlays)
     model = load_model(bundle, device=device, vision=vision, threads=threads)
     try:  # the model holds native memory and threads: released on errors and Ctrl-C too
         conversation = Conversation(model, images=inputs.images)

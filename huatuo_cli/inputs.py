@@ -21,7 +21,10 @@ from huatuo_cli.jobs import BadFile, Job, StudyInputs
 from huatuo_cli.prompt import MAX_IMAGES
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from huatuo_cli.imaging import FrameChoice, Representative, Series, WindowChoice
+    from huatuo_cli.imaging.load import ImageMeta
 
 
 def pick_representatives(series_list: Sequence[Series], limit: int = MAX_IMAGES,
@@ -39,10 +42,12 @@ def pick_representatives(series_list: Sequence[Series], limit: int = MAX_IMAGES,
 
 
 def render(reps: Sequence[Representative], *, window: WindowChoice | str, frame: FrameChoice | None,
-           limit: int = MAX_IMAGES) -> StudyInputs:
+           limit: int = MAX_IMAGES, overlays: str = "preview") -> StudyInputs:
     """Decode the chosen images (imaging's viewer pipeline). Raises HuatuoError for a bad image.
 
-    Each file is read and hashed once, however many of its frames are representatives.
+    Each file is read and hashed once, however many of its frames are representatives. Overlay
+    planes come back beside the images (for thumbnails) and are drawn into them only with
+    `overlays="model"` (imaging.overlays).
     """
     from huatuo_cli.imaging import load_image, render_dataset
     from huatuo_cli.imaging.dicomio import read_dicom
@@ -51,22 +56,27 @@ def render(reps: Sequence[Representative], *, window: WindowChoice | str, frame:
     hashes: list[str] = []
     windows: list[str] = []
     by_path: dict[Path, list[Representative]] = {}
+    metas: list[ImageMeta] = []
+    masks: list[np.ndarray | None] = []
     for rep in reps:
         by_path.setdefault(rep.instance.path, []).append(rep)
     for path, path_reps in by_path.items():
         dataset = read_dicom(path) if path_reps[0].instance.kind == "dicom" else None
         for rep in path_reps:
             chosen = rep.frame if frame is None else frame
-            rendered = (render_dataset(dataset, window=window, frame=chosen) if dataset is not None
-                        else load_image(path, window=window, frame=chosen))
+            rendered = (render_dataset(dataset, window=window, frame=chosen, overlays=overlays) if dataset is not None
+                        else load_image(path, window=window, frame=chosen, overlays=overlays))
             images.extend(rendered.frames)
+            metas.extend([rendered.meta] * len(rendered.frames))
+            masks.extend(rendered.overlays or [None] * len(rendered.frames))
             if rendered.meta and rendered.meta.window not in windows:
                 windows.append(rendered.meta.window)
         hashes.append(sha256_file(path))
     if len(images) > limit:
         raise HuatuoError(f"{len(images)} images selected; HuatuoGPT-Vision takes at most {limit}",
                           hint="pick one frame with --frame, or fewer files")
-    return StudyInputs(images=images, inputs=hashes, window="; ".join(windows) or getattr(window, "text", str(window)))
+    return StudyInputs(images=images, inputs=hashes, window="; ".join(windows) or getattr(window, "text", str(window)),
+                       metas=metas, overlays=masks)
 
 
 def _dicom_sources(reps: Sequence[Representative]) -> list[Path]:
@@ -79,9 +89,22 @@ def _dicom_sources(reps: Sequence[Representative]) -> list[Path]:
     return out
 
 
+def _frames_seen(reps: Sequence[Representative], frame: FrameChoice | None) -> dict[Path, tuple[int, ...]]:
+    """0-based frames of each DICOM source the model is shown, as `render` will pick them."""
+    seen: dict[Path, list[int]] = {}
+    for rep in reps:
+        if rep.instance.kind != "dicom":
+            continue
+        n = rep.instance.number_of_frames
+        chosen = rep.frame if frame is None else frame
+        frames = list(range(n)) if chosen == "all" else [n // 2 if chosen == "mid" else int(chosen)]
+        seen.setdefault(rep.instance.path, []).extend(frames)
+    return {path: tuple(sorted(set(frames))) for path, frames in seen.items()}
+
+
 def jobs_from_folder(root: Path, *, per: str = "study", window: WindowChoice | str = "auto",
                      frame: FrameChoice | None = None,
-                     images: int = MAX_IMAGES) -> list[Job | BadFile]:
+                     images: int = MAX_IMAGES, overlays: str = "preview") -> list[Job | BadFile]:
     """Scan `root` (headers only) into batch jobs, one per study or per series, and bad files."""
     from huatuo_cli.imaging import scan
 
@@ -94,17 +117,17 @@ def jobs_from_folder(root: Path, *, per: str = "study", window: WindowChoice | s
             reps = pick_representatives(series_list, images, frame)
 
             def load(reps: list[Representative] = reps) -> StudyInputs:
-                return render(reps, window=window, frame=frame, limit=images)
+                return render(reps, window=window, frame=frame, limit=images, overlays=overlays)
 
             jobs.append(Job(key=key, series=series_key, load=load, sources=_dicom_sources(reps),
-                            audit_id=study.uid))
+                            audit_id=study.uid, frames=_frames_seen(reps, frame), study=study.key))
     for skipped in result.skipped:
         jobs.append(BadFile(key=os.path.relpath(skipped.path, root), reason=skipped.reason))
     return jobs
 
 
 def inputs_from_paths(paths: Sequence[Path], *, window: WindowChoice | str = "auto", frame: FrameChoice | None = None,
-                      images: int = MAX_IMAGES) -> tuple[str, str | None, StudyInputs]:
+                      images: int = MAX_IMAGES, overlays: str = "preview") -> tuple[str, str | None, StudyInputs]:
     """`ask`'s inputs: files and/or series folders -> (study key, audit id, decoded inputs).
 
     A file that is not a usable image is an error here (with its PHI-free reason): the user named it.
@@ -130,4 +153,5 @@ def inputs_from_paths(paths: Sequence[Path], *, window: WindowChoice | str = "au
             if study.key not in keys:
                 keys.append(study.key)
                 uids.append(study.uid)
-    return "+".join(keys), "+".join(uids) or None, render(reps, window=window, frame=frame, limit=images)
+    return "+".join(keys), "+".join(uids) or None, render(reps, window=window, frame=frame, limit=images,
+                                                          overlays=overlays)

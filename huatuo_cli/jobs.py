@@ -14,7 +14,10 @@ from PIL import Image
 from huatuo_cli.record import Answer
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from huatuo_cli.engine.session import ModelInfo
+    from huatuo_cli.imaging.load import ImageMeta
 
 #: answer(images, question): made once per batch, the boundary the loop knows the engine by
 AnswerFn = Callable[[list[Image.Image], str], Answer]
@@ -30,6 +33,8 @@ class StudyInputs:
     images: list[Image.Image]          # PIL RGB images, in the order the model sees them
     inputs: list[str]                  # content hashes of the input files
     window: str | None = None          # the window actually applied (preset name or "C/W")
+    metas: list[ImageMeta] = field(default_factory=list)  # per image: PHI-free facts, caveats
+    overlays: list[np.ndarray | None] = field(default_factory=list)  # overlay mask per image (thumbnails draw them)
 
 
 @dataclass
@@ -41,6 +46,13 @@ class Job:
     series: str | None = None
     sources: list[Path] = field(default_factory=list)  # DICOM files behind the images (SR references)
     audit_id: str | None = None        # identifier the audit log hashes (e.g. StudyInstanceUID)
+    #: 0-based frames of each source the model sees (the SR references them by frame number)
+    frames: dict[Path, tuple[int, ...]] = field(default_factory=dict)
+    study: str | None = None           # the study key when `key` is a series (--per series): one SR per study
+
+    @property
+    def study_key(self) -> str:
+        return self.study or self.key
 
 
 @dataclass

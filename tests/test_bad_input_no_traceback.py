@@ -6,7 +6,7 @@ import pydicom
 from click.testing import CliRunner
 from pydicom.data import get_testdata_file
 
-from huatuo_cli.batch.sr import build_sr
+from huatuo_cli.batch.sr import AnsweredImages, SeenImage, build_sr
 from huatuo_cli.cli import cli
 
 CT = get_testdata_file("CT_small.dcm", download=False)
@@ -37,7 +37,7 @@ def test_sr_references_a_file_without_preamble(tmp_path):
     assert whole[128:132] == b"DICM"
     stripped = tmp_path / "no-preamble"
     stripped.write_bytes(whole[132:])  # as some old archives store them: no preamble, no "DICM"
-    sr = build_sr([stripped], [{"question": "q", "answer": "a"}])
+    sr = build_sr([AnsweredImages([{"question": "q", "answer": "a"}], [SeenImage(stripped)])])
     assert sr.SOPClassUID and sr.ContentSequence
 
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from huatuo_cli.imaging.options import frame_option, window_option
+from huatuo_cli.imaging.options import frame_option, overlays_option, window_option
 from huatuo_cli.model_options import device_option, images_option, model_option, sampling_options
 from huatuo_cli.privacy import NOTICE, writable_folder
 from huatuo_cli.prompt import check_question
@@ -45,21 +45,27 @@ def read_questions(question: tuple[str, ...], questions_file: Path | None) -> li
               help="file with one question per line")
 @click.option("--per", type=click.Choice(["study", "series"]), default="study", show_default=True,
               help="one answer per study, or per series")
-@click.option("--sr", "write_srs", is_flag=True, help="also write one DICOM Comprehensive SR per study (unverified)")
+@click.option("--sr", "write_srs", is_flag=True, help="also write one DICOM SR per study (TID 1500, unverified draft; docs/sr.md)")
 @model_option
 @window_option()
 @frame_option()
+@overlays_option()
+@click.option("--thumbnails", type=click.Choice(["safe", "all", "none"]), default="safe", show_default=True,
+              help="thumbnails in report.html/md: 'safe' leaves out images that may carry burned-in "
+                   "annotation (patient names on US and secondary captures), 'all' keeps them, 'none' shows none")
 @images_option
 @sampling_options
 @device_option
 @click.pass_context
 def batch(ctx: click.Context, folder: Path, out: Path, question: tuple[str, ...], questions_file: Path | None,
-          per: str, write_srs: bool, model_path: str | None, window: Any, frame: Any, images: int,
+          per: str, write_srs: bool, model_path: str | None, window: Any, frame: Any, overlays: str,
+          thumbnails: str, images: int,
           sampling: Sampling, vision: str, threads: int | None, device: str) -> None:
     """Ask every question of every study under FOLDER; write results, errors and reports to OUT.
 
     OUT gets results.jsonl (one record per study and question, written as each finishes),
-    errors.jsonl, report.md, a self-contained report.html and, with --sr, sr/*.dcm. Reruns resume:
+    errors.jsonl, report.md, a self-contained report.html and, with --sr, sr/*.dcm (one DICOM SR per
+    study, TID 1500, rewritten when a rerun adds answers). Reruns resume:
     finished answers are kept, the rest is done. Exit code 0: all succeeded, 1: some failed,
     2: usage error, 130: interrupted.
 
@@ -67,6 +73,7 @@ def batch(ctx: click.Context, folder: Path, out: Path, question: tuple[str, ...]
     Examples:
       huatuo batch /data/export --out /data/huatuo-run -q "Describe the findings."
       huatuo batch /data/export --out run2 --questions questions.txt --per series --sr
+      huatuo batch /data/us --out run3 -q "Describe." --thumbnails all --overlays model
     """
     from huatuo_cli import audit
     from huatuo_cli.answering import load_model, model_answerer
@@ -82,7 +89,7 @@ def batch(ctx: click.Context, folder: Path, out: Path, question: tuple[str, ...]
     writable_folder(out, what="--out")
     bundle = find_bundle(model_path)
     audit.ensure_writable()  # before any answer: an answer must never go unaudited
-    jobs = jobs_from_folder(root, per=per, window=window, frame=frame, images=images)
+    jobs = jobs_from_folder(root, per=per, window=window, frame=frame, images=images, overlays=overlays)
     click.echo(f"{NOTICE}\n{sum(1 for j in jobs if hasattr(j, 'load'))} {per} jobs, "
                f"{sum(1 for j in jobs if not hasattr(j, 'load'))} unusable files, {len(asked)} questions", err=True)
 
@@ -94,7 +101,8 @@ def batch(ctx: click.Context, folder: Path, out: Path, question: tuple[str, ...]
         return model_answerer(model, sampling), model.info
 
     try:
-        summary = run_batch(jobs, asked, out, make_answerer, write_srs=write_srs, progress=make_progress(), root=root)
+        summary = run_batch(jobs, asked, out, make_answerer, write_srs=write_srs, progress=make_progress(), root=root,
+                            thumbnails=thumbnails)
     finally:
         for model in loaded:
             model.close()

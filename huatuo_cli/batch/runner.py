@@ -20,6 +20,7 @@ from huatuo_cli.atomic import OutputError
 from huatuo_cli.batch.progress import PlainProgress, Progress
 from huatuo_cli.batch.report import save_thumbnails, study_slug, write_reports
 from huatuo_cli.batch.results import BatchState
+from huatuo_cli.batch.sr import SR_DIR  # noqa: F401  (re-exported: OUT/sr/ holds the SRs)
 from huatuo_cli.errors import HuatuoError
 
 # the loop's types live in huatuo_cli.jobs (shared with ask); re-exported for existing callers
@@ -34,7 +35,6 @@ from huatuo_cli.record import build_record
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
 EXIT_INTERRUPTED = 130
-SR_DIR = "sr"
 
 
 @dataclass
@@ -74,10 +74,12 @@ def run_batch(
     progress: Progress | None = None,
     root: Path | None = None,
     command: str = "batch",
+    thumbnails: str = "safe",
 ) -> Summary:
     """Answer every pending (study, question) pair; durable after each answer; resumable.
 
     `make_answerer()` returns (answer function, model info) and is called at most once.
+    `thumbnails` is which thumbnails the shareable reports embed (batch.report.THUMBNAIL_CHOICES).
     KeyboardInterrupt stops the loop cleanly: everything answered so far is on disk and the reports
     are written; the summary says interrupted.
     """
@@ -92,6 +94,10 @@ def run_batch(
     answerer: tuple[AnswerFn, ModelRef] | None = None
     failure: OSError | None = None  # the output folder could not be written (disk full, read-only)
     progress.start(len(jobs))
+    by_study: dict[str, list[Job]] = {}  # one SR per study, written after its last job
+    for j in jobs:
+        if isinstance(j, Job):
+            by_study.setdefault(j.study_key, []).append(j)
     try:
         for job in jobs:
             if isinstance(job, BadFile):
@@ -113,7 +119,7 @@ def run_batch(
                     progress.step(job.key, "failed: see errors.jsonl")
                     continue
                 # outside the try: a full --out is the output folder's failure, not the study's
-                save_thumbnails(state.out, job.key, inputs.images)
+                save_thumbnails(state.out, job.key, inputs.images, metas=inputs.metas, overlays=inputs.overlays)
                 if answerer is None:
                     answerer = make_answerer()
                 answer_fn, model = answerer
@@ -135,8 +141,8 @@ def run_batch(
                     _audit(command, model, job, question, len(answer.text), "ok")
                 summary.failed += bool(failed)
                 status = f"{len(pending) - failed} answered" + (f", {failed} failed" if failed else "")
-            if write_srs and job.sources and not state.pending(job.key, list(questions)):
-                if _write_sr(state, job, root, summary):
+            if write_srs and by_study[job.study_key][-1] is job:
+                if _write_sr(state, by_study[job.study_key], list(questions), root, summary) is not None:
                     status += ", SR written"
             progress.step(job.key, status)
     except KeyboardInterrupt:
@@ -148,7 +154,7 @@ def run_batch(
     finally:
         progress.close()
         try:
-            write_reports(state.out, state.results, state.open_errors())
+            write_reports(state.out, state.results, state.open_errors(), thumbnails=thumbnails)
         except OSError as exc:
             failure = failure or exc
         except OutputError as exc:
@@ -172,22 +178,33 @@ def output_error(exc: OSError, out: Path, *, saved: int) -> HuatuoError:
     )
 
 
-def _write_sr(state: BatchState, job: Job, root: Path | None, summary: Summary) -> bool:
-    from huatuo_cli.batch.sr import write_sr
-    from huatuo_cli.privacy import private_dir
+def _write_sr(state: BatchState, jobs: list[Job], questions: list[str], root: Path | None,
+              summary: Summary) -> Path | None:
+    """Write (or rewrite) the study's one SR once every job of the study has all its answers;
+    return its path when this call wrote it (None: not due, unchanged, or failed).
 
-    path = private_dir(state.out / SR_DIR) / f"{study_slug(job.key)}.dcm"
-    if path.exists():
-        return False
-    answers = state.answers_for(job.key)
+    The SR holds every answer of the study, those of earlier runs included; it is rewritten
+    (atomically) only when what it would say changed (a question added), so a plain rerun leaves
+    it alone.
+    """
+    from huatuo_cli.batch.sr import AnsweredImages, SeenImage, is_current, sr_path, write_study_sr
+
+    if any(state.pending(j.key, questions) for j in jobs) or not any(j.sources for j in jobs):
+        return None
+    parts = [AnsweredImages(answers=state.answers_for(j.key),
+                            images=[SeenImage(p, j.frames.get(p, ())) for p in j.sources])
+             for j in jobs if j.sources]
+    path = sr_path(state.out, study_slug(jobs[0].study_key))
     try:
-        write_sr(path, job.sources, answers, model_sha256=(answers[0]["model"].get("model_sha256") or "") if answers else "")
+        if is_current(path, parts):
+            return None
+        write_study_sr(path, parts)
     except Exception as exc:
-        state.add_error(kind="study", key=job.key, reason="SR not written: " + _reason(exc, root))
+        state.add_error(kind="study", key=jobs[0].study_key, reason="SR not written: " + _reason(exc, root))
         summary.failed += 1
-        return False
+        return None
     summary.srs += 1
-    return True
+    return path
 
 
 def _audit(command: str, model: ModelRef, job: Job, question: str, chars: int, outcome: str) -> None:

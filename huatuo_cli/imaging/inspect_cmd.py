@@ -20,6 +20,7 @@ from rich.table import Table
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.imaging.frames import FrameChoice
 from huatuo_cli.imaging.load import load_image
+from huatuo_cli.imaging.overlays import draw
 from huatuo_cli.imaging.options import frame_option, window_option
 from huatuo_cli.imaging.scan import ScanResult, Series, Study, scan
 from huatuo_cli.imaging.windows import WindowChoice
@@ -44,7 +45,9 @@ def _render_series(
         windows.append(image.meta.window)
         if out is not None:
             folder = private_dir(out / study.key / series.key)
-            for frame_index, picture in zip(image.meta.frames, image.frames, strict=False):
+            masks = image.overlays or [None] * len(image.frames)
+            for frame_index, picture, mask in zip(image.meta.frames, image.frames, masks, strict=False):
+                picture = draw(picture, mask)  # overlays as a viewer draws them (imaging.overlays)
                 name = f"{index:02d}.png" if len(image.frames) == 1 else f"{index:02d}-f{frame_index:03d}.png"
                 encoded = io.BytesIO()
                 picture.save(encoded, format="PNG")
@@ -81,7 +84,7 @@ def _table(result: ScanResult, **render: Any) -> tuple[Table, int, list[HuatuoEr
 @click.command("inspect")
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--png", "png_dir", type=click.Path(path_type=Path, file_okay=False),
-              help="write preview PNGs (what the model sees) to OUTDIR/<study>/<series>/<n>.png")
+              help="write preview PNGs (what the model sees, overlays drawn) to OUTDIR/<study>/<series>/<n>.png")
 @window_option()
 @frame_option()
 @click.option("--count", default=3, show_default=True, type=click.IntRange(1, 64),

@@ -20,8 +20,10 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import pixel_array
 
 from huatuo_cli.errors import HuatuoError
+from huatuo_cli.imaging.caveats import burned_in, is_lossy
 from huatuo_cli.imaging.dicomio import is_dicom_file, not_an_image, read_dicom, read_head
 from huatuo_cli.imaging.frames import FrameChoice, frame_indices, frame_view, number_of_frames, parse_frame
+from huatuo_cli.imaging.overlays import draw, overlay_mask
 from huatuo_cli.imaging.reject import Rejected, check_header, check_image_attributes, check_transfer_syntax, decode_failure, syntax_name
 from huatuo_cli.imaging.render import render_color, render_gray
 from huatuo_cli.imaging.windows import WindowChoice, apply_window, parse_window, percentile_window
@@ -43,6 +45,8 @@ class ImageMeta:
     frames: tuple[int, ...]  # 0-based indices of the frames rendered, in order
     transfer_syntax: str  # name, e.g. "JPEG 2000 Image Compression"; the format for plain images
     window: str  # e.g. "lung (C=-600 W=1500)", "file (C=40 W=400)", "colour (no window)"
+    lossy: bool = False  # lossy-compressed source (imaging.caveats)
+    burned_in: str = "no"  # "yes", "possible" or "no": burned-in annotation (imaging.caveats)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,6 +58,8 @@ class RenderedImage:
 
     frames: list[Image.Image] = field(default_factory=list)
     meta: ImageMeta | None = None
+    #: per frame, the overlay (60xx) bits a viewer draws over it, or None (imaging.overlays)
+    overlays: list[np.ndarray | None] = field(default_factory=list)
 
 
 def _code(value: object) -> str:
@@ -62,7 +68,8 @@ def _code(value: object) -> str:
     return text if re.fullmatch(r"[A-Z0-9 _\-]{0,16}", text) else ""
 
 
-def load_image(path: str | Path, *, window: str | WindowChoice = "auto", frame: FrameChoice | str = "mid") -> RenderedImage:
+def load_image(path: str | Path, *, window: str | WindowChoice = "auto", frame: FrameChoice | str = "mid",
+               overlays: str = "preview") -> RenderedImage:
     """Render a DICOM, PNG, JPEG or TIFF file; raise HuatuoError with a PHI-free reason otherwise."""
     path = Path(path)
     choice = parse_window(window)
@@ -70,12 +77,16 @@ def load_image(path: str | Path, *, window: str | WindowChoice = "auto", frame: 
     if not path.is_file():
         raise HuatuoError("no such file" if not path.exists() else "not a regular file")
     if is_dicom_file(path):
-        return render_dataset(read_dicom(path), window=choice, frame=frame)
+        return render_dataset(read_dicom(path), window=choice, frame=frame, overlays=overlays)
     return _load_plain(path, choice, frame)
 
 
-def render_dataset(ds: Dataset, *, window: str | WindowChoice = "auto", frame: FrameChoice | str = "mid") -> RenderedImage:
+def render_dataset(ds: Dataset, *, window: str | WindowChoice = "auto", frame: FrameChoice | str = "mid",
+                   overlays: str = "preview") -> RenderedImage:
     """Render an already-read DICOM dataset (pixel data included).
+
+    Overlay planes are returned beside the frames (`RenderedImage.overlays`) and, with
+    `overlays="model"`, also drawn into the frames themselves (imaging.overlays).
 
     A header value that cannot be used (e.g. RescaleSlope "ab") is a corrupt file for the user,
     not a crash; the message never quotes the value (it could be anything, PHI included).
@@ -83,11 +94,16 @@ def render_dataset(ds: Dataset, *, window: str | WindowChoice = "auto", frame: F
     choice = parse_window(window)
     frame = parse_frame(frame)
     try:
-        return _render_dataset(ds, choice, frame)
+        rendered = _render_dataset(ds, choice, frame)
     except HuatuoError:
         raise
     except (ValueError, TypeError):
         raise Rejected("corrupt", "corrupt header: an image attribute has an invalid value") from None
+    assert rendered.meta is not None
+    rendered.overlays = [overlay_mask(ds, i, rendered.meta.rows, rendered.meta.columns) for i in rendered.meta.frames]
+    if overlays == "model":
+        rendered.frames = [draw(f, m) for f, m in zip(rendered.frames, rendered.overlays)]
+    return rendered
 
 
 def _render_dataset(ds: Dataset, choice: WindowChoice, frame: FrameChoice) -> RenderedImage:
@@ -122,6 +138,8 @@ def _render_dataset(ds: Dataset, choice: WindowChoice, frame: FrameChoice) -> Re
         frames=tuple(indices),
         transfer_syntax=syntax_name(ts),
         window=labels[0] if len(set(labels)) == 1 else "per frame: " + "; ".join(labels),
+        lossy=is_lossy(ds),
+        burned_in=burned_in(ds),
     )
     return RenderedImage(frames=frames, meta=meta)
 
@@ -191,5 +209,7 @@ def _load_plain(path: Path, choice: WindowChoice, frame: FrameChoice) -> Rendere
         frames=tuple(indices),
         transfer_syntax=fmt.upper(),
         window=labels[0],
+        lossy=fmt in ("jpeg", "mpo", "webp"),
+        burned_in="possible",  # a picture file may be a screenshot with the patient's name on it
     )
     return RenderedImage(frames=frames, meta=meta)

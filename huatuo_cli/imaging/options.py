@@ -45,3 +45,14 @@ def window_option(default: str = "auto") -> Callable[[F], F]:
 
 def frame_option(default: str | None = None) -> Callable[[F], F]:
     return click.option("--frame", "frame", type=ParsedType("FRAME", parse_frame), default=default, help=FRAME_HELP)
+
+
+OVERLAYS_HELP = ("overlay planes (60xx): drawn in previews and thumbnails always; 'model' also draws them "
+                 "into the images the model sees (default 'preview': the model sees the pixels only)")
+
+
+def overlays_option():
+    from huatuo_cli.imaging.overlays import OVERLAY_CHOICES
+
+    return click.option("--overlays", "overlays", type=click.Choice(OVERLAY_CHOICES), default="preview",
+                        show_default=True, help=OVERLAYS_HELP)
