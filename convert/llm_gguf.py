@@ -12,10 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from huatuo_convert import progress
 from huatuo_convert.atomic import atomic_output, check_target, temp_path, write_text_atomic
 from huatuo_convert.checkpoint import LlavaCheckpoint
 from huatuo_convert.gguf_arch import arch_for
-from huatuo_convert import progress
 from huatuo_convert.gguf_write import DIRECT_TYPES, plan_tensors, write_gguf_file
 from huatuo_convert.quantize import INTERMEDIATE, check_quant, llama_quantize
 

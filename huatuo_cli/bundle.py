@@ -275,7 +275,8 @@ def check_metadata(root: Path, manifest: Manifest) -> list[str]:
     """Manifest fields the runtime reports (quantization, architecture, prompt format, source) that the
     LLM GGUF contradicts, one line each. The GGUF's bytes are covered by the manifest's sha256, so
     the file is the authority; a manifest edited by hand cannot relabel a model."""
-    meta = llm_metadata(Path(root) / manifest.file("llm").path) if manifest.file("llm") else {}
+    llm = manifest.file("llm")
+    meta = llm_metadata(Path(root) / llm.path) if llm else {}
     if not meta:
         return []
     family = meta["general.architecture"]

@@ -87,7 +87,6 @@ def cli(verbose: bool) -> None:
       huatuo inspect ~/exports/ct-chest --window lung --png /tmp/preview
     """
     from huatuo_cli.imaging.dicomio import configure_pydicom
-
     from huatuo_cli.logs import setup
 
     configure_pydicom()  # start-up, explicitly: no PHI in pydicom's warnings (see there)

@@ -10,9 +10,9 @@ import importlib
 import importlib.util
 import signal
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from types import ModuleType
-from collections.abc import Iterator
 from typing import Any
 
 from huatuo_cli.errors import HuatuoError

@@ -67,7 +67,8 @@ def render(reps: Sequence[Representative], *, window: WindowChoice | str, frame:
             rendered = (render_dataset(dataset, window=window, frame=chosen, overlays=overlays) if dataset is not None
                         else load_image(path, window=window, frame=chosen, overlays=overlays))
             images.extend(rendered.frames)
-            metas.extend([rendered.meta] * len(rendered.frames))
+            if rendered.meta is not None:
+                metas.extend([rendered.meta] * len(rendered.frames))
             masks.extend(rendered.overlays or [None] * len(rendered.frames))
             if rendered.meta and rendered.meta.window not in windows:
                 windows.append(rendered.meta.window)

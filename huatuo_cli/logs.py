@@ -28,7 +28,7 @@ _GGML_CONT = 5
 _state: dict[str, Any] = {"callback": None, "partial": "", "level": logging.DEBUG, "interrupted": False}
 
 
-class _Handler(logging.StreamHandler):
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]  # its stream is chosen at run time
     """The one handler huatuo installs (so `setup` can be called again, e.g. per CliRunner call)."""
 
 

@@ -102,7 +102,7 @@ def test_reports_show_study_facts_and_no_phi(tmp_path):
     import pydicom
 
     root, out = _batch(tmp_path, ["CT_small.dcm", "JPEG2000.dcm"])
-    today = dt.datetime.now(dt.timezone.utc).date().isoformat()
+    today = dt.datetime.now(dt.UTC).date().isoformat()
     for name in ("report.md", "report.html"):
         text = (out / name).read_text(encoding="utf-8")
         assert "modality" in text and "CT" in text and "NM" in text

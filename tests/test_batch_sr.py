@@ -18,16 +18,7 @@ from pydicom.data import get_charset_files, get_testdata_file
 from huatuo_cli.batch.sr import CHARACTER_SET, TRUNCATED_NOTE, write_sr
 from huatuo_cli.imaging import scan
 from huatuo_cli.privacy import NOTICE
-from tests.sr_checks import (
-    bad_characters,
-    dsrdump,
-    frames_referenced,
-    groups,
-    meaning,
-    own_errors,
-    text_of,
-    walk,
-)
+from tests.sr_checks import bad_characters, dsrdump, frames_referenced, groups, meaning, own_errors, text_of, walk
 
 MODEL = {"model_sha256": "ab" * 32, "bundle": "huatuo-tiny-q4", "architecture": "llava-qwen2", "quantization": "q4_k_m"}
 ANSWERS = [
@@ -79,7 +70,7 @@ def test_sr_is_a_tid1500_report_naming_huatuo_and_the_bundle(tmp_path):
     # one measurement group per question, each with its algorithm, its images, its answer
     found = groups(sr)
     assert len(found) == 2
-    for group, record in zip(found, ANSWERS):
+    for group, record in zip(found, ANSWERS, strict=False):
         question = record["question"].replace("\x01", "")
         assert text_of(group, "Tracking Identifier") == [f"Q{found.index(group) + 1}: {question}"]
         assert text_of(group, "Algorithm Name") == ["huatuo / huatuo-tiny-q4"]

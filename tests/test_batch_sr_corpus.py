@@ -21,14 +21,7 @@ from huatuo_cli.batch.report import study_slug
 from huatuo_cli.batch.results import ERRORS_NAME, RESULTS_NAME, read_jsonl
 from huatuo_cli.batch.sr import SR_DIR, TRUNCATED_NOTE
 from huatuo_cli.cli import cli
-from tests.sr_checks import (
-    bad_characters,
-    dsrdump,
-    frames_referenced,
-    groups,
-    own_errors,
-    text_of,
-)
+from tests.sr_checks import bad_characters, dsrdump, frames_referenced, groups, own_errors, text_of
 
 pytestmark = pytest.mark.slow
 

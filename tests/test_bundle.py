@@ -13,7 +13,6 @@ from huatuo_cli.cli import cli
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.locate import ENV_MODEL, config_file, find_bundle, models_dirs
 
-
 CONFIG_SHA = "0" * 64
 ROLES = {"llm.gguf": "llm", "vision/vision-fp32.onnx": "vision-fp32", "vision/preprocessor_config.json": "preprocessor"}
 

@@ -45,7 +45,7 @@ def _rewrite_tower(src: Path, dst: Path, layout: str) -> Path:
     return dst
 
 
-def _weights(ckpt: LlavaCheckpoint) -> dict[str, "torch.Tensor"]:
+def _weights(ckpt: LlavaCheckpoint) -> dict[str, torch.Tensor]:
     clip, _ = build_vision(ckpt)
     return {k: v.clone() for k, v in clip.state_dict().items()}
 

@@ -129,7 +129,7 @@ def quiet_highdicom() -> Iterator[None]:
             warnings.simplefilter("always")
             yield
     finally:
-        for lg, (handlers, propagate) in zip(loggers, saved):
+        for lg, (handlers, propagate) in zip(loggers, saved, strict=True):
             lg.handlers, lg.propagate = handlers, propagate
     kinds = sorted({w.category.__name__ for w in caught} | {r.levelname for r in caught_logs})
     if caught or caught_logs:
@@ -287,7 +287,7 @@ def build_sr(parts: Sequence[AnsweredImages], *, version: str = "") -> Any:
     if not answers:
         raise ValueError("an SR needs at least one answer")
     study_uid = str(evidence[0].StudyInstanceUID)
-    by_path = dict(zip(paths, evidence))
+    by_path = dict(zip(paths, evidence, strict=True))
     groups: list[Any] = []
     for part in parts:
         sources = [(by_path[seen.path], seen) for seen in part.images]

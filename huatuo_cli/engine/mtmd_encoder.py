@@ -13,8 +13,8 @@ against the LLM, and tokenizing a single image part touches no vocabulary.
 from __future__ import annotations
 
 import ctypes
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np

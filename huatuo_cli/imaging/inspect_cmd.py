@@ -20,11 +20,11 @@ from rich.table import Table
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.imaging.frames import FrameChoice
 from huatuo_cli.imaging.load import load_image
-from huatuo_cli.imaging.overlays import draw
 from huatuo_cli.imaging.options import frame_option, window_option
+from huatuo_cli.imaging.overlays import draw
 from huatuo_cli.imaging.scan import ScanResult, Series, Study, scan
 from huatuo_cli.imaging.windows import WindowChoice
-from huatuo_cli.privacy import private_dir, write_private, writable_folder
+from huatuo_cli.privacy import private_dir, writable_folder, write_private
 
 
 def _render_series(

@@ -102,7 +102,7 @@ def render_dataset(ds: Dataset, *, window: str | WindowChoice = "auto", frame: F
     assert rendered.meta is not None
     rendered.overlays = [overlay_mask(ds, i, rendered.meta.rows, rendered.meta.columns) for i in rendered.meta.frames]
     if overlays == "model":
-        rendered.frames = [draw(f, m) for f, m in zip(rendered.frames, rendered.overlays)]
+        rendered.frames = [draw(f, m) for f, m in zip(rendered.frames, rendered.overlays, strict=True)]
     return rendered
 
 

@@ -51,7 +51,7 @@ OVERLAYS_HELP = ("overlay planes (60xx): drawn in previews and thumbnails always
                  "into the images the model sees (default 'preview': the model sees the pixels only)")
 
 
-def overlays_option():
+def overlays_option() -> Callable[[F], F]:
     from huatuo_cli.imaging.overlays import OVERLAY_CHOICES
 
     return click.option("--overlays", "overlays", type=click.Choice(OVERLAY_CHOICES), default="preview",
