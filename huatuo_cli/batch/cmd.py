@@ -30,6 +30,18 @@ def read_questions(question: tuple[str, ...], questions_file: Path | None) -> li
     return unique
 
 
+def _sender(send_to: str | None, write_srs: bool) -> Any:
+    """The PACS sender for --send, resolved before any model is loaded so a bad name fails fast."""
+    if not send_to:
+        return None
+    if not write_srs:
+        raise click.UsageError("--send sends the SRs: it needs --sr")
+    from huatuo_cli.send.destination import resolve
+    from huatuo_cli.send.sender import Sender
+
+    return Sender(resolve(send_to))
+
+
 @click.command()
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
@@ -40,6 +52,8 @@ def read_questions(question: tuple[str, ...], questions_file: Path | None) -> li
 @click.option("--per", type=click.Choice(["study", "series"]), default="study", show_default=True,
               help="one answer per study, or per series")
 @click.option("--sr", "write_srs", is_flag=True, help="also write one DICOM Comprehensive SR per study (unverified)")
+@click.option("--send", "send_to", metavar="NAME|AET@HOST:PORT|URL",
+              help="with --sr: send each study's SR to this PACS as it is written (see `huatuo send`)")
 @click.option("--model", "model_path", metavar="BUNDLE", help="model bundle (default: HUATUO_MODEL, config, models folder)")
 @window_option()
 @frame_option()
@@ -48,7 +62,7 @@ def read_questions(question: tuple[str, ...], questions_file: Path | None) -> li
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True, help=DEVICE_HELP)
 @click.pass_context
 def batch(ctx: click.Context, folder: Path, out: Path, question: tuple[str, ...], questions_file: Path | None,
-          per: str, write_srs: bool, model_path: str | None, window: Any, frame: Any, images: int,
+          per: str, write_srs: bool, send_to: str | None, model_path: str | None, window: Any, frame: Any, images: int,
           max_tokens: int, temperature: float, seed: int, top_p: float,
           repetition_penalty: float, vision: str, threads: int | None, device: str) -> None:
     """Ask every question of every study under FOLDER; write results, errors and reports to OUT.
@@ -62,6 +76,7 @@ def batch(ctx: click.Context, folder: Path, out: Path, question: tuple[str, ...]
     Examples:
       huatuo batch /data/export --out /data/huatuo-run -q "Describe the findings."
       huatuo batch /data/export --out run2 --questions questions.txt --per series --sr
+      huatuo batch /data/export --out run3 -q "Describe the findings." --sr --send main
     """
     from huatuo_cli.answering import load_model, model_answerer
     from huatuo_cli.batch.progress import make_progress
@@ -74,6 +89,7 @@ def batch(ctx: click.Context, folder: Path, out: Path, question: tuple[str, ...]
     root, out = folder.resolve(), out.resolve()
     if out == root or root in out.parents:
         raise click.UsageError("--out must not be inside FOLDER (the outputs would be scanned as inputs)")
+    send_sr = _sender(send_to, write_srs)
     bundle = find_bundle(model_path)
     sampling = Sampling(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                         repetition_penalty=repetition_penalty, seed=seed)
@@ -85,9 +101,11 @@ def batch(ctx: click.Context, folder: Path, out: Path, question: tuple[str, ...]
         model = load_model(bundle, device=device, vision=vision, threads=threads)
         return model_answerer(model, sampling), model.info
 
-    summary = run_batch(jobs, asked, out, make_answerer, write_srs=write_srs, progress=make_progress(), root=root)
+    summary = run_batch(jobs, asked, out, make_answerer, write_srs=write_srs, progress=make_progress(), root=root,
+                        send_sr=send_sr.send if send_sr else None)
     click.echo(f"{summary.answered} answered, {summary.skipped} done earlier, {summary.failed} failed, "
                f"{summary.bad_files} unusable files" + (f", {summary.srs} SRs" if write_srs else "")
+               + (f", {summary.sent} SRs sent, {summary.unsent} not sent" if send_sr else "")
                + f"; see {out}", err=True)
     if summary.exit_code == EXIT_INTERRUPTED:
         click.echo("interrupted: every finished answer is saved; rerun the same command to resume", err=True)

@@ -13,7 +13,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from huatuo_cli import audit
 from huatuo_cli.batch.progress import PlainProgress, Progress
@@ -21,6 +21,9 @@ from huatuo_cli.batch.report import save_thumbnails, study_slug, write_reports
 from huatuo_cli.batch.results import BatchState
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.record import Answer, build_record
+
+if TYPE_CHECKING:
+    from huatuo_cli.send.sender import Outcome
 
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
@@ -65,13 +68,15 @@ class Summary:
     failed: int = 0           # studies that failed in this run
     bad_files: int = 0
     srs: int = 0
+    sent: int = 0             # SRs delivered to the PACS in this run (--send)
+    unsent: int = 0           # SRs whose delivery failed (kept on disk; a rerun tries again)
     interrupted: bool = False
 
     @property
     def exit_code(self) -> int:
         if self.interrupted:
             return EXIT_INTERRUPTED
-        return EXIT_SOME_FAILED if self.failed or self.bad_files else EXIT_OK
+        return EXIT_SOME_FAILED if self.failed or self.bad_files or self.unsent else EXIT_OK
 
 
 def _reason(exc: BaseException, root: Path | None) -> str:
@@ -95,12 +100,14 @@ def run_batch(
     progress: Progress | None = None,
     root: Path | None = None,
     command: str = "batch",
+    send_sr: Callable[[Path], Outcome] | None = None,
 ) -> Summary:
     """Answer every pending (study, question) pair; durable after each answer; resumable.
 
     `make_answerer()` returns (answer function, model info) and is called at most once.
     KeyboardInterrupt stops the loop cleanly: everything answered so far is on disk and the reports
-    are written; the summary says interrupted.
+    are written; the summary says interrupted. `send_sr(path)` (batch --send) delivers each study's
+    SR once it is on disk, also one written by an earlier run and not yet delivered.
     """
     if not questions:
         raise HuatuoError("no questions to ask")
@@ -154,6 +161,8 @@ def run_batch(
             if write_srs and job.sources and not state.pending(job.key, list(questions)):
                 if _write_sr(state, job, root, summary):
                     status += ", SR written"
+                if send_sr is not None:
+                    status += _send_sr(state, job, send_sr, summary)
             progress.step(job.key, status)
     except KeyboardInterrupt:
         summary.interrupted = True
@@ -167,7 +176,7 @@ def _write_sr(state: BatchState, job: Job, root: Path | None, summary: Summary) 
     from huatuo_cli.batch.sr import write_sr
     from huatuo_cli.privacy import private_dir
 
-    path = private_dir(state.out / SR_DIR) / f"{study_slug(job.key)}.dcm"
+    path = sr_path(private_dir(state.out / SR_DIR), job.key)
     if path.exists():
         return False
     answers = state.answers_for(job.key)
@@ -179,6 +188,28 @@ def _write_sr(state: BatchState, job: Job, root: Path | None, summary: Summary) 
         return False
     summary.srs += 1
     return True
+
+
+def sr_path(sr_dir: Path, key: str) -> Path:
+    """Where a study's SR lives: named by a hash of its PHI-free key."""
+    return sr_dir / f"{study_slug(key)}.dcm"
+
+
+def _send_sr(state: BatchState, job: Job, send_sr: Callable[[Path], Outcome], summary: Summary) -> str:
+    """Deliver the study's SR (the sender's ledger skips one already delivered). A failure is an
+    error entry and a non-zero exit; the SR stays on disk for the next run or `huatuo send`."""
+    path = sr_path(state.out / SR_DIR, job.key)
+    if not path.is_file():
+        return ""
+    outcome = send_sr(path)
+    if not outcome.ok:
+        state.add_error(kind="send", key=job.key, reason="SR not sent: " + outcome.reason)
+        summary.unsent += 1
+        return ", SR not sent"
+    if outcome.state in ("sent", "resent"):
+        summary.sent += 1
+        return ", SR sent"
+    return ""
 
 
 def _audit(command: str, model: Any, job: Job, question: str, chars: int, outcome: str) -> None:
