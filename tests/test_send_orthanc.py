@@ -207,8 +207,8 @@ def test_one_bad_file_does_not_stop_the_others(tmp_path, orthanc):
     bad.write_bytes(data[:200])  # a DICOM file cut in its header
     code, out, err = send(str(bad), str(root), "--to", orthanc.address)
     assert code == 1
-    assert [line for line in err.splitlines() if line.startswith("error: ")] == [
-        f"error: {bad}: truncated file: the DICOM header ends early"] or "error: " + str(bad) in err
+    (line,) = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert line.startswith(f"error: {bad}: ") and "DICOM" in line and "Traceback" not in err
     assert out.count("sent: ") == 2 and len(orthanc.instance_ids()) == 2
 
 
