@@ -18,12 +18,12 @@ import socket
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import pydicom
-import pytest
 
 ORTHANC = "/usr/sbin/Orthanc"
 CALLED_AE = "ORTHANC"
@@ -91,10 +91,9 @@ class Orthanc:
         return f"{CALLED_AE}@127.0.0.1:{self.dicom_port}"
 
     def start(self) -> Orthanc:
-        log = open(self.root / "orthanc.log", "ab")
-        self.process = subprocess.Popen([ORTHANC, str(self.config)], stdout=log, stderr=subprocess.STDOUT,
-                                        cwd=self.root)
-        log.close()
+        with open(self.root / "orthanc.log", "ab") as log:
+            self.process = subprocess.Popen([ORTHANC, str(self.config)], stdout=log, stderr=subprocess.STDOUT,
+                                            cwd=self.root)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -158,9 +157,8 @@ def have_orthanc() -> None:
         "Debian's orthanc is required for these tests: `make system-deps` (apt-get install orthanc)"
 
 
-@pytest.fixture
-def orthanc(tmp_path: Path):
-    """A running Orthanc for one test, stopped afterwards."""
+def running(tmp_path: Path) -> Iterator[Orthanc]:
+    """A running Orthanc for one test, stopped afterwards (the body of the tests' fixture)."""
     have_orthanc()
     server = Orthanc(tmp_path / "orthanc").start()
     try:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pydicom
 from pydicom.data import get_testdata_file
+from pydicom.errors import InvalidDicomError
 from pydicom.uid import generate_uid
 
 from huatuo_cli.batch.progress import PlainProgress
@@ -22,7 +23,7 @@ QUESTIONS = ["Describe the findings.", "Is there an effusion?"]
 
 def studies(root: Path, count: int) -> Path:
     """`count` one-image studies (new study, series and instance UIDs, one patient each)."""
-    base = pydicom.dcmread(get_testdata_file("CT_small.dcm", download=False))
+    base = pydicom.dcmread(str(get_testdata_file("CT_small.dcm", download=False)))
     for n in range(count):
         ds = copy.deepcopy(base)
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid(), generate_uid()
@@ -51,7 +52,7 @@ def phi_of(root: Path) -> list[str]:
         if path.is_file():
             try:
                 ds = pydicom.dcmread(path, stop_before_pixels=True)
-            except Exception:
+            except (InvalidDicomError, OSError):
                 continue
             found += [str(ds.get(k, "")) for k in ("PatientName", "PatientID", "StudyInstanceUID", "SOPInstanceUID")]
     return [value for value in found if value]

@@ -15,7 +15,7 @@ from huatuo_cli.errors import HuatuoError
 from huatuo_cli.locate import config_file
 from huatuo_cli.send.destination import Tls, resolve
 from huatuo_cli.send.files import Outgoing
-from huatuo_cli.send.ledger import Ledger, ledger_dir
+from huatuo_cli.send.ledger import ledger_dir
 from huatuo_cli.send.sender import Sender
 from tests.send_helpers import studies
 
@@ -27,7 +27,7 @@ def write_config(text: str) -> Path:
     return path
 
 
-def test_ad_hoc_and_url_destinations():
+def test_ad_hoc_and_url_destinations() -> None:
     dest = resolve("PACS1@pacs.example.org:104", ae_title="WS01")
     assert (dest.protocol, dest.ae_title, dest.called_ae, dest.host, dest.port) == ("dimse", "WS01", "PACS1", "pacs.example.org", 104)
     assert resolve("PACS1@[::1]:11112").host == "::1"
@@ -36,7 +36,7 @@ def test_ad_hoc_and_url_destinations():
     assert resolve("http://pacs/dicom-web").tls is None
 
 
-def test_named_destinations(tmp_path):
+def test_named_destinations(tmp_path: Path) -> None:
     ca = tmp_path / "ca.pem"
     ca.write_text("x")
     write_config(f'model = "/bundles/x"\n[pacs.main]\nae_title = "WS01"\ncalled_ae = "ORTHANC"\nhost = "pacs"\nport = 4242\n'
@@ -67,14 +67,14 @@ def test_named_destinations(tmp_path):
     ("[pacs.main]\ncalled_ae = \"A\"\nhost = \"h\"\nport = 104\nretries = -1\n", "retries must be a whole number"),
     ("[pacs.main]\nurl = \"ftp://pacs\"\n", "is not an http(s):// URL"),
 ])
-def test_config_errors_name_the_file_and_the_problem(text, message):
+def test_config_errors_name_the_file_and_the_problem(text: str, message: str) -> None:
     path = write_config(text)
     with pytest.raises(HuatuoError) as error:
         resolve("main")
     assert message in str(error.value) and str(path) in str(error.value)
 
 
-def test_unknown_name_lists_the_configured_ones():
+def test_unknown_name_lists_the_configured_ones() -> None:
     write_config('[pacs.alpha]\nurl = "http://a"\n[pacs.beta]\nurl = "http://b"\n')
     with pytest.raises(HuatuoError, match=r"configured: alpha, beta"):
         resolve("gamma")
@@ -84,12 +84,12 @@ def test_unknown_name_lists_the_configured_ones():
 
 
 @pytest.mark.parametrize("spec", ["AE@host", "host:104", "A@h:p", "a/b"])
-def test_malformed_to(spec):
+def test_malformed_to(spec: str) -> None:
     with pytest.raises(HuatuoError, match="neither AET@HOST:PORT"):
         resolve(spec)
 
 
-def test_cli_errors_are_one_line_without_traceback(tmp_path):
+def test_cli_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
     root = studies(tmp_path / "s", 1)
     res = CliRunner().invoke(cli, ["send", str(root), "--to", "nosuch"])
     assert res.exit_code == 1 and res.stderr.startswith("Error: no PACS named 'nosuch'") and "Traceback" not in res.output
@@ -117,7 +117,7 @@ class Recording:
         return None
 
 
-def test_ledger_is_owner_only_phi_free_and_survives_a_torn_line(tmp_path):
+def test_ledger_is_owner_only_phi_free_and_survives_a_torn_line(tmp_path: Path) -> None:
     root = studies(tmp_path / "s", 2)
     files = sorted(root.rglob("IM*"))
     dest = resolve("A@127.0.0.1:1")

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
@@ -24,8 +25,21 @@ from huatuo_cli.locate import config_file
 from huatuo_cli.send.destination import resolve
 from huatuo_cli.send.ledger import ledger_dir
 from huatuo_cli.send.sender import Sender
-from tests.orthanc import CALLED_AE, OUR_AE, Orthanc, free_port, orthanc  # noqa: F401  (fixture)
-from tests.send_helpers import QUESTIONS, batch, digest, phi_of, references, studies, text_values
+from tests.orthanc import CALLED_AE, OUR_AE, Orthanc, free_port, running
+from tests.send_helpers import (
+    QUESTIONS,
+    batch,
+    digest,
+    phi_of,
+    references,
+    studies,
+    text_values,
+)
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
+    yield from running(tmp_path)
 
 
 def configure(name: str, server: Orthanc) -> None:
@@ -76,7 +90,7 @@ def assert_sr_in_source_study(server: Orthanc, sr_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_batch_sr_send_to_orthanc_end_to_end(tmp_path, orthanc, tiny_bundle):
+def test_batch_sr_send_to_orthanc_end_to_end(tmp_path: Path, orthanc: Orthanc, tiny_bundle: Path) -> None:
     """`huatuo batch --sr --send NAME` on the tiny bundle: each SR is in its source study in Orthanc."""
     root = studies(tmp_path / "studies", 2)
     configure("test", orthanc)
@@ -84,7 +98,7 @@ def test_batch_sr_send_to_orthanc_end_to_end(tmp_path, orthanc, tiny_bundle):
     assert code == 0, err
     assert out.count("sent: ") == 2
     res = CliRunner().invoke(cli, ["batch", str(root), "--out", str(tmp_path / "run"), "--model", str(tiny_bundle),
-                                   "--max-tokens", "6", "--sr", "--send", "test", *sum([["-q", q] for q in QUESTIONS], [])])
+                                   "--max-tokens", "6", "--sr", "--send", "test", *[arg for q in QUESTIONS for arg in ("-q", q)]])
     assert res.exit_code == 0, res.output
     assert "2 SRs sent, 0 not sent" in res.stderr
     srs = sorted((tmp_path / "run" / "sr").glob("*.dcm"))
@@ -95,7 +109,7 @@ def test_batch_sr_send_to_orthanc_end_to_end(tmp_path, orthanc, tiny_bundle):
     assert_clean(res.output, root)
 
 
-def test_batch_send_round_trip_and_resume_after_failed_sends(tmp_path, orthanc):
+def test_batch_send_round_trip_and_resume_after_failed_sends(tmp_path: Path, orthanc: Orthanc) -> None:
     """batch --send to a dead PACS keeps every SR and says why; the resumed batch sends exactly the
     unsent SRs; a third run sends nothing."""
     root = studies(tmp_path / "studies", 3)
@@ -125,11 +139,11 @@ def test_batch_send_round_trip_and_resume_after_failed_sends(tmp_path, orthanc):
     assert orthanc.received() == received  # nothing delivered twice
 
 
-def test_sr_lands_in_the_source_study(tmp_path, orthanc):
+def test_sr_lands_in_the_source_study(tmp_path: Path, orthanc: Orthanc) -> None:
     """The images are sent first (`huatuo send FOLDER`), then the batch's SRs: each SR shares the
     study of the images it references, byte for byte as written."""
     root = studies(tmp_path / "studies", 2)
-    code, out, err = send(str(root), "--to", orthanc.address)
+    code, _out, err = send(str(root), "--to", orthanc.address)
     assert code == 0, err
     batch(root, tmp_path / "run", send_sr=Sender(resolve(orthanc.address)).send)
     for sr in sorted((tmp_path / "run" / "sr").glob("*.dcm")):
@@ -137,7 +151,7 @@ def test_sr_lands_in_the_source_study(tmp_path, orthanc):
     assert len(orthanc.get("/studies")) == 2 and len(orthanc.instance_ids()) == 4
 
 
-def test_send_killed_mid_transfer_then_rerun_sends_each_sr_exactly_once(tmp_path, orthanc):
+def test_send_killed_mid_transfer_then_rerun_sends_each_sr_exactly_once(tmp_path: Path, orthanc: Orthanc) -> None:
     """kill -9 while Orthanc is still taking an SR (its filter sleeps 0.3 s per instance), rerun:
     every SR reaches the PACS exactly once. The one in flight at the kill is in doubt in the ledger
     (`sending` without `sent`); the rerun asks the PACS (C-FIND) instead of sending it again."""
@@ -161,18 +175,18 @@ def test_send_killed_mid_transfer_then_rerun_sends_each_sr_exactly_once(tmp_path
     time.sleep(0.6)  # let Orthanc finish storing what it had received
     first = orthanc.received()
     assert 2 <= len(first) < 6, "the kill did not land mid-run"
-    rerun = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     assert rerun.returncode == 0, rerun.stderr
     assert_clean(rerun.stdout + rerun.stderr, root)
     received = orthanc.received()
     assert sorted(received) == uids, "some SR was delivered twice or never"
     assert sorted(orthanc.find(u)[0] for u in uids) == sorted(orthanc.instance_ids())
-    third = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    third = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     assert third.returncode == 0 and third.stdout.count("already sent") == 6
     assert orthanc.received() == received
 
 
-def test_failing_destination_one_clear_line_per_file_and_files_kept(tmp_path, orthanc):
+def test_failing_destination_one_clear_line_per_file_and_files_kept(tmp_path: Path, orthanc: Orthanc) -> None:
     root = studies(tmp_path / "studies", 3)
     before = {p: digest(p) for p in root.rglob("IM*")}
     # nothing listening
@@ -200,7 +214,7 @@ def test_failing_destination_one_clear_line_per_file_and_files_kept(tmp_path, or
     assert len(orthanc.instance_ids()) == 3
 
 
-def test_one_bad_file_does_not_stop_the_others(tmp_path, orthanc):
+def test_one_bad_file_does_not_stop_the_others(tmp_path: Path, orthanc: Orthanc) -> None:
     root = studies(tmp_path / "studies", 2)
     bad = tmp_path / "bad.dcm"
     data = next(root.rglob("IM*")).read_bytes()
@@ -212,7 +226,7 @@ def test_one_bad_file_does_not_stop_the_others(tmp_path, orthanc):
     assert out.count("sent: ") == 2 and len(orthanc.instance_ids()) == 2
 
 
-def test_transient_refusals_are_retried(tmp_path, orthanc):
+def test_transient_refusals_are_retried(tmp_path: Path, orthanc: Orthanc) -> None:
     """Orthanc refuses the first delivery of each instance: one retry gets them all in."""
     root = studies(tmp_path / "studies", 2)
     orthanc.flag("flaky")
@@ -222,14 +236,14 @@ def test_transient_refusals_are_retried(tmp_path, orthanc):
     assert len(orthanc.received()) == 4  # each twice: refused, then stored
 
 
-def test_changed_file_with_same_uid_is_sent_again(tmp_path, orthanc):
+def test_changed_file_with_same_uid_is_sent_again(tmp_path: Path, orthanc: Orthanc) -> None:
     root = studies(tmp_path / "studies", 1)
     (path,) = root.rglob("IM*")
     assert send(str(path), "--to", orthanc.address)[0] == 0
     ds = pydicom.dcmread(path)
     ds.SeriesDescription = "edited"
     ds.save_as(path, enforce_file_format=True)
-    code, out, err = send(str(path), "--to", orthanc.address)
+    code, out, _err = send(str(path), "--to", orthanc.address)
     assert code == 0 and "sent again (changed since last sent)" in out
     (instance_id,) = orthanc.find(ds.SOPInstanceUID)
     assert orthanc.dataset(instance_id).SeriesDescription == "edited"
@@ -237,8 +251,8 @@ def test_changed_file_with_same_uid_is_sent_again(tmp_path, orthanc):
     assert len(orthanc.received()) == 2
 
 
-def test_unknown_ae_title_is_a_clear_error(tmp_path, orthanc):
+def test_unknown_ae_title_is_a_clear_error(tmp_path: Path, orthanc: Orthanc) -> None:
     root = studies(tmp_path / "studies", 1)
-    code, out, err = send(str(root), "--to", orthanc.address, "--ae-title", "STRANGER", "--retries", "0")
+    code, _out, err = send(str(root), "--to", orthanc.address, "--ae-title", "STRANGER", "--retries", "0")
     assert code == 1 and "error: " in err and "Traceback" not in err
     assert orthanc.instance_ids() == []

@@ -15,10 +15,11 @@ import ssl
 import subprocess
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from io import BytesIO
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pydicom
 import pytest
@@ -54,11 +55,12 @@ def parse(content_type: str, body: bytes) -> tuple[list[pydicom.Dataset], list[s
         problems.append("no closing delimiter")
     if message.defects:
         problems.append(f"defects {message.defects}")
-    datasets = []
+    datasets: list[pydicom.Dataset] = []
     for part in message.iter_parts():
         if part.get_content_type() != "application/dicom":
             problems.append(f"part type {part.get_content_type()}")
         payload = part.get_payload(decode=True)
+        assert isinstance(payload, bytes)
         if payload[128:132] != b"DICM":
             problems.append("part is not a DICOM Part 10 file")
         datasets.append(pydicom.dcmread(BytesIO(payload)))
@@ -127,7 +129,7 @@ def send(*args: str) -> tuple[int, str, str]:
     return res.exit_code, res.stdout, res.stderr
 
 
-def test_stow_posts_valid_multipart_and_never_twice(tmp_path, stow):
+def test_stow_posts_valid_multipart_and_never_twice(tmp_path: Path, stow: tuple[Stow, str]) -> None:
     state, url = stow
     root = studies(tmp_path / "s", 2)
     code, out, err = send(str(root), "--to", url)
@@ -144,7 +146,7 @@ def test_stow_posts_valid_multipart_and_never_twice(tmp_path, stow):
     assert all(v not in out + err for v in phi_of(root))
 
 
-def test_stow_batch_send_delivers_each_sr(tmp_path, stow):
+def test_stow_batch_send_delivers_each_sr(tmp_path: Path, stow: tuple[Stow, str]) -> None:
     state, url = stow
     root = studies(tmp_path / "s", 2)
     summary = batch(root, tmp_path / "run", send_sr=Sender(resolve(url)).send)
@@ -158,7 +160,7 @@ def test_stow_batch_send_delivers_each_sr(tmp_path, stow):
 
 @pytest.mark.parametrize("mode, status", [("conflict", "HTTP 409, the server stored nothing (failure reason 0xC000)"),
                                           ("partial", "did not store it (failure reason 0xC000)")])
-def test_stow_refusal_is_one_clear_line_per_file_and_not_retried(tmp_path, stow, mode, status):
+def test_stow_refusal_is_one_clear_line_per_file_and_not_retried(tmp_path: Path, stow: tuple[Stow, str], mode: str, status: str) -> None:
     state, url = stow
     state.mode = mode
     root = studies(tmp_path / "s", 2)
@@ -174,23 +176,23 @@ def test_stow_refusal_is_one_clear_line_per_file_and_not_retried(tmp_path, stow,
     assert send(str(root), "--to", url)[0] == 0 and len(state.posts) == 2
 
 
-def test_stow_202_without_failures_is_stored(tmp_path, stow):
+def test_stow_202_without_failures_is_stored(tmp_path: Path, stow: tuple[Stow, str]) -> None:
     state, url = stow
     state.mode = "warning"
     root = studies(tmp_path / "s", 1)
     assert send(str(root), "--to", url)[0] == 0 and len(state.posts) == 1
 
 
-def test_stow_503_is_retried_with_backoff(tmp_path, stow):
+def test_stow_503_is_retried_with_backoff(tmp_path: Path, stow: tuple[Stow, str]) -> None:
     state, url = stow
     state.mode = "flaky"
     root = studies(tmp_path / "s", 2)
-    code, out, err = send(str(root), "--to", url, "--retries", "2", "--retry-delay", "0.01")
+    code, _out, err = send(str(root), "--to", url, "--retries", "2", "--retry-delay", "0.01")
     assert code == 0, err
     assert set(state.tries.values()) == {2} and len(state.posts) == 2
 
 
-def test_stow_over_https_with_the_configured_ca(tmp_path):
+def test_stow_over_https_with_the_configured_ca(tmp_path: Path) -> None:
     """[pacs.NAME] url = https://..., ca_file: the server's self-signed certificate is trusted
     through ca_file, and refused without it."""
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
@@ -209,9 +211,9 @@ def test_stow_over_https_with_the_configured_ca(tmp_path):
         config.parent.mkdir(parents=True, exist_ok=True)
         config.write_text(f'[pacs.web]\nurl = "{url}"\nca_file = "{cert}"\n\n[pacs.untrusted]\nurl = "{url}"\n')
         root = studies(tmp_path / "s", 1)
-        code, out, err = send(str(root), "--to", "untrusted", "--retries", "0")
+        code, _out, err = send(str(root), "--to", "untrusted", "--retries", "0")
         assert code == 1 and "CERTIFICATE_VERIFY_FAILED" in err and len(state.posts) == 0
-        code, out, err = send(str(root), "--to", "web")
+        code, _out, err = send(str(root), "--to", "web")
         assert code == 0, err
         assert len(state.posts) == 1 and state.problems == []
     finally:
@@ -219,9 +221,9 @@ def test_stow_over_https_with_the_configured_ca(tmp_path):
         server.server_close()
 
 
-def test_no_tls_settings_on_plain_http():
+def test_no_tls_settings_on_plain_http() -> None:
     config = config_file()
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text('[pacs.web]\nurl = "http://pacs/dicom-web"\ntls = true\n')
-    code, out, err = send(str(Path(__file__)), "--to", "web")
+    code, _out, err = send(str(Path(__file__)), "--to", "web")
     assert code == 1 and "TLS settings with an http:// url" in err

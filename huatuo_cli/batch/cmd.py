@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from huatuo_cli.ask_cmd import DEVICE_HELP, sampling_options
 from huatuo_cli.imaging.options import frame_option, window_option
 from huatuo_cli.privacy import NOTICE
+
+if TYPE_CHECKING:
+    from huatuo_cli.send.sender import Sender
 
 
 def read_questions(question: tuple[str, ...], questions_file: Path | None) -> list[str]:
@@ -30,7 +33,7 @@ def read_questions(question: tuple[str, ...], questions_file: Path | None) -> li
     return unique
 
 
-def _sender(send_to: str | None, write_srs: bool) -> Any:
+def _sender(send_to: str | None, write_srs: bool) -> Sender | None:
     """The PACS sender for --send, resolved before any model is loaded so a bad name fails fast."""
     if not send_to:
         return None

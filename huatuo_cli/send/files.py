@@ -51,7 +51,8 @@ def load(path: Path) -> Outgoing:
     """Read one file for sending; a HuatuoError (PHI-free) when it cannot be sent."""
     from io import BytesIO
 
-    from huatuo_cli.imaging.dicomio import Rejected, read_dicom
+    from huatuo_cli.imaging.dicomio import read_dicom
+    from huatuo_cli.imaging.reject import Rejected
 
     try:
         data = path.read_bytes()

@@ -9,9 +9,9 @@ succeeds, so a PACS that is down costs one backoff, not one per file.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.send import files
