@@ -17,6 +17,7 @@ from huatuo_cli.send.destination import Tls, resolve
 from huatuo_cli.send.files import Outgoing
 from huatuo_cli.send.ledger import ledger_dir
 from huatuo_cli.send.sender import Sender
+from huatuo_cli.send.transport import SendFailure
 from tests.send_helpers import studies
 
 
@@ -142,3 +143,34 @@ def test_ledger_is_owner_only_phi_free_and_survives_a_torn_line(tmp_path: Path) 
     in_doubt.ledger.mark(str(pydicom.dcmread(files[0]).SOPInstanceUID), "0" * 64, "sending")
     assert in_doubt.send(files[0]).state == "resent"  # other content under this UID: sent again
     assert os.access(files[0], os.R_OK)
+
+
+class Refusing(Recording):
+    """Refuses the first `failures` attempts with a transient (or final) failure."""
+
+    def __init__(self, failures: int, *, transient: bool = True) -> None:
+        super().__init__()
+        self.failures, self.transient, self.attempts = failures, transient, 0
+
+    def store(self, item: Outgoing) -> None:
+        self.attempts += 1
+        if self.attempts <= self.failures:
+            raise SendFailure("busy", transient=self.transient)
+        super().store(item)
+
+
+def test_retry_policy_backs_off_and_is_bounded(tmp_path: Path) -> None:
+    """Retries double the delay and stop after --retries; a final refusal is not retried; once a
+    destination stayed down through all retries, the next file gets one attempt, not the backoff."""
+    files = sorted(studies(tmp_path / "s", 3).rglob("IM*"))
+    dest = resolve("A@127.0.0.1:1")
+    waits: list[float] = []
+    flaky = Sender(dest, retries=3, delay=0.5, transport=Refusing(2), sleep=waits.append)
+    assert (flaky.send(files[0]).state, waits) == ("sent", [0.5, 1.0])
+    waits.clear()
+    down = Sender(dest, retries=3, delay=0.5, transport=Refusing(99), sleep=waits.append)
+    outcome = down.send(files[1])
+    assert (outcome.state, outcome.attempts, waits) == ("failed", 4, [0.5, 1.0, 2.0])
+    assert (down.send(files[2]).attempts, waits) == (1, [0.5, 1.0, 2.0])
+    final = Sender(dest, retries=3, delay=0.5, transport=Refusing(1, transient=False), sleep=waits.append)
+    assert (final.send(files[2]).attempts, final.transport.attempts) == (1, 1)  # type: ignore[attr-defined]
