@@ -62,7 +62,7 @@ def free_port() -> int:
 class Orthanc:
     """One Orthanc process and its REST API."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, tls: tuple[Path, Path] | None = None) -> None:
         self.root = root
         self.dicom_port = free_port()
         self.http_port = free_port()
@@ -78,6 +78,9 @@ class Orthanc:
             "OverwriteInstances": True, "StorageCompression": False, "SaveJobs": False,
             "LuaScripts": [str(root / "filter.lua")], "DicomScpTimeout": 10,
         }
+        if tls:  # DICOM TLS on the DICOM port (certificate, key); no client certificate required
+            config.update({"DicomTlsEnabled": True, "DicomTlsCertificate": str(tls[0]), "DicomTlsPrivateKey": str(tls[1]),
+                           "DicomTlsTrustedCertificates": str(tls[0]), "DicomTlsRemoteCertificateRequired": False})
         self.config = root / "config.json"
         self.config.write_text(json.dumps(config, indent=1))
 
@@ -157,10 +160,19 @@ def have_orthanc() -> None:
         "Debian's orthanc is required for these tests: `make system-deps` (apt-get install orthanc)"
 
 
-def running(tmp_path: Path) -> Iterator[Orthanc]:
-    """A running Orthanc for one test, stopped afterwards (the body of the tests' fixture)."""
+def certificate(folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (openssl): (certificate, key)."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+def running(tmp_path: Path, *, tls: tuple[Path, Path] | None = None) -> Iterator[Orthanc]:
+    """A running Orthanc for one test, stopped afterwards (the body of the tests' fixtures)."""
     have_orthanc()
-    server = Orthanc(tmp_path / "orthanc").start()
+    server = Orthanc(tmp_path / "orthanc", tls=tls).start()
     try:
         yield server
     finally:

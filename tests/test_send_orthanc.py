@@ -25,7 +25,7 @@ from huatuo_cli.locate import config_file
 from huatuo_cli.send.destination import resolve
 from huatuo_cli.send.ledger import ledger_dir
 from huatuo_cli.send.sender import Sender
-from tests.orthanc import CALLED_AE, OUR_AE, Orthanc, free_port, running
+from tests.orthanc import CALLED_AE, OUR_AE, Orthanc, certificate, free_port, running
 from tests.send_helpers import (
     QUESTIONS,
     batch,
@@ -261,3 +261,24 @@ def test_unknown_ae_title_is_a_clear_error(tmp_path: Path, orthanc: Orthanc) -> 
     code, _out, err = send(str(root), "--to", orthanc.address, "--ae-title", "STRANGER", "--retries", "0")
     assert code == 1 and "error: " in err and "Traceback" not in err
     assert orthanc.instance_ids() == []
+
+
+def test_dicom_tls_with_the_configured_ca(tmp_path: Path) -> None:
+    """[pacs.NAME] tls = true, ca_file: C-STORE over TLS to an Orthanc that only speaks TLS on its
+    DICOM port; without the CA, or without TLS, a clear error and nothing stored."""
+    cert, _key = certificate(tmp_path)
+    for server in running(tmp_path, tls=(cert, _key)):
+        table = f'called_ae = "{CALLED_AE}"\nhost = "127.0.0.1"\nport = {server.dicom_port}\n'
+        path = config_file()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f'[pacs.secure]\n{table}tls = true\nca_file = "{cert}"\n'
+                        f'[pacs.untrusted]\n{table}tls = true\n[pacs.plain]\n{table}')
+        root = studies(tmp_path / "studies", 1)
+        for name in ("untrusted", "plain"):
+            code, _out, err = send(str(root), "--to", name, "--retries", "0", "--timeout", "5")
+            assert code == 1 and "error: " in err and "Traceback" not in err
+        assert "the TLS handshake failed: check ca_file" in send(str(root), "--to", "untrusted", "--retries", "0")[2]
+        assert server.instance_ids() == []
+        code, out, err = send(str(root), "--to", "secure")
+        assert code == 0, err
+        assert sent_lines(out) == 1 and len(server.instance_ids()) == 1

@@ -12,7 +12,6 @@ import email.parser
 import email.policy
 import json
 import ssl
-import subprocess
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from huatuo_cli.cli import cli
 from huatuo_cli.locate import config_file
 from huatuo_cli.send.destination import resolve
 from huatuo_cli.send.sender import Sender
+from tests.orthanc import certificate
 from tests.send_helpers import batch, digest, phi_of, studies
 
 
@@ -195,10 +195,7 @@ def test_stow_503_is_retried_with_backoff(tmp_path: Path, stow: tuple[Stow, str]
 def test_stow_over_https_with_the_configured_ca(tmp_path: Path) -> None:
     """[pacs.NAME] url = https://..., ca_file: the server's self-signed certificate is trusted
     through ca_file, and refused without it."""
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True)
+    cert, key = certificate(tmp_path)
     state = Stow()
     server = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(state))
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

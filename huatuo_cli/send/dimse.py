@@ -55,8 +55,9 @@ class DimseTransport:
             raise SendFailure(f"association rejected by {dest.called_ae}@{dest.host}:{dest.port} "
                               f"(check called_ae, and that the PACS knows our AE title {dest.ae_title})",
                               transient=result == 0x02)
-        raise SendFailure(f"no DICOM association with {dest.host}:{dest.port} "
-                          "(connection refused, timed out or aborted)", transient=True)
+        why = "connection refused, timed out, aborted, or the TLS handshake failed: check ca_file and cert_file" \
+            if dest.tls else "connection refused, timed out or aborted"
+        raise SendFailure(f"no DICOM association with {dest.host}:{dest.port} ({why})", transient=True)
 
     def store(self, item: Outgoing) -> None:
         ds = item.dataset
