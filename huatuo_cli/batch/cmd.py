@@ -33,6 +33,26 @@ def read_questions(question: tuple[str, ...], questions_file: Path | None) -> li
     return unique
 
 
+def _check_source(folder: Path | None, from_pacs: str | None, study_uids: tuple[str, ...], since: Any) -> None:
+    """FOLDER, or --from with --study/--since: exactly one source."""
+    if bool(folder) == bool(from_pacs):
+        raise click.UsageError("give FOLDER or --from PACS, not both and not neither")
+    if from_pacs and not (study_uids or since):
+        raise click.UsageError("--from needs --study UID (repeatable) or --since YYYY-MM-DD")
+    if (study_uids or since) and not from_pacs:
+        raise click.UsageError("--study and --since select studies at a PACS: they need --from")
+
+
+def _retrieve(from_pacs: str, study_uids: tuple[str, ...], since: Any) -> Path:
+    """Fetch the selected studies by C-GET into the private cache; the folder to run the batch on."""
+    from huatuo_cli.send.destination import resolve
+    from huatuo_cli.send.retrieve import retrieve
+
+    fetched = retrieve(resolve(from_pacs), studies=list(study_uids), since=since.date() if since else None)
+    click.echo(f"retrieved {fetched.instances} instances of {fetched.studies} studies from {from_pacs}", err=True)
+    return fetched.folder.resolve()
+
+
 def _sender(send_to: str | None, write_srs: bool) -> Sender | None:
     """The PACS sender for --send, resolved before any model is loaded so a bad name fails fast."""
     if not send_to:
@@ -46,7 +66,7 @@ def _sender(send_to: str | None, write_srs: bool) -> Sender | None:
 
 
 @click.command()
-@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("folder", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="output folder (created owner-only; rerun with the same folder to resume)")
 @click.option("--question", "-q", "question", multiple=True, help="a question to ask of every study (repeatable)")
@@ -57,6 +77,10 @@ def _sender(send_to: str | None, write_srs: bool) -> Sender | None:
 @click.option("--sr", "write_srs", is_flag=True, help="also write one DICOM Comprehensive SR per study (unverified)")
 @click.option("--send", "send_to", metavar="NAME|AET@HOST:PORT|URL",
               help="with --sr: send each study's SR to this PACS as it is written (see `huatuo send`)")
+@click.option("--from", "from_pacs", metavar="NAME|AET@HOST:PORT",
+              help="instead of FOLDER: retrieve the studies from this PACS (C-GET) into huatuo's private cache")
+@click.option("--study", "study_uids", multiple=True, metavar="UID", help="with --from: a Study Instance UID (repeatable)")
+@click.option("--since", type=click.DateTime(["%Y-%m-%d"]), help="with --from: every study dated this day (YYYY-MM-DD) or later")
 @click.option("--model", "model_path", metavar="BUNDLE", help="model bundle (default: HUATUO_MODEL, config, models folder)")
 @window_option()
 @frame_option()
@@ -64,8 +88,9 @@ def _sender(send_to: str | None, write_srs: bool) -> Sender | None:
 @sampling_options
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True, help=DEVICE_HELP)
 @click.pass_context
-def batch(ctx: click.Context, folder: Path, out: Path, question: tuple[str, ...], questions_file: Path | None,
-          per: str, write_srs: bool, send_to: str | None, model_path: str | None, window: Any, frame: Any, images: int,
+def batch(ctx: click.Context, folder: Path | None, out: Path, question: tuple[str, ...], questions_file: Path | None,
+          per: str, write_srs: bool, send_to: str | None, from_pacs: str | None, study_uids: tuple[str, ...],
+          since: Any, model_path: str | None, window: Any, frame: Any, images: int,
           max_tokens: int, temperature: float, seed: int, top_p: float,
           repetition_penalty: float, vision: str, threads: int | None, device: str) -> None:
     """Ask every question of every study under FOLDER; write results, errors and reports to OUT.
@@ -80,6 +105,7 @@ def batch(ctx: click.Context, folder: Path, out: Path, question: tuple[str, ...]
       huatuo batch /data/export --out /data/huatuo-run -q "Describe the findings."
       huatuo batch /data/export --out run2 --questions questions.txt --per series --sr
       huatuo batch /data/export --out run3 -q "Describe the findings." --sr --send main
+      huatuo batch --from main --since 2026-11-24 --out run4 -q "Describe the findings." --sr --send main
     """
     from huatuo_cli.answering import load_model, model_answerer
     from huatuo_cli.batch.progress import make_progress
@@ -89,11 +115,12 @@ def batch(ctx: click.Context, folder: Path, out: Path, question: tuple[str, ...]
     from huatuo_cli.locate import find_bundle
 
     asked = read_questions(question, questions_file)
-    root, out = folder.resolve(), out.resolve()
-    if out == root or root in out.parents:
-        raise click.UsageError("--out must not be inside FOLDER (the outputs would be scanned as inputs)")
+    _check_source(folder, from_pacs, study_uids, since)
     send_sr = _sender(send_to, write_srs)
     bundle = find_bundle(model_path)
+    root, out = (folder.resolve() if folder else _retrieve(from_pacs or "", study_uids, since)), out.resolve()
+    if out == root or root in out.parents:
+        raise click.UsageError("--out must not be inside FOLDER (the outputs would be scanned as inputs)")
     sampling = Sampling(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                         repetition_penalty=repetition_penalty, seed=seed)
     jobs = jobs_from_folder(root, per=per, window=window, frame=frame, images=images)

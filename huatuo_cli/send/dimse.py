@@ -34,7 +34,7 @@ class DimseTransport:
     def __init__(self, destination: Destination, *, timeout: float = 30.0) -> None:
         self.destination = destination
         self.timeout = timeout
-        self._tls_args = (ssl_context(destination.tls), destination.host) if destination.tls else None
+        self.tls_args = (ssl_context(destination.tls), destination.host) if destination.tls else None
 
     def _associate(self, contexts: list[tuple[str, str]]) -> Any:
         from pynetdicom import AE
@@ -45,7 +45,7 @@ class DimseTransport:
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = self.timeout
         dest = self.destination
         try:
-            assoc = ae.associate(dest.host, dest.port, ae_title=dest.called_ae, tls_args=self._tls_args)
+            assoc = ae.associate(dest.host, dest.port, ae_title=dest.called_ae, tls_args=self.tls_args)
         except (OSError, ValueError) as exc:
             raise SendFailure(f"cannot connect to {dest.host}:{dest.port}: {exc}", transient=True) from None
         if assoc.is_established:
