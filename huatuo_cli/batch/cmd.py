@@ -116,11 +116,12 @@ def batch(ctx: click.Context, folder: Path | None, out: Path, question: tuple[st
 
     asked = read_questions(question, questions_file)
     _check_source(folder, from_pacs, study_uids, since)
+    out = out.resolve()
+    if folder and (out == folder.resolve() or folder.resolve() in out.parents):
+        raise click.UsageError("--out must not be inside FOLDER (the outputs would be scanned as inputs)")
     send_sr = _sender(send_to, write_srs)
     bundle = find_bundle(model_path)
-    root, out = (folder.resolve() if folder else _retrieve(from_pacs or "", study_uids, since)), out.resolve()
-    if out == root or root in out.parents:
-        raise click.UsageError("--out must not be inside FOLDER (the outputs would be scanned as inputs)")
+    root = folder.resolve() if folder else _retrieve(from_pacs or "", study_uids, since)
     sampling = Sampling(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                         repetition_penalty=repetition_penalty, seed=seed)
     jobs = jobs_from_folder(root, per=per, window=window, frame=frame, images=images)
