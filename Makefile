@@ -22,10 +22,13 @@ install: $(BIN)/python
 	$(BIN)/pip install -q -e '.[cpu,convert,dev,dicom-gpl]'
 
 # What the tests run against: dcmtk (reference renderer, dsrdump), qemu-user (an older CPU),
-# binutils (objdump reads the AMX kernel). Needs root on Debian.
+# binutils (objdump reads the AMX kernel), orthanc (a real PACS for `huatuo send`, started by the
+# tests as a plain process; its packaged service is not used), openssl (a test certificate for
+# STOW-RS over https). Needs root on Debian.
 system-deps:
-	@if ! command -v dcm2pnm >/dev/null 2>&1 || ! command -v dciodvfy >/dev/null 2>&1 || ! command -v qemu-x86_64 >/dev/null 2>&1 || ! command -v objdump >/dev/null 2>&1; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk dicom3tools qemu-user binutils >/dev/null; fi
+	@if ! command -v dcm2pnm >/dev/null 2>&1 || ! command -v dciodvfy >/dev/null 2>&1 || ! command -v qemu-x86_64 >/dev/null 2>&1 \
+		|| ! command -v objdump >/dev/null 2>&1 || ! test -x /usr/sbin/Orthanc || ! command -v openssl >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk dicom3tools qemu-user binutils orthanc openssl >/dev/null; fi
 
 # synthetic checkpoint -> verified bundle -> one question about a sample CT -> a batch over sample studies
 demo: install

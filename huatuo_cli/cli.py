@@ -25,6 +25,7 @@ SUBCOMMANDS: dict[str, str] = {
     "ask": "huatuo_cli.ask_cmd:ask",
     "batch": "huatuo_cli.batch.cmd:batch",
     "inspect": "huatuo_cli.imaging.inspect_cmd:inspect",
+    "send": "huatuo_cli.send.cmd:send",
 }
 
 

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from huatuo_cli.engine.llm import Sampling
     from huatuo_cli.engine.session import ModelInfo, VisionLanguageModel
     from huatuo_cli.jobs import AnswerFn
+    from huatuo_cli.send.sender import Sender
 
 
 def read_questions(question: tuple[str, ...], questions_file: Path | None) -> list[str]:
@@ -36,8 +37,40 @@ def read_questions(question: tuple[str, ...], questions_file: Path | None) -> li
     return [check_question(q) for q in unique]
 
 
+def _check_source(folder: Path | None, from_pacs: str | None, study_uids: tuple[str, ...], since: Any) -> None:
+    """FOLDER, or --from with --study/--since: exactly one source."""
+    if bool(folder) == bool(from_pacs):
+        raise click.UsageError("give FOLDER or --from PACS, not both and not neither")
+    if from_pacs and not (study_uids or since):
+        raise click.UsageError("--from needs --study UID (repeatable) or --since YYYY-MM-DD")
+    if (study_uids or since) and not from_pacs:
+        raise click.UsageError("--study and --since select studies at a PACS: they need --from")
+
+
+def _retrieve(from_pacs: str, study_uids: tuple[str, ...], since: Any) -> Path:
+    """Fetch the selected studies by C-GET into the private cache; the folder to run the batch on."""
+    from huatuo_cli.send.destination import resolve
+    from huatuo_cli.send.retrieve import retrieve
+
+    fetched = retrieve(resolve(from_pacs), studies=list(study_uids), since=since.date() if since else None)
+    click.echo(f"retrieved {fetched.instances} instances of {fetched.studies} studies from {from_pacs}", err=True)
+    return fetched.folder.resolve()
+
+
+def _sender(send_to: str | None, write_srs: bool) -> Sender | None:
+    """The PACS sender for --send, resolved before any model is loaded so a bad name fails fast."""
+    if not send_to:
+        return None
+    if not write_srs:
+        raise click.UsageError("--send sends the SRs: it needs --sr")
+    from huatuo_cli.send.destination import resolve
+    from huatuo_cli.send.sender import Sender
+
+    return Sender(resolve(send_to))
+
+
 @click.command()
-@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("folder", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="output folder (created owner-only; rerun with the same folder to resume)")
 @click.option("--question", "-q", "question", multiple=True, help="a question to ask of every study (repeatable)")
@@ -46,6 +79,12 @@ def read_questions(question: tuple[str, ...], questions_file: Path | None) -> li
 @click.option("--per", type=click.Choice(["study", "series"]), default="study", show_default=True,
               help="one answer per study, or per series")
 @click.option("--sr", "write_srs", is_flag=True, help="also write one DICOM SR per study (TID 1500, unverified draft; docs/sr.md)")
+@click.option("--send", "send_to", metavar="NAME|AET@HOST:PORT|URL",
+              help="with --sr: send each study's SR to this PACS as it is written (see `huatuo send`)")
+@click.option("--from", "from_pacs", metavar="NAME|AET@HOST:PORT",
+              help="instead of FOLDER: retrieve the studies from this PACS (C-GET) into huatuo's private cache")
+@click.option("--study", "study_uids", multiple=True, metavar="UID", help="with --from: a Study Instance UID (repeatable)")
+@click.option("--since", type=click.DateTime(["%Y-%m-%d"]), help="with --from: every study dated this day (YYYY-MM-DD) or later")
 @model_option
 @window_option()
 @frame_option()
@@ -57,8 +96,9 @@ def read_questions(question: tuple[str, ...], questions_file: Path | None) -> li
 @sampling_options
 @device_option
 @click.pass_context
-def batch(ctx: click.Context, folder: Path, out: Path, question: tuple[str, ...], questions_file: Path | None,
-          per: str, write_srs: bool, model_path: str | None, window: Any, frame: Any, overlays: str,
+def batch(ctx: click.Context, folder: Path | None, out: Path, question: tuple[str, ...], questions_file: Path | None,
+          per: str, write_srs: bool, send_to: str | None, from_pacs: str | None, study_uids: tuple[str, ...],
+          since: Any, model_path: str | None, window: Any, frame: Any, overlays: str,
           thumbnails: str, images: int,
           sampling: Sampling, vision: str, threads: int | None, device: str) -> None:
     """Ask every question of every study under FOLDER; write results, errors and reports to OUT.
@@ -74,6 +114,8 @@ def batch(ctx: click.Context, folder: Path, out: Path, question: tuple[str, ...]
       huatuo batch /data/export --out /data/huatuo-run -q "Describe the findings."
       huatuo batch /data/export --out run2 --questions questions.txt --per series --sr
       huatuo batch /data/us --out run3 -q "Describe." --thumbnails all --overlays model
+      huatuo batch /data/export --out run3 -q "Describe the findings." --sr --send main
+      huatuo batch --from main --since 2026-11-24 --out run4 -q "Describe the findings." --sr --send main
     """
     from huatuo_cli import audit
     from huatuo_cli.answering import load_model, model_answerer
@@ -83,12 +125,15 @@ def batch(ctx: click.Context, folder: Path, out: Path, question: tuple[str, ...]
     from huatuo_cli.locate import find_bundle
 
     asked = read_questions(question, questions_file)
-    root, out = folder.resolve(), out.resolve()
-    if out == root or root in out.parents:
+    _check_source(folder, from_pacs, study_uids, since)
+    out = out.resolve()
+    if folder and (out == folder.resolve() or folder.resolve() in out.parents):
         raise click.UsageError("--out must not be inside FOLDER (the outputs would be scanned as inputs)")
     writable_folder(out, what="--out")
+    send_sr = _sender(send_to, write_srs)
     bundle = find_bundle(model_path)
     audit.ensure_writable()  # before any answer: an answer must never go unaudited
+    root = folder.resolve() if folder else _retrieve(from_pacs or "", study_uids, since)
     jobs = jobs_from_folder(root, per=per, window=window, frame=frame, images=images, overlays=overlays)
     click.echo(f"{NOTICE}\n{sum(1 for j in jobs if hasattr(j, 'load'))} {per} jobs, "
                f"{sum(1 for j in jobs if not hasattr(j, 'load'))} unusable files, {len(asked)} questions", err=True)
@@ -102,12 +147,13 @@ def batch(ctx: click.Context, folder: Path, out: Path, question: tuple[str, ...]
 
     try:
         summary = run_batch(jobs, asked, out, make_answerer, write_srs=write_srs, progress=make_progress(), root=root,
-                            thumbnails=thumbnails)
+                            thumbnails=thumbnails, send_sr=send_sr.send if send_sr else None)
     finally:
         for model in loaded:
             model.close()
     click.echo(f"{summary.answered} answered, {summary.skipped} done earlier, {summary.failed} failed, "
                f"{summary.bad_files} unusable files" + (f", {summary.srs} SRs" if write_srs else "")
+               + (f", {summary.sent} SRs sent, {summary.unsent} not sent" if send_sr else "")
                + f"; see {out}", err=True)
     if summary.exit_code == EXIT_INTERRUPTED:
         click.echo("interrupted: every finished answer is saved; rerun the same command to resume", err=True)

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from huatuo_cli import audit
 from huatuo_cli.atomic import OutputError
@@ -32,6 +33,9 @@ from huatuo_cli.jobs import StudyInputs as StudyInputs
 from huatuo_cli.privacy import scrub
 from huatuo_cli.record import build_record
 
+if TYPE_CHECKING:
+    from huatuo_cli.send.sender import Outcome
+
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
 EXIT_INTERRUPTED = 130
@@ -44,13 +48,15 @@ class Summary:
     failed: int = 0           # studies that failed in this run
     bad_files: int = 0
     srs: int = 0
+    sent: int = 0             # SRs delivered to the PACS in this run (--send)
+    unsent: int = 0           # SRs whose delivery failed (kept on disk; a rerun tries again)
     interrupted: bool = False
 
     @property
     def exit_code(self) -> int:
         if self.interrupted:
             return EXIT_INTERRUPTED
-        return EXIT_SOME_FAILED if self.failed or self.bad_files else EXIT_OK
+        return EXIT_SOME_FAILED if self.failed or self.bad_files or self.unsent else EXIT_OK
 
 
 def _reason(exc: BaseException, root: Path | None) -> str:
@@ -75,13 +81,15 @@ def run_batch(
     root: Path | None = None,
     command: str = "batch",
     thumbnails: str = "safe",
+    send_sr: Callable[[Path], Outcome] | None = None,
 ) -> Summary:
     """Answer every pending (study, question) pair; durable after each answer; resumable.
 
     `make_answerer()` returns (answer function, model info) and is called at most once.
     `thumbnails` is which thumbnails the shareable reports embed (batch.report.THUMBNAIL_CHOICES).
     KeyboardInterrupt stops the loop cleanly: everything answered so far is on disk and the reports
-    are written; the summary says interrupted.
+    are written; the summary says interrupted. `send_sr(path)` (batch --send) delivers each study's
+    SR once it is on disk, also one written by an earlier run and not yet delivered.
     """
     if not questions:
         raise HuatuoError("no questions to ask")
@@ -144,6 +152,8 @@ def run_batch(
             if write_srs and by_study[job.study_key][-1] is job:
                 if _write_sr(state, by_study[job.study_key], list(questions), root, summary) is not None:
                     status += ", SR written"
+                if send_sr is not None:
+                    status += _send_sr(state, job, send_sr, summary)
             progress.step(job.key, status)
     except KeyboardInterrupt:
         summary.interrupted = True
@@ -205,6 +215,25 @@ def _write_sr(state: BatchState, jobs: list[Job], questions: list[str], root: Pa
         return None
     summary.srs += 1
     return path
+
+
+def _send_sr(state: BatchState, job: Job, send_sr: Callable[[Path], Outcome], summary: Summary) -> str:
+    """Deliver the study's SR (the sender's ledger skips one already delivered). A failure is an
+    error entry and a non-zero exit; the SR stays on disk for the next run or `huatuo send`."""
+    from huatuo_cli.batch.sr import sr_path
+
+    path = sr_path(state.out, study_slug(job.study_key))
+    if not path.is_file():
+        return ""
+    outcome = send_sr(path)
+    if not outcome.ok:
+        state.add_error(kind="send", key=job.study_key, reason="SR not sent: " + outcome.reason)
+        summary.unsent += 1
+        return ", SR not sent"
+    if outcome.state in ("sent", "resent"):
+        summary.sent += 1
+        return ", SR sent"
+    return ""
 
 
 def _audit(command: str, model: ModelRef, job: Job, question: str, chars: int, outcome: str) -> None:
