@@ -26,15 +26,7 @@ from huatuo_cli.send.destination import resolve
 from huatuo_cli.send.ledger import ledger_dir
 from huatuo_cli.send.sender import Sender
 from tests.orthanc import CALLED_AE, OUR_AE, Orthanc, certificate, free_port, running
-from tests.send_helpers import (
-    QUESTIONS,
-    batch,
-    digest,
-    phi_of,
-    references,
-    studies,
-    text_values,
-)
+from tests.send_helpers import QUESTIONS, batch, digest, phi_of, references, studies, text_values
 
 
 @pytest.fixture
