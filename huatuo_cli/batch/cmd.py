@@ -69,6 +69,7 @@ def batch(ctx: click.Context, folder: Path, out: Path, question: tuple[str, ...]
     from huatuo_cli.engine.llm import Sampling
     from huatuo_cli.inputs import jobs_from_folder
     from huatuo_cli.locate import find_bundle
+    from huatuo_cli.model_card import copy_card_to
 
     asked = read_questions(question, questions_file)
     root, out = folder.resolve(), out.resolve()
@@ -83,6 +84,7 @@ def batch(ctx: click.Context, folder: Path, out: Path, question: tuple[str, ...]
 
     def make_answerer():
         model = load_model(bundle, device=device, vision=vision, threads=threads)
+        copy_card_to(model.bundle, out)  # report.html links to the (verified) model card beside it
         return model_answerer(model, sampling), model.info
 
     summary = run_batch(jobs, asked, out, make_answerer, write_srs=write_srs, progress=make_progress(), root=root)

@@ -13,6 +13,7 @@ import hashlib
 from html import escape
 from pathlib import Path
 
+from huatuo_cli.model_card import card_link_html
 from huatuo_cli.privacy import NOTICE, private_dir, write_private
 
 THUMBS_DIR = "thumbs"
@@ -105,7 +106,8 @@ def render_html(out: Path, results: list[dict], errors: list[dict]) -> str:
              'style-src \'unsafe-inline\'">',
              f"<title>huatuo batch report</title><style>{_STYLE}</style></head><body>",
              "<h1>huatuo batch report</h1>", f'<p class="notice">{e(NOTICE)}</p>',
-             f"<p>{len(_by_study(results))} studies, {len(results)} answers, {len(errors)} errors.</p>"]
+             f"<p>{len(_by_study(results))} studies, {len(results)} answers, {len(errors)} errors.</p>",
+             card_link_html(out)]
     for key, records in _by_study(results).items():
         parts.append(f'<section class="study"><h2>Study <code>{e(key)}</code></h2><div class="thumbs">')
         for thumb in thumbnails(out, key):
