@@ -70,9 +70,9 @@ def _finetune_section(match: CardMatch, facts: dict[str, Any]) -> str:
         f"- training data: {facts['description'] or '(no description recorded)'}",
         f"- training file: `{facts['train_file']}`, {facts['train_records']} records, {facts['images']} images",
         f"- evaluation data: {evaluation}",
-        f"- steps: {facts['steps']} ({facts['epochs']} epochs), learning rate {facts['learning_rate']}, "
-        f"LoRA rank {facts['lora_rank']}, alpha {facts['lora_alpha']}, projector "
-        f"{'trained' if facts['train_projector'] else 'frozen'}",
+        (f"- steps: {facts['steps']} ({facts['epochs']} epochs), learning rate {facts['learning_rate']}, "
+         f"LoRA rank {facts['lora_rank']}, alpha {facts['lora_alpha']}, projector "
+         f"{'trained' if facts['train_projector'] else 'frozen'}"),
         f"- evaluation loss: {eval_loss}; final training loss: {facts['final_train_loss']:.4g}",
         f"- base checkpoint: `{facts['base_checkpoint']}` (config sha256 {facts['base_config_sha256'][:16]}…)",
         f"- finished {facts['finished_at']} with huatuo {facts['huatuo_version']}",

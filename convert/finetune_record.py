@@ -82,7 +82,7 @@ def _check(where: str, record: dict[str, Any], fields: dict[str, tuple[tuple[typ
             raise HuatuoError(f"{where}: field '{name}' must be {_names(types)}, not a boolean")
         if not isinstance(value, types):
             raise HuatuoError(f"{where}: field '{name}' must be {_names(types)}, got {type(value).__name__}")
-        if name in _COUNTS and value < 0:
+        if name in _COUNTS and isinstance(value, int) and value < 0:
             raise HuatuoError(f"{where}: field '{name}' must not be negative ({value})")
 
 
