@@ -162,6 +162,12 @@ def test_published_configs_are_identified_exactly(tmp_path, card_id):
     assert match.kind == "exact" and match.card is not None and match.card.id == card_id, match.reason
 
 
+@pytest.mark.parametrize("arch, card_id", [("llava-qwen2", "huatuogpt-vision-7b"), ("llava-llama", "huatuogpt-vision-34b")])
+def test_synthetic_checkpoints_get_the_card_of_their_layout(make_checkpoint, arch, card_id):
+    match = identify(make_checkpoint(arch=arch))
+    assert match.kind == "synthetic" and match.card is not None and match.card.id == card_id, match.reason
+
+
 @pytest.mark.parametrize("change", [{"hidden_size": 4096}, {"num_hidden_layers": 32}, {"mm_projector_type": "linear"},
                                     {"image_aspect_ratio": "anyres"}, {"architectures": ["LlavaMistralForCausalLM"]}])
 def test_an_unknown_derivative_gets_no_card(tmp_path, change):
@@ -169,6 +175,16 @@ def test_an_unknown_derivative_gets_no_card(tmp_path, change):
     assert match.card is None and match.kind == "none"
     assert match.reason.startswith("no card applies") and "unknown fine-tune or derivative" in match.reason
     assert str(next(iter(change.values()))).strip("[]'") in match.reason  # names what differs
+
+
+@pytest.mark.parametrize("text", ["{broken", "[]"])
+def test_a_malformed_config_is_a_clear_error(tmp_path, text):
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "config.json").write_text(text)
+    res = CliRunner().invoke(cli, ["convert", "all", str(folder), str(tmp_path / "b")])
+    assert res.exit_code == 1 and "config.json" in res.output, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
 
 
 def test_qwen25vl_checkpoint_is_named_and_refused_before_any_work(tmp_path):
