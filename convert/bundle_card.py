@@ -95,6 +95,7 @@ def render_bundle_card(match: CardMatch, *, model_id: str, quantization: str, cr
         table += [""] + _toml_table("bundle.fine_tuning", facts)
     body = "\n".join(lines[end + 1:]).rstrip("\n")
     if facts:
+        body = body.replace(f"\n# {card.name}\n", f"\n# {name}\n", 1)
         section = _finetune_section(match, facts)
         if "\n## Intended use" in body:  # before the uses, where a reader looks for what the model is
             body = body.replace("\n## Intended use", "\n" + section + "\n## Intended use", 1)

@@ -74,7 +74,12 @@ def identify(root: Path, cards: list[ModelCard] | None = None) -> CardMatch:
     config_path = root / "config.json"
     if not config_path.is_file():
         raise HuatuoError(f"{root} is not a model folder: no config.json")
-    config = json.loads(config_path.read_text())
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise HuatuoError(f"{config_path} is not valid JSON ({exc})") from exc
+    if not isinstance(config, dict):
+        raise HuatuoError(f"{config_path} must hold a JSON object")
     archs = config.get("architectures") or ["(none)"]
     arch = str(archs[0])
     cards = load_cards() if cards is None else cards

@@ -268,6 +268,7 @@ def test_a_fine_tuned_checkpoint_gets_a_card_derived_from_its_base(make_checkpoi
     card = read_bundle_card(bundle.root, bundle.manifest)
     assert card is not None and card.id == "huatuogpt-vision-7b"
     assert card.meta["bundle"]["name"] == "Fine-tune of HuatuoGPT-Vision-7B"
+    assert "\n# Fine-tune of HuatuoGPT-Vision-7B\n" in card.body
     tuning = card.section("Fine-tuning")
     assert "Chest radiographs with pleural effusion reports" in tuning
     assert "steps: 120" in tuning and "evaluation loss: 0.8125" in tuning and "480 records" in tuning
