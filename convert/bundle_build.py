@@ -17,9 +17,12 @@ from typing import Any
 
 from huatuo_cli.bundle import Manifest, apply_bundle_modes, describe_files, write_manifest
 from huatuo_cli.errors import HuatuoError
+from huatuo_cli.model_card import CARD_NAME, CARD_ROLE, MANIFEST_KEY
 from huatuo_cli.prompt import PROMPT_FORMAT
 from huatuo_convert.atomic import atomic_folder
+from huatuo_convert.bundle_card import render_bundle_card
 from huatuo_convert.checkpoint import LlavaCheckpoint
+from huatuo_convert.model_cards import identify
 
 #: file names inside a bundle, by role
 LLM_NAME = "llm-{quant}.gguf"
@@ -103,6 +106,8 @@ def build_bundle(
         raise HuatuoError(f"{out} already exists", hint="pass --force to replace it")
     if not out.parent.is_dir():
         raise HuatuoError(f"folder {out.parent} does not exist")
+    card_match = identify(Path(src))  # before any work: an unsupported model or a bad fine-tune record stops here
+    log(f"model card: {card_match.reason}")
     ckpt = LlavaCheckpoint.open(src, allow_pickle=allow_pickle)
     if not ckpt.has_vision:
         raise HuatuoError(f"{ckpt.hf_architecture} has no vision tower; a bundle needs a HuatuoGPT-Vision checkpoint")
@@ -159,7 +164,14 @@ def build_bundle(
                 "context_length": ckpt.config.get("max_position_embeddings"),
             },
             tools=tool_versions(),
+            extra={MANIFEST_KEY: card_match.manifest_entry()},
         )
+        if card_match.card is not None:
+            (work / CARD_NAME).write_text(render_bundle_card(
+                card_match, bundle_name=manifest.bundle_name, quantization=quant, created=manifest.created,
+                measured="\n".join(line for line in summary(manifest).split("\n")[1:] if "model card:" not in line)),
+                encoding="utf-8")
+            manifest.files += describe_files(work, {CARD_NAME: CARD_ROLE})
         write_manifest(work, manifest)
         apply_bundle_modes(work)
     return manifest
@@ -186,4 +198,7 @@ def summary(manifest: Manifest) -> str:
     if e2e:
         verdict = "identical" if e2e["identical"] else f"diverge at token {e2e['first_divergence']}"
         lines.append(f"  end to end (ONNX + GGUF vs reference, {e2e['tokens_compared']} greedy tokens): {verdict}")
+    card = manifest.extra.get(MANIFEST_KEY)
+    if card:
+        lines.append(f"  model card: {CARD_NAME} from {card['card']}" if card["card"] else f"  model card: none; {card['reason']}")
     return "\n".join(lines)

@@ -121,6 +121,8 @@ def _llm_config(spec: SynthSpec, vocab: dict) -> dict:
         "image_aspect_ratio": "pad",
         "tokenizer_padding_side": "right",
         "tokenizer_model_max_length": 4096,
+        # not in real checkpoints: tells model-card identification this is a test model (convert/model_cards.py)
+        "huatuo_synthetic": True,
     }
     if is_qwen:
         config.update({"use_sliding_window": False, "sliding_window": 4096, "max_window_layers": spec.num_layers})

@@ -12,6 +12,7 @@ from rich.table import Table
 from huatuo_cli.bundle import VerifiedCache, check_metadata, read_manifest, verify_files, verify_signature
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.locate import find_bundle, installed_bundles, models_dirs
+from huatuo_cli.model_card import read_bundle_card, summary_lines
 
 
 @click.group()
@@ -49,7 +50,10 @@ def list_() -> None:
 @click.argument("bundle", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def info(bundle: str | None, as_json: bool) -> None:
-    """Show a bundle's manifest: source, prompt format, quantization, fidelity figures.
+    """Show a bundle's manifest and model card: source, prompt format, quantization, fidelity figures.
+
+    The model card summary (what the model is, its licence, how the checkpoint was identified,
+    fine-tuning) is read from the bundle's MODEL_CARD.md after checking its sha256.
 
     \b
     Example:
@@ -70,6 +74,8 @@ def info(bundle: str | None, as_json: bool) -> None:
     click.echo(f"source:        {manifest.source}")
     click.echo(f"prompt format: {manifest.prompt_format}")
     click.echo(f"quantization:  {manifest.quantization}")
+    for line in summary_lines(read_bundle_card(path, manifest), manifest):
+        click.echo(line)
     for entry in manifest.files:
         click.echo(f"  {entry.role:12s} {entry.path}  {entry.size} bytes  sha256 {entry.sha256[:16]}…")
     for name, figures in manifest.fidelity.items():

@@ -37,7 +37,7 @@ def studies(root: Path, count: int) -> Path:
 
 def batch(root: Path, out: Path, **kwargs: object) -> Summary:
     """The real batch loop with the pixel-describing answer function (the model is not the subject)."""
-    return run_batch(jobs_from_folder(root), QUESTIONS, out, lambda: (describe, {"model_id": "m"}), write_srs=True,
+    return run_batch(jobs_from_folder(root), QUESTIONS, out, lambda: (describe, {"model_sha256": "m"}), write_srs=True,
                      progress=PlainProgress(io.StringIO()), root=root, **kwargs)  # type: ignore[arg-type]
 
 

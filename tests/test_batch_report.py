@@ -84,7 +84,7 @@ def _batch(tmp_path, names, thumbnails="safe", fn=None):
         (root / f"s{i}").mkdir(parents=True, exist_ok=True)
         shutil.copy(get_testdata_file(name, download=False), root / f"s{i}" / "IM0")
     out = tmp_path / f"out-{thumbnails}"
-    model = {"model_id": "d" * 64, "bundle": "tiny-bundle-f16", "architecture": "llava-qwen2", "quantization": "f16"}
+    model = {"model_sha256": "d" * 64, "bundle": "tiny-bundle-f16", "architecture": "llava-qwen2", "quantization": "f16"}
     run_batch(jobs_from_folder(root), ["Describe the image."], out, lambda: (fn or describe, model),
               progress=PlainProgress(io.StringIO()), root=root, thumbnails=thumbnails)
     return root, out
@@ -164,7 +164,7 @@ def test_long_answers_wrap(tmp_path):
     from huatuo_cli.batch.report import MD_WIDTH, render_html
 
     long = "word " * 100 + "x" * 300
-    records = [build_record(study="s", question="q", answer=Answer(text=long), model={"model_id": "m"}, inputs=[],
+    records = [build_record(study="s", question="q", answer=Answer(text=long), model={"model_sha256": "m"}, inputs=[],
                             window=None)]
     md = render_markdown(tmp_path, records, [])
     assert max(len(line) for line in md.splitlines() if line.startswith("> ")) <= MD_WIDTH + 2

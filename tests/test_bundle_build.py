@@ -33,7 +33,8 @@ def test_bundle_on_unseen_dimensions_matches_reference_end_to_end(make_checkpoin
     assert manifest["vision"]["tokens_per_image"] == 25
     for key in ("llm", "vision", "mmproj"):
         assert manifest["fidelity"][key]
-    assert {f["role"] for f in manifest["files"]} == {"llm", "vision-fp32", "vision-fp16", "preprocessor", "mmproj"}
+    assert {f["role"] for f in manifest["files"]} == {"llm", "vision-fp32", "vision-fp16", "preprocessor", "mmproj",
+                                                      "model-card"}
     assert not list((tmp_path / "b").rglob("*.fidelity.json"))  # the figures live in manifest.json only
     assert manifest["source"]["config_sha256"] and manifest["prompt_format"] == "huatuo-v1"
     assert "llama_cpp_python" in manifest["tools"] or "llama-cpp-python" in manifest["tools"]
@@ -74,7 +75,7 @@ def flipped_bundle(tiny_bundle, tmp_path, request):
     return copy, entry.path
 
 
-ROLES = ["llm", "vision-fp32", "vision-fp16", "preprocessor", "mmproj"]
+ROLES = ["llm", "vision-fp32", "vision-fp16", "preprocessor", "mmproj", "model-card"]
 
 
 @pytest.mark.parametrize("flipped_bundle", ROLES, indirect=True)

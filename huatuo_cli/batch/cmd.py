@@ -123,6 +123,7 @@ def batch(ctx: click.Context, folder: Path | None, out: Path, question: tuple[st
     from huatuo_cli.batch.runner import EXIT_INTERRUPTED, run_batch
     from huatuo_cli.inputs import jobs_from_folder
     from huatuo_cli.locate import find_bundle
+    from huatuo_cli.model_card import copy_card_to
 
     asked = read_questions(question, questions_file)
     _check_source(folder, from_pacs, study_uids, since)
@@ -143,6 +144,7 @@ def batch(ctx: click.Context, folder: Path | None, out: Path, question: tuple[st
     def make_answerer() -> tuple[AnswerFn, ModelInfo]:
         model = load_model(bundle, device=device, vision=vision, threads=threads)
         loaded.append(model)
+        copy_card_to(model.bundle, out)  # report.html links to the (verified) model card beside it
         return model_answerer(model, sampling), model.info
 
     try:

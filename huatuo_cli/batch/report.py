@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from huatuo_cli.cleantext import clean_text
+from huatuo_cli.model_card import card_link_html
 from huatuo_cli.privacy import NOTICE, private_dir, write_private
 
 THUMBS_DIR = "thumbs"
@@ -214,7 +215,8 @@ def render_html(out: Path, results: list[dict[str, Any]], errors: list[dict[str,
              'style-src \'unsafe-inline\'">',
              f"<title>huatuo batch report</title><style>{_STYLE}</style></head><body>",
              "<h1>huatuo batch report</h1>", f'<p class="notice">{e(NOTICE)}</p>',
-             f"<p>{len(_by_study(results))} studies, {len(results)} answers, {len(errors)} errors.</p>"]
+             f"<p>{len(_by_study(results))} studies, {len(results)} answers, {len(errors)} errors.</p>",
+             card_link_html(out)]
     for key, records in _by_study(results).items():
         parts.append(f'<section class="study"><h2>Study <code>{e(_line(key))}</code></h2>')
         summary = study_summary(out, key, records)
