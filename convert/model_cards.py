@@ -15,7 +15,6 @@ LLaVA semantics, and the published checkpoint's dimensions. Identification answe
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.model_card import ModelCard, parse_card
+from huatuo_convert.checkpoint import read_json
 from huatuo_convert.finetune_record import FinetuneRecord, read_finetune_record
 
 #: config.json key `huatuo convert synth` writes: tiny random weights, real layout
@@ -74,12 +74,7 @@ def identify(root: Path, cards: list[ModelCard] | None = None) -> CardMatch:
     config_path = root / "config.json"
     if not config_path.is_file():
         raise HuatuoError(f"{root} is not a model folder: no config.json")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise HuatuoError(f"{config_path} is not valid JSON ({exc})") from exc
-    if not isinstance(config, dict):
-        raise HuatuoError(f"{config_path} must hold a JSON object")
+    config = read_json(config_path)  # the checkpoint's one JSON reader: a bad config is one clear line
     archs = config.get("architectures") or ["(none)"]
     arch = str(archs[0])
     cards = load_cards() if cards is None else cards

@@ -22,7 +22,8 @@ DIR_MODE = 0o700
 #: What a library's error message may quote from a file: quoted values (names, UIDs, dates),
 #: byte strings, absolute paths, and dotted numeric UIDs. `scrub` replaces each with a placeholder.
 _QUOTED = re.compile(r"b?'(?:[^'\\]|\\.)*'" + r'|b?"(?:[^"\\]|\\.)*"')
-_PATH = re.compile(r"(?:[A-Za-z]:)?[\\/][^\s:,;'\")\]]+")
+#: any word with a slash in it: relative paths too ("DOE^JOHN/CT/IM1"), at the price of "Input/output"
+_PATH = re.compile(r"[^\s'\"(\[]*[\\/][^\s:,;'\")\]]*")
 _UID = re.compile(r"\b\d+(?:\.\d+){2,}\b")
 
 

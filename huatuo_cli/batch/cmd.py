@@ -130,8 +130,8 @@ def batch(ctx: click.Context, folder: Path | None, out: Path, question: tuple[st
     out = out.resolve()
     if folder and (out == folder.resolve() or folder.resolve() in out.parents):
         raise click.UsageError("--out must not be inside FOLDER (the outputs would be scanned as inputs)")
+    send_sr = _sender(send_to, write_srs)  # a bad destination fails before anything is created
     writable_folder(out, what="--out")
-    send_sr = _sender(send_to, write_srs)
     bundle = find_bundle(model_path)
     audit.ensure_writable()  # before any answer: an answer must never go unaudited
     root = folder.resolve() if folder else _retrieve(from_pacs or "", study_uids, since)

@@ -25,8 +25,10 @@ OVERLAY_CHOICES = ("preview", "model")
 
 def overlay_groups(ds: Dataset) -> list[int]:
     """Groups 6000..601E (even) that hold overlay data."""
-    return sorted({int(e.tag.group) for e in ds if 0x6000 <= e.tag.group <= 0x601E
-                   and e.tag.group % 2 == 0 and e.tag.element == 0x3000})
+    # tags only (ds.keys()): iterating the elements would decode every value, and one damaged
+    # element elsewhere (a patient name with a broken VR) would then fail an image that renders
+    return sorted({int(tag.group) for tag in ds.keys() if 0x6000 <= tag.group <= 0x601E
+                   and tag.group % 2 == 0 and tag.element == 0x3000})
 
 
 def overlay_mask(ds: Dataset, frame: int, rows: int, columns: int) -> np.ndarray | None:
