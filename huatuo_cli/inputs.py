@@ -12,9 +12,9 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from huatuo_cli.batch.runner import BadFile, Job, StudyInputs
+from huatuo_cli.batch.runner import BadFile, FileFailure, Job, StudyInputs
 from huatuo_cli.bundle import sha256_file
-from huatuo_cli.errors import HuatuoError
+from huatuo_cli.errors import HuatuoError, is_data_failure
 from huatuo_cli.prompt import MAX_IMAGES
 
 
@@ -32,31 +32,58 @@ def pick_representatives(series_list: Sequence[Any], limit: int = MAX_IMAGES, fr
 
 
 def render(reps: Sequence[Any], *, window: Any, frame: Any, limit: int = MAX_IMAGES) -> StudyInputs:
-    """Decode the chosen images (imaging's viewer pipeline). Raises HuatuoError for a bad image.
+    """Decode the chosen images (imaging's viewer pipeline). Raises FileFailure for a bad image.
 
-    Each file is read and hashed once, however many of its frames are representatives.
+    Each file is read and hashed once, however many of its frames are representatives. A file that
+    cannot be decoded is replaced by another copy of the same image (same SOP Instance UID) when
+    the folder holds one; otherwise the failure names the file (for errors.jsonl, owner-only).
     """
-    from huatuo_cli.imaging import load_image, render_dataset
-    from huatuo_cli.imaging.dicomio import read_dicom
-
     images, hashes, windows = [], [], []
     by_path: dict[Path, list] = {}
     for rep in reps:
         by_path.setdefault(rep.instance.path, []).append(rep)
     for path, path_reps in by_path.items():
-        dataset = read_dicom(path) if path_reps[0].instance.kind == "dicom" else None
-        for rep in path_reps:
-            chosen = rep.frame if frame is None else frame
-            rendered = (render_dataset(dataset, window=window, frame=chosen) if dataset is not None
-                        else load_image(path, window=window, frame=chosen))
+        used, rendered_list = _render_any_copy(path, path_reps, window=window, frame=frame)
+        for rendered in rendered_list:
             images.extend(rendered.frames)
             if rendered.meta and rendered.meta.window not in windows:
                 windows.append(rendered.meta.window)
-        hashes.append(sha256_file(path))
+        hashes.append(sha256_file(used))
     if len(images) > limit:
         raise HuatuoError(f"{len(images)} images selected; HuatuoGPT-Vision takes at most {limit}",
                           hint="pick one frame with --frame, or fewer files")
     return StudyInputs(images=images, inputs=hashes, window="; ".join(windows) or getattr(window, "text", str(window)))
+
+
+def _render_any_copy(path: Path, reps: list, *, window: Any, frame: Any) -> tuple[Path, list]:
+    """Render `reps` from `path`, or from the first copy of the same instance that decodes."""
+    instance = reps[0].instance
+    first_error: HuatuoError | None = None
+    for candidate in [path, *getattr(instance, "copies", [])]:
+        try:
+            return candidate, _render_file(candidate, reps, kind=instance.kind, window=window, frame=frame)
+        except HuatuoError as exc:
+            first_error = first_error or exc
+    assert first_error is not None
+    raise FileFailure(first_error, path)
+
+
+def _render_file(path: Path, reps: list, *, kind: str, window: Any, frame: Any) -> list:
+    from huatuo_cli.imaging import load_image, render_dataset
+    from huatuo_cli.imaging.dicomio import read_dicom
+
+    try:
+        dataset = read_dicom(path) if kind == "dicom" else None
+        return [render_dataset(dataset, window=window, frame=rep.frame if frame is None else frame)
+                if dataset is not None else
+                load_image(path, window=window, frame=rep.frame if frame is None else frame)
+                for rep in reps]
+    except HuatuoError:
+        raise
+    except BaseException as exc:  # e.g. Pillow's DecompressionBombError: still this file's failure
+        if not is_data_failure(exc):
+            raise
+        raise HuatuoError(f"cannot decode the image ({type(exc).__name__})") from None
 
 
 def _dicom_sources(reps: Sequence[Any]) -> list[Path]:

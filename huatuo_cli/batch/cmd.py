@@ -41,6 +41,9 @@ def read_questions(question: tuple[str, ...], questions_file: Path | None) -> li
               help="one answer per study, or per series")
 @click.option("--sr", "write_srs", is_flag=True, help="also write one DICOM Comprehensive SR per study (unverified)")
 @click.option("--model", "model_path", metavar="BUNDLE", help="model bundle (default: HUATUO_MODEL, config, models folder)")
+@click.option("--allow-model-change", is_flag=True,
+              help="resume into an OUT that holds answers of another model (both stay in results.jsonl, "
+                   "each record names its model); without it such a resume is refused")
 @window_option()
 @frame_option()
 @click.option("--images", type=click.IntRange(1, 6), default=6, show_default=True, help="images per study")
@@ -48,7 +51,7 @@ def read_questions(question: tuple[str, ...], questions_file: Path | None) -> li
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True, help=DEVICE_HELP)
 @click.pass_context
 def batch(ctx: click.Context, folder: Path, out: Path, question: tuple[str, ...], questions_file: Path | None,
-          per: str, write_srs: bool, model_path: str | None, window: Any, frame: Any, images: int,
+          per: str, write_srs: bool, model_path: str | None, allow_model_change: bool, window: Any, frame: Any, images: int,
           max_tokens: int, temperature: float, seed: int, top_p: float,
           repetition_penalty: float, vision: str, threads: int | None, device: str) -> None:
     """Ask every question of every study under FOLDER; write results, errors and reports to OUT.
@@ -85,7 +88,8 @@ def batch(ctx: click.Context, folder: Path, out: Path, question: tuple[str, ...]
         model = load_model(bundle, device=device, vision=vision, threads=threads)
         return model_answerer(model, sampling), model.info
 
-    summary = run_batch(jobs, asked, out, make_answerer, write_srs=write_srs, progress=make_progress(), root=root)
+    summary = run_batch(jobs, asked, out, make_answerer, write_srs=write_srs, progress=make_progress(), root=root,
+                        allow_model_change=allow_model_change)
     click.echo(f"{summary.answered} answered, {summary.skipped} done earlier, {summary.failed} failed, "
                f"{summary.bad_files} unusable files" + (f", {summary.srs} SRs" if write_srs else "")
                + f"; see {out}", err=True)

@@ -9,7 +9,9 @@ benchmark stand behind it unchanged.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +20,8 @@ from typing import Any, Callable, Sequence
 from huatuo_cli import audit
 from huatuo_cli.batch.progress import PlainProgress, Progress
 from huatuo_cli.batch.report import save_thumbnails, study_slug, write_reports
-from huatuo_cli.batch.results import BatchState
-from huatuo_cli.errors import HuatuoError
+from huatuo_cli.batch.results import BatchState, locked
+from huatuo_cli.errors import HuatuoError, is_data_failure
 from huatuo_cli.record import Answer, build_record
 
 EXIT_OK = 0
@@ -37,6 +39,20 @@ class StudyInputs:
     images: list                       # PIL RGB images, in the order the model sees them
     inputs: list[str]                  # content hashes of the input files
     window: str | None = None          # the window actually applied (preset name or "C/W")
+
+
+class FileFailure(HuatuoError):
+    """A study failed because of one of its files: `path` names it in errors.jsonl (owner-only;
+    the reports show only the study key, since folder names often name the patient)."""
+
+    def __init__(self, cause: HuatuoError, path: Path) -> None:
+        super().__init__(cause.args[0] if cause.args else str(cause), hint=cause.hint)
+        self.path = path
+        self.category: str | None = getattr(cause, "category", None)
+
+
+class DecoderCrash(HuatuoError):
+    """Decoding a study killed the process that tried it (a native decoder's segfault or abort)."""
 
 
 @dataclass
@@ -85,6 +101,70 @@ def _reason(exc: BaseException, root: Path | None) -> str:
     return " ".join(text.split())[:500]
 
 
+def _relative(path: Path, root: Path | None) -> str:
+    return os.path.relpath(path, root) if root is not None else os.fspath(path)
+
+
+def _failed_files(exc: BaseException, job: Job, root: Path | None) -> list[str]:
+    """The files behind a study's failure: the one that failed, or for a crash every source."""
+    if isinstance(exc, FileFailure):
+        return [_relative(exc.path, root)]
+    if isinstance(exc, DecoderCrash):
+        return [_relative(path, root) for path in job.sources]
+    return []
+
+
+def _child_load(load: Callable[[], StudyInputs], send: Any, root: Path | None) -> None:
+    """In the forked child: decode and send back the images, or the failure as plain data."""
+    try:
+        send.send(("ok", load()))
+    except BaseException as exc:  # everything goes back to the parent, which decides
+        path = exc.path if isinstance(exc, FileFailure) else None
+        send.send(("error", _reason(exc, root), path))
+
+
+def load_isolated(job: Job, root: Path | None = None) -> StudyInputs:
+    """Decode a study in a forked child process, for a study whose decode once killed the batch.
+
+    A native decoder that segfaults or aborts on some file takes the whole process with it; in a
+    child it takes only the child, and the study becomes an error line. Only studies that crashed
+    a run before come here (the fork costs little, but the images travel back through a pipe).
+    """
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_child_load, args=(job.load, send, root), daemon=True)
+    child.start()
+    send.close()
+    try:
+        outcome = receive.recv()
+    except EOFError:  # the child died without a word
+        outcome = None
+    finally:
+        child.join()
+        receive.close()
+    if outcome is None:
+        code = child.exitcode or 0
+        what = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        raise DecoderCrash(f"the image decoder crashed on this study ({what}); a run stopped here before")
+    if outcome[0] == "ok":
+        return outcome[1]
+    _, reason, path = outcome
+    raise FileFailure(HuatuoError(reason), path) if path is not None else HuatuoError(reason)
+
+
+def _check_model(state: BatchState, model: Any, allow_model_change: bool) -> None:
+    """Refuse to add answers of another model to a results.jsonl: one batch, one model, unless told."""
+    from huatuo_cli.record import model_dict
+
+    current = model_dict(model).get("model_id")
+    earlier = sorted({str(r.get("model", {}).get("model_id")) for r in state.results} - {str(current)})
+    if earlier and not allow_model_change:
+        raise HuatuoError(
+            f"this output folder holds answers of another model (model id {', '.join(e[:12] for e in earlier)}; "
+            f"this one is {str(current)[:12]})",
+            hint="give a new --out folder, or pass --allow-model-change to add this model's answers beside them")
+
+
 def run_batch(
     jobs: Sequence[Job | BadFile],
     questions: Sequence[str],
@@ -95,16 +175,38 @@ def run_batch(
     progress: Progress | None = None,
     root: Path | None = None,
     command: str = "batch",
+    allow_model_change: bool = False,
 ) -> Summary:
     """Answer every pending (study, question) pair; durable after each answer; resumable.
 
-    `make_answerer()` returns (answer function, model info) and is called at most once.
+    `make_answerer()` returns (answer function, model info) and is called at most once; a model
+    other than the one whose answers OUT already holds is refused unless `allow_model_change`.
     KeyboardInterrupt stops the loop cleanly: everything answered so far is on disk and the reports
-    are written; the summary says interrupted.
+    are written; the summary says interrupted. OUT is locked for the whole run.
     """
     if not questions:
         raise HuatuoError("no questions to ask")
-    state = BatchState.open(out)
+    from huatuo_cli.privacy import private_dir
+
+    folder = private_dir(out)
+    with locked(folder):  # before reading: the torn-line repair must not cut another run's line
+        return _run_locked(BatchState.open(folder), jobs, questions, make_answerer, write_srs=write_srs, progress=progress,
+                           root=root, command=command, allow_model_change=allow_model_change)
+
+
+def _run_locked(
+    state: BatchState,
+    jobs: Sequence[Job | BadFile],
+    questions: Sequence[str],
+    make_answerer: Callable[[], tuple[AnswerFn, Any]],
+    *,
+    write_srs: bool,
+    progress: Progress | None,
+    root: Path | None,
+    command: str,
+    allow_model_change: bool,
+) -> Summary:
+    crashed = state.crashed_studies()
     progress = progress or PlainProgress()
     summary = Summary()
     answerer: tuple[AnswerFn, Any] | None = None
@@ -121,17 +223,27 @@ def run_batch(
             status = "done earlier"
             if pending:
                 try:
-                    inputs = job.load()
+                    if job.key in crashed:
+                        inputs = load_isolated(job, root)
+                    else:
+                        state.decoding(job.key)
+                        inputs = job.load()
                     if not inputs.images:
                         raise HuatuoError("no usable images in this study")
                     save_thumbnails(state.out, job.key, inputs.images)
-                except Exception as exc:  # one bad study never stops the batch
-                    state.add_error(kind="study", key=job.key, reason=_reason(exc, root))
+                except BaseException as exc:  # one bad study never stops the batch (a decoder panic included)
+                    if not is_data_failure(exc):
+                        raise
+                    state.add_error(kind="study", key=job.key, reason=_reason(exc, root),
+                                    files=_failed_files(exc, job, root), crashed=isinstance(exc, DecoderCrash))
                     summary.failed += 1
                     progress.step(job.key, "failed: see errors.jsonl")
                     continue
+                finally:
+                    state.decoding(None)
                 if answerer is None:
                     answerer = make_answerer()
+                    _check_model(state, answerer[1], allow_model_change)
                 answer_fn, model = answerer
                 failed = 0
                 for question in pending:
