@@ -32,7 +32,7 @@ EXTRA_FOR_MODULE: dict[str, str] = {
 def require(module: str) -> ModuleType:
     """Import `module` or raise HuatuoError naming the extra to install."""
     try:
-        return importlib.import_module(module)
+        imported = importlib.import_module(module)
     except ImportError as exc:
         top = module.split(".")[0]
         extra = EXTRA_FOR_MODULE.get(top)
@@ -45,3 +45,8 @@ def require(module: str) -> ModuleType:
             f"this command needs the Python package '{top}', which is not installed ({exc})",
             hint=hint,
         ) from exc
+    if module.split(".")[0] == "onnxruntime":
+        from huatuo_cli.offline import disable_telemetry
+
+        disable_telemetry()  # before any session: a caller may have imported onnxruntime before huatuo
+    return imported

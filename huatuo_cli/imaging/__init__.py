@@ -5,6 +5,10 @@ Public API: `load_image` -> `RenderedImage` (frames + PHI-free `ImageMeta`), `sc
 `Rejected` (the `HuatuoError` every non-image file raises).
 """
 
+from huatuo_cli.offline import import_pydicom
+
+import_pydicom()  # first: pydicom pulls in an HTTP client (and its socket probe) unless told not to
+
 from huatuo_cli.imaging.frames import FrameChoice, parse_frame
 from huatuo_cli.imaging.load import ImageMeta, RenderedImage, load_image, render_dataset
 from huatuo_cli.imaging.reject import Rejected
