@@ -21,10 +21,12 @@ install: $(BIN)/python
 	$(BIN)/pip install -q -e '.[cpu,convert,dev]'
 
 # What the tests run against: dcmtk (reference renderer, dsrdump), qemu-user (an older CPU),
-# binutils (objdump reads the AMX kernel). Needs root on Debian.
+# binutils (objdump reads the AMX kernel), strace (no network system call from ask/batch/doctor),
+# util-linux (unshare: doctor's network-less child; setpriv: scanning as an unprivileged user). Needs root on Debian.
 system-deps:
-	@if ! command -v dcm2pnm >/dev/null 2>&1 || ! command -v qemu-x86_64 >/dev/null 2>&1 || ! command -v objdump >/dev/null 2>&1; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk qemu-user binutils >/dev/null; fi
+	@if ! command -v dcm2pnm >/dev/null 2>&1 || ! command -v qemu-x86_64 >/dev/null 2>&1 || ! command -v objdump >/dev/null 2>&1 \
+		|| ! command -v strace >/dev/null 2>&1 || ! command -v setpriv >/dev/null 2>&1 || ! command -v unshare >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk qemu-user binutils strace util-linux >/dev/null; fi
 
 # synthetic checkpoint -> verified bundle -> one question about a sample CT -> a batch over sample studies
 demo: install

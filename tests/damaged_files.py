@@ -16,13 +16,13 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 
-def testdata(name: str) -> Path:
+def pydicom_file(name: str) -> Path:
     return Path(get_testdata_file(name, download=False))
 
 
 def fresh_copy(name: str, dest: Path) -> Path:
     """A copy of a pydicom test file with new Study/Series/SOP Instance UIDs (its own study)."""
-    ds = pydicom.dcmread(testdata(name))
+    ds = pydicom.dcmread(pydicom_file(name))
     ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid(), generate_uid()
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     dest.parent.mkdir(parents=True, exist_ok=True)
