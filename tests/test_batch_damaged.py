@@ -265,3 +265,22 @@ def test_cli_batch_names_the_clash_and_the_model_change(tmp_path, tiny_bundle):
     assert res.exit_code == 1 and "another model" in res.output and "Traceback" not in res.output
     res = CliRunner().invoke(cli, base + ["--allow-model-change"])
     assert res.exit_code == 0, res.output
+
+
+class PanicException(BaseException):
+    """Stands for pyo3's PanicException (a BaseException) raised by any decoder, not only RLE's."""
+
+
+def test_a_panic_escaping_any_loader_is_that_studys_error(tmp_path):
+    root = sample_folder(tmp_path / "in", truncated=False, text_file=False)
+    jobs = jobs_from_folder(root)
+    victim = next(j for j in jobs if isinstance(j, Job))
+
+    def panic():
+        raise PanicException("index out of bounds")
+
+    victim.load = panic
+    out = tmp_path / "out"
+    summary = run_batch(jobs, QUESTIONS, out, Counting(), progress=PlainProgress(io.StringIO()), root=root)
+    assert summary.failed == 1 and summary.answered == 2 * len(QUESTIONS)
+    assert [e["reason"] for e in read_jsonl(out / ERRORS_NAME)] == ["PanicException: index out of bounds"]

@@ -122,3 +122,12 @@ def test_doctor_offline_check_catches_native_network_use(tmp_path, tiny_bundle):
     assert proc.returncode == 1
     offline = {c["name"]: c for c in json.loads(proc.stdout)["checks"]}["offline"]
     assert offline["status"] == "fail" and "network system calls" in offline["detail"], offline
+
+
+def test_hugging_face_telemetry_is_off_once_huatuo_is_imported():
+    """The convert server imports transformers / huggingface_hub after huatuo_cli."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_DISABLE_TELEMETRY", "DO_NOT_TRACK")}
+    proc = subprocess.run([sys.executable, "-c", "import huatuo_cli, huggingface_hub.constants as c; "
+                           "print(c.HF_HUB_DISABLE_TELEMETRY)"], cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "True", proc.stderr
