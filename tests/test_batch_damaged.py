@@ -77,6 +77,7 @@ def test_each_damaged_file_is_one_error_line_naming_it_and_the_batch_finishes(tm
     assert stat.S_IMODE(os.stat(out / ERRORS_NAME).st_mode) == 0o600  # paths may name the patient
     by_file = {name: e for e in errors for name in ([e["key"]] if e["kind"] == "file" else e["files"])}
     assert "unknown VR" in by_file["bad/vr-modality"]["reason"]
+    assert "unknown VR" in by_file["bad/vr-slope"]["reason"]
     assert "RLE" in by_file["bad/rle-panic"]["reason"]
     assert "truncated" in by_file["bad/truncated"]["reason"]
     # the reports name no file (folder names often are patient names): only the study key
