@@ -14,7 +14,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.privacy import append_line, private_dir, write_private
@@ -134,7 +134,7 @@ class BatchState:
         `files` names the files behind a study's failure (paths relative to the batch folder; this
         file is owner-only and the reports never show them); `crashed` marks a study whose decoder
         killed a process, so that every later run decodes it in a child process."""
-        entry: dict = {"schema": ERROR_SCHEMA, "kind": kind, "key": key, "question": question, "reason": reason}
+        entry: dict[str, Any] = {"schema": ERROR_SCHEMA, "kind": kind, "key": key, "question": question, "reason": reason}
         if files:
             entry["files"] = files
         if crashed:
