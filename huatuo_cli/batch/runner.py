@@ -147,7 +147,8 @@ def load_isolated(job: Job, root: Path | None = None) -> StudyInputs:
         what = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
         raise DecoderCrash(f"the image decoder crashed on this study ({what}); a run stopped here before")
     if outcome[0] == "ok":
-        return outcome[1]
+        inputs: StudyInputs = outcome[1]
+        return inputs
     _, reason, path = outcome
     raise FileFailure(HuatuoError(reason), path) if path is not None else HuatuoError(reason)
 
