@@ -13,6 +13,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 import click
 
 from huatuo_cli.extras import install_hint
-from huatuo_cli.offline import no_network
+from huatuo_cli.offline import ORT_TELEMETRY_DIR, no_network
 
 SCHEMA = "huatuo.doctor/1"
 CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "asimd", "sve")
@@ -181,23 +182,77 @@ def bundle_checks() -> list[Check]:
     return checks
 
 
-def run_checks() -> list[Check]:
-    """Every check; engine imports and bundle loads run with the network blocked."""
+def engine_checks() -> tuple[list[Check], list[str]]:
+    """ONNX Runtime, llama.cpp and bundle checks with Python's sockets refused: (checks, attempts)."""
     saved = {k: os.environ.pop(k) for k in OFFLINE_VARS if k in os.environ}
     try:
-        checks = [cpu_check(), memory_check(), gpu_check()]
         with no_network() as attempts:
-            checks += onnx_providers_check()
-            checks += llama_check()
-            checks += bundle_checks()
+            checks = onnx_providers_check() + llama_check() + bundle_checks()
     finally:
         os.environ.update(saved)
+    return checks, attempts
+
+
+def _child_main() -> None:
+    """The child of `offline_engine_checks`: run the engine checks, print them as JSON."""
+    checks, attempts = engine_checks()
+    print(json.dumps({"checks": [asdict(c) for c in checks], "attempts": attempts}))
+
+
+def offline_engine_checks() -> list[Check]:
+    """The engine checks, run in a child process cut off from the network and traced, then one
+    "offline" check that says what was watched and what was seen.
+
+    Python-level patches alone miss native code (ONNX Runtime's telemetry is C++), so the child
+    runs in an empty network namespace where the OS allows it, under strace where it is
+    installed, and the ONNX Runtime telemetry folder is compared before and after.
+    """
+    import tempfile
+
+    from huatuo_cli.offline import cache_dir, network_calls, telemetry_files, watch_command
+
+    telemetry_before = {p: p.stat().st_mtime_ns for p in telemetry_files(cache_dir())}
+    with tempfile.TemporaryDirectory(prefix="huatuo-doctor-") as tmp:
+        watch = watch_command(Path(tmp) / "network.trace")
+        env = {k: v for k, v in os.environ.items() if k not in OFFLINE_VARS}
+        command = watch.prefix + [sys.executable, "-c", "from huatuo_cli.doctor import _child_main; _child_main()"]
+        try:
+            proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return [Check("offline", "fail", f"the engine checks could not run in a child process: {exc}")]
+        calls = network_calls(watch.trace_file) if watch.trace_file else []
+    try:
+        report = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        tail = " ".join(proc.stderr.strip().splitlines()[-3:])[:300]
+        return [Check("offline", "fail", f"the engine checks died in their child process (exit {proc.returncode}): {tail}")]
+    checks = [Check(**c) for c in report["checks"]]
+    attempts: list[str] = report["attempts"]
+    written = [p for p in telemetry_files(cache_dir()) if telemetry_before.get(p) != p.stat().st_mtime_ns]
+    checked = (f"engines imported, sessions run and bundles verified in a child process in {watch.isolation}, "
+               f"{watch.tracing}, Python sockets refused, no offline variables set "
+               f"({', '.join(OFFLINE_VARS)}), ONNX Runtime telemetry folder ({cache_dir() / ORT_TELEMETRY_DIR}) "
+               "compared before and after")
+    problems = []
+    if calls:
+        problems.append(f"{len(calls)} network system calls: {calls[:3]}")
     if attempts:
-        checks.append(Check("offline", "fail", f"{len(attempts)} network attempts were blocked: {sorted(set(attempts))}"))
+        problems.append(f"{len(attempts)} Python network attempts blocked: {sorted(set(attempts))}")
+    if written:
+        problems.append(f"telemetry files written: {[p.name for p in written]}")
+    if problems:
+        checks.append(Check("offline", "fail", "; ".join(problems) + f" (checked: {checked})",
+                            {"network_calls": calls, "attempts": attempts}))
     else:
-        checks.append(Check("offline", "ok", "engines and bundles loaded with every Internet socket blocked and no "
-                            "offline variables set (" + ", ".join(OFFLINE_VARS) + " not needed)"))
+        checks.append(Check("offline", "ok", f"0 network system calls, 0 Python network attempts, no telemetry "
+                                              f"file written (checked: {checked})",
+                            {"isolation": watch.isolation, "tracing": watch.tracing}))
     return checks
+
+
+def run_checks() -> list[Check]:
+    """Every check; engine imports and bundle loads run in a child process without network."""
+    return [cpu_check(), memory_check(), gpu_check()] + offline_engine_checks()
 
 
 @click.command()

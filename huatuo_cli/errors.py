@@ -20,3 +20,15 @@ class HuatuoError(Exception):
     def __str__(self) -> str:
         text = super().__str__()
         return f"{text}\n  hint: {self.hint}" if self.hint else text
+
+
+def is_data_failure(exc: BaseException) -> bool:
+    """Whether `exc` is a failure caused by the data being processed rather than a request to stop.
+
+    Native decoders written in Rust (pylibjpeg-rle) raise pyo3's `PanicException` on bad data; it
+    derives from BaseException, so `except Exception` misses it, yet it is that file's failure and
+    must never end a batch. Ctrl-C, exit and out-of-memory are not data failures.
+    """
+    if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit, MemoryError)):
+        return False
+    return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"

@@ -59,7 +59,7 @@ def require(module: str) -> ModuleType:
     sigints: list[int] = []
     try:
         with _noting_sigint(sigints):
-            return importlib.import_module(module)
+            imported = importlib.import_module(module)
     except ImportError as exc:
         top = module.split(".")[0]
         hint = install_hint(top)
@@ -76,6 +76,12 @@ def require(module: str) -> ModuleType:
             f"this command needs the Python package '{top}', which is not installed ({exc})",
             hint=hint,
         ) from exc
+
+    if module.split(".")[0] == "onnxruntime":
+        from huatuo_cli.offline import disable_telemetry
+
+        disable_telemetry()  # before any session: a caller may have imported onnxruntime before huatuo
+    return imported
 
 
 def _interrupted(exc: BaseException) -> bool:

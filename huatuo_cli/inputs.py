@@ -16,15 +16,15 @@ from typing import TYPE_CHECKING
 from PIL import Image
 
 from huatuo_cli.bundle import sha256_file
-from huatuo_cli.errors import HuatuoError
-from huatuo_cli.jobs import BadFile, Job, StudyInputs
+from huatuo_cli.errors import HuatuoError, is_data_failure
+from huatuo_cli.jobs import BadFile, FileFailure, Job, StudyInputs
 from huatuo_cli.prompt import MAX_IMAGES
 
 if TYPE_CHECKING:
     import numpy as np
 
     from huatuo_cli.imaging import FrameChoice, Representative, Series, WindowChoice
-    from huatuo_cli.imaging.load import ImageMeta
+    from huatuo_cli.imaging.load import ImageMeta, RenderedImage
 
 
 def pick_representatives(series_list: Sequence[Series], limit: int = MAX_IMAGES,
@@ -43,15 +43,14 @@ def pick_representatives(series_list: Sequence[Series], limit: int = MAX_IMAGES,
 
 def render(reps: Sequence[Representative], *, window: WindowChoice | str, frame: FrameChoice | None,
            limit: int = MAX_IMAGES, overlays: str = "preview") -> StudyInputs:
-    """Decode the chosen images (imaging's viewer pipeline). Raises HuatuoError for a bad image.
+    """Decode the chosen images (imaging's viewer pipeline). Raises FileFailure for a bad image.
 
-    Each file is read and hashed once, however many of its frames are representatives. Overlay
-    planes come back beside the images (for thumbnails) and are drawn into them only with
+    Each file is read and hashed once, however many of its frames are representatives. A file that
+    cannot be decoded is replaced by another copy of the same image (same SOP Instance UID) when
+    the folder holds one; otherwise the failure names the file (for errors.jsonl, owner-only).
+    Overlay planes come back beside the images (for thumbnails) and are drawn into them only with
     `overlays="model"` (imaging.overlays).
     """
-    from huatuo_cli.imaging import load_image, render_dataset
-    from huatuo_cli.imaging.dicomio import read_dicom
-
     images: list[Image.Image] = []
     hashes: list[str] = []
     windows: list[str] = []
@@ -61,23 +60,54 @@ def render(reps: Sequence[Representative], *, window: WindowChoice | str, frame:
     for rep in reps:
         by_path.setdefault(rep.instance.path, []).append(rep)
     for path, path_reps in by_path.items():
-        dataset = read_dicom(path) if path_reps[0].instance.kind == "dicom" else None
-        for rep in path_reps:
-            chosen = rep.frame if frame is None else frame
-            rendered = (render_dataset(dataset, window=window, frame=chosen, overlays=overlays) if dataset is not None
-                        else load_image(path, window=window, frame=chosen, overlays=overlays))
+        used, rendered_list = _render_any_copy(path, path_reps, window=window, frame=frame, overlays=overlays)
+        for rendered in rendered_list:
             images.extend(rendered.frames)
             if rendered.meta is not None:
                 metas.extend([rendered.meta] * len(rendered.frames))
             masks.extend(rendered.overlays or [None] * len(rendered.frames))
             if rendered.meta and rendered.meta.window not in windows:
                 windows.append(rendered.meta.window)
-        hashes.append(sha256_file(path))
+        hashes.append(sha256_file(used))
     if len(images) > limit:
         raise HuatuoError(f"{len(images)} images selected; HuatuoGPT-Vision takes at most {limit}",
                           hint="pick one frame with --frame, or fewer files")
     return StudyInputs(images=images, inputs=hashes, window="; ".join(windows) or getattr(window, "text", str(window)),
                        metas=metas, overlays=masks)
+
+
+def _render_any_copy(path: Path, reps: list[Representative], *, window: WindowChoice | str, frame: FrameChoice | None,
+                     overlays: str) -> tuple[Path, list[RenderedImage]]:
+    """Render `reps` from `path`, or from the first copy of the same instance that decodes."""
+    instance = reps[0].instance
+    first_error: HuatuoError | None = None
+    for candidate in [path, *getattr(instance, "copies", [])]:
+        try:
+            return candidate, _render_file(candidate, reps, kind=instance.kind, window=window, frame=frame,
+                                           overlays=overlays)
+        except HuatuoError as exc:
+            first_error = first_error or exc
+    assert first_error is not None
+    raise FileFailure(first_error, path)
+
+
+def _render_file(path: Path, reps: list[Representative], *, kind: str, window: WindowChoice | str,
+                 frame: FrameChoice | None, overlays: str) -> list[RenderedImage]:
+    from huatuo_cli.imaging import load_image, render_dataset
+    from huatuo_cli.imaging.dicomio import read_dicom
+
+    try:
+        dataset = read_dicom(path) if kind == "dicom" else None
+        return [render_dataset(dataset, window=window, frame=rep.frame if frame is None else frame, overlays=overlays)
+                if dataset is not None else
+                load_image(path, window=window, frame=rep.frame if frame is None else frame, overlays=overlays)
+                for rep in reps]
+    except HuatuoError:
+        raise
+    except BaseException as exc:  # e.g. Pillow's DecompressionBombError: still this file's failure
+        if not is_data_failure(exc):
+            raise
+        raise HuatuoError(f"cannot decode the image ({type(exc).__name__})") from None
 
 
 def _dicom_sources(reps: Sequence[Representative]) -> list[Path]:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 from PIL import Image
 
+from huatuo_cli.errors import HuatuoError
 from huatuo_cli.record import Answer
 
 if TYPE_CHECKING:
@@ -35,6 +36,20 @@ class StudyInputs:
     window: str | None = None          # the window actually applied (preset name or "C/W")
     metas: list[ImageMeta] = field(default_factory=list)  # per image: PHI-free facts, caveats
     overlays: list[np.ndarray | None] = field(default_factory=list)  # overlay mask per image (thumbnails draw them)
+
+
+class FileFailure(HuatuoError):
+    """A study failed because of one of its files: `path` names it in errors.jsonl (owner-only;
+    the reports show only the study key, since folder names often name the patient)."""
+
+    def __init__(self, cause: HuatuoError, path: Path) -> None:
+        super().__init__(cause.args[0] if cause.args else str(cause), hint=cause.hint)
+        self.path = path
+        self.category: str | None = getattr(cause, "category", None)
+
+
+class DecoderCrash(HuatuoError):
+    """Decoding a study killed the process that tried it (a native decoder's segfault or abort)."""
 
 
 @dataclass

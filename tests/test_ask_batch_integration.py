@@ -39,7 +39,7 @@ from huatuo_cli.batch.runner import run_batch
 from huatuo_cli.inputs import jobs_from_folder
 from tests.batch_helpers import slow_describe
 root, out = Path(sys.argv[1]), Path(sys.argv[2])
-run_batch(jobs_from_folder(root), {questions!r}, out, lambda: (slow_describe(0.4), {{"model_sha256": "m"}}), root=root)
+run_batch(jobs_from_folder(root), {questions!r}, out, lambda: (slow_describe(0.4), {{"model_sha256": "m" * 64}}), root=root)
 """
 
 

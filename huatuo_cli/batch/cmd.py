@@ -86,6 +86,9 @@ def _sender(send_to: str | None, write_srs: bool) -> Sender | None:
 @click.option("--study", "study_uids", multiple=True, metavar="UID", help="with --from: a Study Instance UID (repeatable)")
 @click.option("--since", type=click.DateTime(["%Y-%m-%d"]), help="with --from: every study dated this day (YYYY-MM-DD) or later")
 @model_option
+@click.option("--allow-model-change", is_flag=True,
+              help="resume into an OUT that holds answers of another model (both stay in results.jsonl, "
+                   "each record names its model); without it such a resume is refused")
 @window_option()
 @frame_option()
 @overlays_option()
@@ -98,7 +101,7 @@ def _sender(send_to: str | None, write_srs: bool) -> Sender | None:
 @click.pass_context
 def batch(ctx: click.Context, folder: Path | None, out: Path, question: tuple[str, ...], questions_file: Path | None,
           per: str, write_srs: bool, send_to: str | None, from_pacs: str | None, study_uids: tuple[str, ...],
-          since: Any, model_path: str | None, window: Any, frame: Any, overlays: str,
+          since: Any, model_path: str | None, allow_model_change: bool, window: Any, frame: Any, overlays: str,
           thumbnails: str, images: int,
           sampling: Sampling, vision: str, threads: int | None, device: str) -> None:
     """Ask every question of every study under FOLDER; write results, errors and reports to OUT.
@@ -149,7 +152,8 @@ def batch(ctx: click.Context, folder: Path | None, out: Path, question: tuple[st
 
     try:
         summary = run_batch(jobs, asked, out, make_answerer, write_srs=write_srs, progress=make_progress(), root=root,
-                            thumbnails=thumbnails, send_sr=send_sr.send if send_sr else None)
+                            thumbnails=thumbnails, send_sr=send_sr.send if send_sr else None,
+                            allow_model_change=allow_model_change)
     finally:
         for model in loaded:
             model.close()

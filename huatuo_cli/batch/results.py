@@ -8,21 +8,46 @@ reports which (study, question) pairs are done, so a rerun answers exactly the r
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.jsonl import read_jsonl as read_jsonl  # the one JSON-lines reader (audit log too)
-from huatuo_cli.privacy import append_line, private_dir
+from huatuo_cli.privacy import append_line, private_dir, write_private
 from huatuo_cli.record import SCHEMA, upgrade
 
 RESULTS_NAME = "results.jsonl"
 ERRORS_NAME = "errors.jsonl"
 ERROR_SCHEMA = "huatuo.error/1"
 DAMAGED_HINT = "the file was edited or damaged; use a new --out folder"
+LOCK_NAME = ".lock"
+#: the study whose images were being decoded; left behind only when the process died doing it
+DECODING_NAME = ".decoding"
+
+
+@contextmanager
+def locked(out: Path) -> Iterator[None]:
+    """Hold the output folder for one batch: a second batch into it at the same time would answer
+    every study twice. An advisory lock (flock) on OUT/.lock, released by the kernel when the
+    process ends however it ends, so a crash never leaves a stale lock behind."""
+    fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise HuatuoError("another huatuo batch is writing to this output folder",
+                              hint="wait for it to finish, or give this batch another --out folder") from None
+        yield
+    finally:
+        os.close(fd)
+
+
 
 
 @dataclass
@@ -70,16 +95,41 @@ class BatchState:
         self.results.append(record)
         self.done.add((record["study"], record["question"]))
 
-    def add_error(self, *, kind: str, key: str, reason: str, question: str | None = None) -> bool:
+    def add_error(self, *, kind: str, key: str, reason: str, question: str | None = None,
+                  files: list[str] | None = None, crashed: bool = False) -> bool:
         """Record a failure once: a rerun that meets the same bad file does not repeat the line.
-        `kind` is "file" (key: path relative to the batch folder) or "study" (key: study key)."""
-        entry = {"schema": ERROR_SCHEMA, "kind": kind, "key": key, "question": question, "reason": reason}
+        `kind` is "file" (key: path relative to the batch folder) or "study" (key: study key).
+        `files` names the files behind a study's failure (paths relative to the batch folder; this
+        file is owner-only and the reports never show them); `crashed` marks a study whose decoder
+        killed a process, so that every later run decodes it in a child process."""
+        entry: dict[str, Any] = {"schema": ERROR_SCHEMA, "kind": kind, "key": key, "question": question, "reason": reason}
+        if files:
+            entry["files"] = files
+        if crashed:
+            entry["crashed"] = True
         if self._error_key(entry) in self._error_keys:
             return False
         append_line(self.out / ERRORS_NAME, json.dumps(entry, ensure_ascii=False))
         self.errors.append(entry)
         self._error_keys.add(self._error_key(entry))
         return True
+
+    def decoding(self, key: str | None) -> None:
+        """Note (or, with None, clear) the study being decoded: after a native crash, the next run
+        finds it here and decodes that study in a child process."""
+        marker = self.out / DECODING_NAME
+        if key is None:
+            marker.unlink(missing_ok=True)
+        else:
+            write_private(marker, key)
+
+    def crashed_studies(self) -> set[str]:
+        """Studies whose decode killed a process: the one left in .decoding, and those recorded."""
+        keys = {e["key"] for e in self.errors if e.get("crashed")}
+        marker = self.out / DECODING_NAME
+        if marker.is_file():
+            keys.add(marker.read_text(encoding="utf-8").strip())
+        return keys
 
     def open_errors(self) -> list[dict[str, Any]]:
         """Errors still standing: a study that failed once and was answered on a rerun is not one."""

@@ -10,27 +10,32 @@ benchmark stand behind it unchanged.
 from __future__ import annotations
 
 import errno
+import multiprocessing
+import os
+import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from huatuo_cli import audit
 from huatuo_cli.atomic import OutputError
 from huatuo_cli.batch.progress import PlainProgress, Progress
 from huatuo_cli.batch.report import save_thumbnails, study_slug, write_reports
-from huatuo_cli.batch.results import BatchState
+from huatuo_cli.batch.results import BatchState, locked
 from huatuo_cli.batch.sr import SR_DIR  # noqa: F401  (re-exported: OUT/sr/ holds the SRs)
-from huatuo_cli.errors import HuatuoError
+from huatuo_cli.errors import HuatuoError, is_data_failure
 
 # the loop's types live in huatuo_cli.jobs (shared with ask); re-exported for existing callers
 from huatuo_cli.jobs import AnswerFn as AnswerFn
 from huatuo_cli.jobs import BadFile as BadFile
+from huatuo_cli.jobs import DecoderCrash as DecoderCrash
+from huatuo_cli.jobs import FileFailure as FileFailure
 from huatuo_cli.jobs import Job as Job
 from huatuo_cli.jobs import ModelRef
 from huatuo_cli.jobs import StudyInputs as StudyInputs
-from huatuo_cli.privacy import scrub
+from huatuo_cli.privacy import private_dir, scrub
 from huatuo_cli.record import build_record
 
 if TYPE_CHECKING:
@@ -70,6 +75,71 @@ def _reason(exc: BaseException, root: Path | None) -> str:
     return " ".join(text.split())[:500]
 
 
+def _relative(path: Path, root: Path | None) -> str:
+    return os.path.relpath(path, root) if root is not None else os.fspath(path)
+
+
+def _failed_files(exc: BaseException, job: Job, root: Path | None) -> list[str]:
+    """The files behind a study's failure: the one that failed, or for a crash every source."""
+    if isinstance(exc, FileFailure):
+        return [_relative(exc.path, root)]
+    if isinstance(exc, DecoderCrash):
+        return [_relative(path, root) for path in job.sources]
+    return []
+
+
+def _child_load(load: Callable[[], StudyInputs], send: Any, root: Path | None) -> None:
+    """In the forked child: decode and send back the images, or the failure as plain data."""
+    try:
+        send.send(("ok", load()))
+    except BaseException as exc:  # everything goes back to the parent, which decides
+        path = exc.path if isinstance(exc, FileFailure) else None
+        send.send(("error", _reason(exc, root), path))
+
+
+def load_isolated(job: Job, root: Path | None = None) -> StudyInputs:
+    """Decode a study in a forked child process, for a study whose decode once killed the batch.
+
+    A native decoder that segfaults or aborts on some file takes the whole process with it; in a
+    child it takes only the child, and the study becomes an error line. Only studies that crashed
+    a run before come here (the fork costs little, but the images travel back through a pipe).
+    """
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_child_load, args=(job.load, send, root), daemon=True)
+    child.start()
+    send.close()
+    try:
+        outcome = receive.recv()
+    except EOFError:  # the child died without a word
+        outcome = None
+    finally:
+        child.join()
+        receive.close()
+    if outcome is None:
+        code = child.exitcode or 0
+        what = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        raise DecoderCrash(f"the image decoder crashed on this study ({what}); a run stopped here before")
+    if outcome[0] == "ok":
+        inputs: StudyInputs = outcome[1]
+        return inputs
+    _, reason, path = outcome
+    raise FileFailure(HuatuoError(reason), path) if path is not None else HuatuoError(reason)
+
+
+def _check_model(state: BatchState, model: ModelRef, allow_model_change: bool) -> None:
+    """Refuse to add answers of another model to a results.jsonl: one batch, one model, unless told."""
+    from huatuo_cli.record import model_dict
+
+    current = model_dict(model).get("model_sha256")
+    earlier = sorted({str(r.get("model", {}).get("model_sha256")) for r in state.results} - {str(current)})
+    if earlier and not allow_model_change:
+        raise HuatuoError(
+            f"this output folder holds answers of another model (model {', '.join(e[:12] for e in earlier)}; "
+            f"this one is {str(current)[:12]})",
+            hint="give a new --out folder, or pass --allow-model-change to add this model's answers beside them")
+
+
 def run_batch(
     jobs: Sequence[Job | BadFile],
     questions: Sequence[str],
@@ -82,21 +152,49 @@ def run_batch(
     command: str = "batch",
     thumbnails: str = "safe",
     send_sr: Callable[[Path], Outcome] | None = None,
+    allow_model_change: bool = False,
 ) -> Summary:
     """Answer every pending (study, question) pair; durable after each answer; resumable.
 
-    `make_answerer()` returns (answer function, model info) and is called at most once.
+    `make_answerer()` returns (answer function, model info) and is called at most once; a model
+    other than the one whose answers OUT already holds is refused unless `allow_model_change`.
     `thumbnails` is which thumbnails the shareable reports embed (batch.report.THUMBNAIL_CHOICES).
     KeyboardInterrupt stops the loop cleanly: everything answered so far is on disk and the reports
-    are written; the summary says interrupted. `send_sr(path)` (batch --send) delivers each study's
-    SR once it is on disk, also one written by an earlier run and not yet delivered.
+    are written; the summary says interrupted. OUT is locked for the whole run. `send_sr(path)`
+    (batch --send) delivers each study's SR once it is on disk, also one written by an earlier run
+    and not yet delivered.
     """
     if not questions:
         raise HuatuoError("no questions to ask")
     try:
-        state = BatchState.open(out)
+        folder = private_dir(out)
     except OSError as exc:
         raise output_error(exc, Path(out), saved=0) from exc
+    with locked(folder):  # before reading: the torn-line repair must not cut another run's line
+        try:
+            state = BatchState.open(folder)
+        except OSError as exc:
+            raise output_error(exc, Path(out), saved=0) from exc
+        return _run_locked(state, jobs, questions, make_answerer, write_srs=write_srs, progress=progress,
+                           root=root, command=command, thumbnails=thumbnails, send_sr=send_sr,
+                           allow_model_change=allow_model_change)
+
+
+def _run_locked(
+    state: BatchState,
+    jobs: Sequence[Job | BadFile],
+    questions: Sequence[str],
+    make_answerer: Callable[[], tuple[AnswerFn, ModelRef]],
+    *,
+    write_srs: bool,
+    progress: Progress | None,
+    root: Path | None,
+    command: str,
+    thumbnails: str,
+    send_sr: Callable[[Path], Outcome] | None,
+    allow_model_change: bool,
+) -> Summary:
+    crashed = state.crashed_studies()
     progress = progress or PlainProgress()
     summary = Summary()
     answerer: tuple[AnswerFn, ModelRef] | None = None
@@ -118,18 +216,28 @@ def run_batch(
             status = "done earlier"
             if pending:
                 try:
-                    inputs = job.load()
+                    if job.key in crashed:
+                        inputs = load_isolated(job, root)
+                    else:
+                        state.decoding(job.key)
+                        inputs = job.load()
                     if not inputs.images:
                         raise HuatuoError("no usable images in this study")
-                except Exception as exc:  # one bad study never stops the batch
-                    state.add_error(kind="study", key=job.key, reason=_reason(exc, root))
+                except BaseException as exc:  # one bad study never stops the batch (a decoder panic included)
+                    if not is_data_failure(exc):
+                        raise
+                    state.add_error(kind="study", key=job.key, reason=_reason(exc, root),
+                                    files=_failed_files(exc, job, root), crashed=isinstance(exc, DecoderCrash))
                     summary.failed += 1
                     progress.step(job.key, "failed: see errors.jsonl")
                     continue
+                finally:
+                    state.decoding(None)
                 # outside the try: a full --out is the output folder's failure, not the study's
                 save_thumbnails(state.out, job.key, inputs.images, metas=inputs.metas, overlays=inputs.overlays)
                 if answerer is None:
                     answerer = make_answerer()
+                    _check_model(state, answerer[1], allow_model_change)
                 answer_fn, model = answerer
                 failed = 0
                 for question in pending:

@@ -5,12 +5,17 @@ Public API: `load_image` -> `RenderedImage` (frames + PHI-free `ImageMeta`), `sc
 `Rejected` (the `HuatuoError` every non-image file raises), `configure_pydicom` (call once at start-up).
 """
 
-from huatuo_cli.imaging.dicomio import configure_pydicom
-from huatuo_cli.imaging.frames import FrameChoice, parse_frame
-from huatuo_cli.imaging.load import ImageMeta, RenderedImage, load_image, render_dataset
-from huatuo_cli.imaging.reject import Rejected
-from huatuo_cli.imaging.scan import Instance, Representative, ScanResult, Series, Skipped, Stack, Study, scan
-from huatuo_cli.imaging.windows import CT_PRESETS, Window, WindowChoice, parse_window
+from huatuo_cli.offline import import_pydicom
+
+import_pydicom()  # first: pydicom pulls in an HTTP client (and its socket probe) unless told not to
+
+from huatuo_cli.imaging.dicomio import configure_pydicom  # noqa: E402
+
+from huatuo_cli.imaging.frames import FrameChoice, parse_frame  # noqa: E402
+from huatuo_cli.imaging.load import ImageMeta, RenderedImage, load_image, render_dataset  # noqa: E402
+from huatuo_cli.imaging.reject import Rejected  # noqa: E402
+from huatuo_cli.imaging.scan import Instance, Representative, ScanResult, Series, Skipped, Stack, Study, scan  # noqa: E402
+from huatuo_cli.imaging.windows import CT_PRESETS, Window, WindowChoice, parse_window  # noqa: E402
 
 __all__ = [
     "CT_PRESETS", "FrameChoice", "ImageMeta", "Instance", "Rejected", "RenderedImage", "Representative",

@@ -19,12 +19,20 @@ from PIL import Image, ImageSequence, UnidentifiedImageError
 from pydicom.dataset import Dataset
 from pydicom.pixels import pixel_array
 
-from huatuo_cli.errors import HuatuoError
+from huatuo_cli.errors import HuatuoError, is_data_failure
 from huatuo_cli.imaging.caveats import burned_in, is_lossy
 from huatuo_cli.imaging.dicomio import is_dicom_file, not_an_image, read_dicom, read_head
 from huatuo_cli.imaging.frames import FrameChoice, frame_indices, frame_view, number_of_frames, parse_frame
 from huatuo_cli.imaging.overlays import draw, overlay_mask
-from huatuo_cli.imaging.reject import Rejected, check_header, check_image_attributes, check_transfer_syntax, decode_failure, syntax_name
+from huatuo_cli.imaging.reject import (
+    Rejected,
+    check_header,
+    check_image_attributes,
+    check_transfer_syntax,
+    decode_failure,
+    header_failure,
+    syntax_name,
+)
 from huatuo_cli.imaging.render import render_color, render_gray
 from huatuo_cli.imaging.windows import WindowChoice, apply_window, parse_window, percentile_window
 
@@ -99,8 +107,17 @@ def render_dataset(ds: Dataset, *, window: str | WindowChoice = "auto", frame: F
         raise
     except (ValueError, TypeError):
         raise Rejected("corrupt", "corrupt header: an image attribute has an invalid value") from None
+    except BaseException as exc:  # an element pydicom converts only now (unknown VR, bad length, ...)
+        if not is_data_failure(exc):
+            raise
+        raise header_failure(exc) from None
     assert rendered.meta is not None
-    rendered.overlays = [overlay_mask(ds, i, rendered.meta.rows, rendered.meta.columns) for i in rendered.meta.frames]
+    try:
+        rendered.overlays = [overlay_mask(ds, i, rendered.meta.rows, rendered.meta.columns) for i in rendered.meta.frames]
+    except BaseException as exc:  # a damaged overlay plane: the image is still the image, shown without it
+        if not is_data_failure(exc):
+            raise
+        rendered.overlays = [None] * len(rendered.frames)
     if overlays == "model":
         rendered.frames = [draw(f, m) for f, m in zip(rendered.frames, rendered.overlays, strict=True)]
     return rendered
@@ -158,7 +175,9 @@ def _decode(ds: Dataset, indices: list[int], n: int, ts: str) -> Iterator[np.nda
                 arrays = [pixel_array(ds, index=i) for i in indices]
     except HuatuoError:
         raise
-    except Exception as exc:  # decoder plugins raise assorted types for bad data; the user needs the category
+    except BaseException as exc:  # decoder plugins raise assorted types for bad data (a Rust decoder panics)
+        if not is_data_failure(exc):
+            raise
         raise decode_failure(exc, ts) from None
     for array in arrays:
         if array.ndim == 3 and array.shape[-1] == 3:

@@ -60,6 +60,18 @@ class Rejected(HuatuoError):
         return str(self.args[0])
 
 
+def header_failure(exc: BaseException) -> Rejected:
+    """The rejection for a header pydicom could not read (raised when an element is first used).
+
+    pydicom converts elements lazily, so an unknown VR or a value of the wrong length surfaces as
+    NotImplementedError, BytesLengthException, ValueError, ... long after `dcmread` returned. The
+    message never quotes the exception: it may hold the element's value.
+    """
+    if isinstance(exc, (EOFError, OverflowError)) or "end of file" in str(exc).lower():
+        return Rejected("truncated", "truncated file: the DICOM header ends early")
+    return Rejected("corrupt", "corrupt DICOM header: an element cannot be read (unknown VR or bad length)")
+
+
 #: short transfer syntax names for tables
 _SHORT_SYNTAX = {
     "1.2.840.10008.1.2": "implicit VR LE",
@@ -168,7 +180,7 @@ def gpl_decoder_missing(ts_uid: str) -> Rejected:
     )
 
 
-def decode_failure(exc: Exception, ts_uid: str) -> Rejected:
+def decode_failure(exc: BaseException, ts_uid: str) -> Rejected:
     """Turn a decoder exception into a specific, PHI-free rejection (never echoing the exception)."""
     text = str(exc).lower()
     if "less than expected" in text or "truncat" in text or "end of file" in text:

@@ -22,9 +22,20 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from huatuo_cli.errors import HuatuoError
-from huatuo_cli.imaging.dicomio import is_dicom_file, not_an_image, read_dicom, read_head
+from huatuo_cli.imaging.dicomio import (
+    is_dicom_file,
+    not_an_image,
+    read_dicom,
+    read_head,
+)
 from huatuo_cli.imaging.frames import number_of_frames
-from huatuo_cli.imaging.reject import Rejected, check_header, check_transfer_syntax, short_syntax_name
+from huatuo_cli.imaging.reject import (
+    Rejected,
+    check_header,
+    check_transfer_syntax,
+    header_failure,
+    short_syntax_name,
+)
 
 KEY_LENGTH = 12
 
@@ -54,6 +65,8 @@ class Instance:
     echo_number: str = ""
     temporal_position: str = ""
     is_localizer: bool = False
+    #: other files holding the same SOP Instance UID: tried in order when this one cannot be decoded
+    copies: list[Path] = field(default_factory=list, repr=False)
 
 
 @dataclass(frozen=True)
@@ -217,15 +230,46 @@ def _plain_instance(path: Path) -> Instance:
                     transfer_syntax=fmt.upper())
 
 
-def _files(root: Path) -> list[Path]:
-    """Regular files under root in a stable order, hidden files and folders skipped."""
-    if root.is_file():
-        return [root]
+def _folder_identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of the folder `path` resolves to; None when it cannot be stat-ed."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _files(root: Path) -> tuple[list[Path], list[Skipped]]:
+    """Regular files under root in a stable order, and the folders that could not be listed.
+
+    Nothing is left out silently: hidden files and folders are read like any other (a `.DS_Store`
+    becomes a "not a DICOM file" line, a hidden study is a study), study folders that are symbolic
+    links are followed (each real folder once, so a link back up the tree cannot loop), and a
+    folder that cannot be listed is returned as skipped with the reason.
+    """
+    if not root.is_dir():
+        return [root], []
     out: list[Path] = []
-    for folder, dirs, names in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        out.extend(Path(folder) / n for n in sorted(names) if not n.startswith("."))
-    return out
+    unreadable: list[Skipped] = []
+    seen = {identity for identity in [_folder_identity(os.fspath(root))] if identity is not None}
+
+    def listing_failed(error: OSError) -> None:
+        reason = error.strerror or type(error).__name__
+        unreadable.append(Skipped(Path(error.filename or root), f"unreadable folder: cannot list it ({reason})",
+                                  "unreadable-folder"))
+
+    for folder, dirs, names in os.walk(root, onerror=listing_failed, followlinks=True):
+        kept = []
+        for name in sorted(dirs):
+            identity = _folder_identity(os.path.join(folder, name))
+            if identity is not None:
+                if identity in seen:
+                    continue  # reached before (a symlink loop, or two links to one folder): read once
+                seen.add(identity)
+            kept.append(name)
+        dirs[:] = kept
+        out.extend(Path(folder) / n for n in sorted(names))
+    return out, unreadable
 
 
 def _stack_key(i: Instance) -> tuple[Any, ...]:
@@ -258,10 +302,10 @@ def scan(path: str | Path, *, key_salt: str = "") -> ScanResult:
     studies: dict[str, Study] = {}
     series_members: dict[tuple[str, str], list[Instance]] = {}
     series_info: dict[tuple[str, str], tuple[str, int | None]] = {}
-    skipped: list[Skipped] = []
     base = root if root.is_dir() else root.parent
-    seen_sop: set[str] = set()
-    for file in _files(root):
+    seen_sop: dict[str, Instance] = {}
+    files, skipped = _files(root)
+    for file in files:
         try:
             if is_dicom_file(file):
                 instance, study_uid, series_uid, series_number = _dicom_instance(file)
@@ -274,11 +318,18 @@ def scan(path: str | Path, *, key_salt: str = "") -> ScanResult:
         except Rejected as exc:
             skipped.append(Skipped(file, exc.reason, exc.category))
             continue
+        except Exception as exc:  # a header pydicom reads lazily can still fail here (unknown VR, ...)
+            failure = header_failure(exc)
+            skipped.append(Skipped(file, failure.reason, failure.category))
+            continue
         if instance.sop_instance_uid:
-            if instance.sop_instance_uid in seen_sop:
-                skipped.append(Skipped(file, "duplicate: another file holds the same image (SOP Instance UID)", "duplicate"))
+            first = seen_sop.get(instance.sop_instance_uid)
+            if first is not None:  # kept as a spare: a damaged first copy must not lose the image
+                first.copies.append(file)
+                skipped.append(Skipped(file, "duplicate: another file holds the same image (SOP Instance UID); "
+                                             "used only if that one cannot be decoded", "duplicate"))
                 continue
-            seen_sop.add(instance.sop_instance_uid)
+            seen_sop[instance.sop_instance_uid] = instance
         if study_uid not in studies:
             studies[study_uid] = Study(key=uid_key("study", study_uid, key_salt), uid=study_uid, kind=kind)
         series_members.setdefault((study_uid, series_uid), []).append(instance)
