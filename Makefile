@@ -42,14 +42,17 @@ demo: install
 	$(BIN)/huatuo batch $(DEMO)/studies --out $(DEMO)/batch --model $(DEMO)/bundle -q "Describe the findings." --max-tokens 48 --sr
 	@echo "demo done: see $(DEMO)/batch/report.html (a random tiny model: the words are noise, the pipeline is real)"
 
-# the checks first (seconds; DEVELOPERS.md "Checks"): layer contracts, lint, types; then the suite
-# (which also checks README's examples and docs/cli.md against the commands' --help)
+# the checks alone (seconds; DEVELOPERS.md "Checks"): layer contracts, lint, types
 check: install
 	$(BIN)/lint-imports
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: install system-deps check
+# the checks first, then the suite (which also checks README's examples and docs/cli.md against --help)
+test: install system-deps
+	$(BIN)/lint-imports
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 # the air-gapped artifact (packaging/README.md): dist/huatuo-offline-<version>-linux-x86_64/ and its tarball

@@ -8,6 +8,7 @@ every socket blocked and no offline variables set.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -107,6 +108,8 @@ def test_ask_and_batch_offline_end_to_end(tmp_path, tiny_bundle, no_network):
     assert [(e["command"], e["outcome"], e["question"]) for e in entries] == [("ask", "ok", "Describe.")] * 2
     assert entries[0]["answer_chars"] == len(record["answer"]) and entries[1]["answer_chars"] == len(res.stdout.strip())
     assert entries[0]["model_sha256"] == record["model"]["model_sha256"] and entries[0]["study"]
+    # README: the audit log names the model by its manifest hash
+    assert entries[0]["model_sha256"] == hashlib.sha256((tiny_bundle / "manifest.json").read_bytes()).hexdigest()
     root = done_when_folder(tmp_path)
     res = runner.invoke(cli, ["batch", str(root), "--out", str(tmp_path / "out"), "--model", str(tiny_bundle),
                               "-q", "Describe.", "--max-tokens", "8", "--sr"])

@@ -272,3 +272,22 @@ def test_ask_and_batch_close_the_model_even_when_answering_fails(tiny_bundle, tm
                               str(tiny_bundle), "-q", "Describe.", "--max-tokens", "2"])
     assert res.exit_code == 0, res.output
     assert closed == [1, 1]
+
+
+def test_the_core_loads_without_textual():
+    """Only huatuo_cli.tui may load textual: importing every other module (which import-linter's
+    contract cannot see through the TUI package it exempts) leaves it unloaded."""
+    import subprocess
+    import sys
+
+    code = (
+        "import importlib, pkgutil, sys, huatuo_cli\n"
+        "names = [m.name for m in pkgutil.walk_packages(huatuo_cli.__path__, 'huatuo_cli.')\n"
+        "         if m.name != 'huatuo_cli.__main__' and not m.name.startswith('huatuo_cli.tui')]\n"
+        "for name in names: importlib.import_module(name)\n"
+        "assert 'textual' not in sys.modules, [n for n in names if n]\n"
+        "print(len(names))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) > 20
