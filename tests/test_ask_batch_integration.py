@@ -91,7 +91,7 @@ def test_ask_and_batch_offline_end_to_end(tmp_path, tiny_bundle, no_network):
     res = runner.invoke(cli, ["ask", "--model", str(tiny_bundle), "--json", "--max-tokens", "8", ct, "Describe."])
     assert res.exit_code == 0, res.output
     record = json.loads(res.stdout)
-    assert record["schema"] == "huatuo.result/1" and record["inputs"][0]["sha256"]
+    assert record["schema"] == "huatuo.result/2" and record["inputs"][0]["sha256"]
     # the notice goes to stderr; stdout is exactly one JSON document (which records the notice as a field)
     assert "Not for diagnostic use" in res.stderr and record["notice"].startswith("Not for diagnostic use")
     res = runner.invoke(cli, ["ask", "--model", str(tiny_bundle), "--max-tokens", "8", ct, "Describe."])
