@@ -5,7 +5,6 @@ and loses nothing: a full disk under --out (a real, small tmpfs), a read-only or
 from __future__ import annotations
 
 import io
-import json
 import os
 import subprocess
 from pathlib import Path
