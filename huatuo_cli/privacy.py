@@ -85,7 +85,7 @@ def write_private(path: str | os.PathLike, data: bytes | str) -> Path:
     """Write a whole owner-only file atomically (temp file + rename): readers never see half a report."""
     path = Path(path)
     if isinstance(data, str):
-        data = data.encode("utf-8")
+        data = data.encode("utf-8", "backslashreplace")  # a non-UTF-8 file name: escaped, not a crash
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = open_private_fd(tmp, os.O_WRONLY | os.O_TRUNC)
     try:
@@ -106,7 +106,9 @@ def write_private(path: str | os.PathLike, data: bytes | str) -> Path:
 def append_line(path: str | os.PathLike, line: str, *, fsync: bool = True) -> None:
     """Append one whole line with a single O_APPEND write, so concurrent writers never interleave
     inside a line and a crash leaves at most a torn last line (which readers drop)."""
-    data = (line.rstrip("\n") + "\n").encode("utf-8")
+    # a lone surrogate (a file name that is not UTF-8, kept by Python as surrogateescape) is written as
+    # its JSON escape `\\udcXX`, which reads back as the same string: a name never stops a batch
+    data = (line.rstrip("\n") + "\n").encode("utf-8", "backslashreplace")
     fd = open_private_fd(path, os.O_WRONLY | os.O_APPEND)
     try:
         written = os.write(fd, data)
