@@ -141,7 +141,7 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str, *, private: bo
     the mode a plain `open()` would give (0666 minus the umask)."""
     path = Path(path)
     if isinstance(data, str):
-        data = data.encode("utf-8")
+        data = data.encode("utf-8", "backslashreplace")  # a non-UTF-8 file name in a report: escaped, not a crash
     try:
         fd, name = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     except OSError as exc:

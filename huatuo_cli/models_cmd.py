@@ -42,7 +42,13 @@ def list_() -> None:
     table = Table("bundle", "architecture", "quantization", "model sha256", "path")
     for path in bundles:
         manifest, digest = read_manifest(path)
-        table.add_row(path.name, manifest.architecture, manifest.quantization, digest[:12], str(path))
+        try:  # the LLM file's header is the authority; an edited manifest is not shown as fact
+            contradicted = bool(check_metadata(path, manifest))
+        except HuatuoError:
+            contradicted = True
+        unverified = "? (run models verify)"
+        table.add_row(path.name, unverified if contradicted else manifest.architecture,
+                      unverified if contradicted else manifest.quantization, digest[:12], str(path))
     Console().print(table)
 
 

@@ -93,7 +93,9 @@ def write_private(path: str | os.PathLike[str], data: bytes | str) -> Path:
 def append_line(path: str | os.PathLike[str], line: str, *, fsync: bool = True) -> None:
     """Append one whole line with a single O_APPEND write, so concurrent writers never interleave
     inside a line and a crash leaves at most a torn last line (which readers drop)."""
-    data = (line.rstrip("\n") + "\n").encode("utf-8")
+    # a lone surrogate (a file name that is not UTF-8, kept by Python as surrogateescape) is written as
+    # its JSON escape `\\udcXX`, which reads back as the same string: a name never stops a batch
+    data = (line.rstrip("\n") + "\n").encode("utf-8", "backslashreplace")
     fd = open_private_fd(path, os.O_WRONLY | os.O_APPEND)
     try:
         written = os.write(fd, data)

@@ -80,6 +80,10 @@ def test_missing_preprocessor_entry_is_refused(tmp_path):
     ("architecture", "llava-llama", "manifest architecture 'llava-llama' but the LLM file is a 'qwen2' model"),
 ])
 def test_edited_fields_are_checked_against_the_llm_file(tmp_path, field, value, match):
-    root = make_bundle(tmp_path / "b")
+    from huatuo_cli.locate import models_dirs
+
+    root = make_bundle(models_dirs()[0] / "b")
     edit_manifest(root, lambda data: data.update({field: value}))
     refused(root, match)
+    listed = CliRunner().invoke(cli, ["models", "list"], env={"COLUMNS": "200"})
+    assert listed.exit_code == 0 and value not in listed.output and "run models verify" in listed.output

@@ -15,7 +15,8 @@ import pytest
 from huatuo_cli import extras
 from huatuo_cli.errors import HuatuoError
 
-INTERRUPTED = "try:\n    raise KeyboardInterrupt\nexcept KeyboardInterrupt as e:\n    raise ImportError('initialization failed') from e\n"
+INTERRUPTED = ("try:\n    raise KeyboardInterrupt\n"
+               "except KeyboardInterrupt as e:\n    raise ImportError('initialization failed') from e\n")
 BROKEN = "raise ImportError('libfoo.so: cannot open shared object file')\n"
 
 

@@ -130,3 +130,20 @@ def test_questions_that_cannot_be_asked_are_refused_alike(tiny_bundle, tmp_path,
     assert res.exit_code in (1, 2) and "Traceback" not in res.output, res.output
     assert error in res.output
     assert not (tmp_path / "out" / RESULTS_NAME).exists()
+
+
+def test_non_utf8_file_name_is_its_error_line_not_a_crash(tmp_path):
+    """A file name that is not UTF-8 (Python keeps it with lone surrogates) used to crash the batch
+    writing errors.jsonl; it is written as a JSON escape that reads back as the same name."""
+    from huatuo_cli.batch.results import ERRORS_NAME
+
+    root = sample_folder(tmp_path / "in", truncated=False, text_file=False)
+    with open(os.path.join(os.fsencode(root), b"scan\xff\xfe.txt"), "wb") as handle:
+        handle.write(b"not an image")
+    out = tmp_path / "out"
+    summary = run_batch(jobs_from_folder(root), QUESTIONS, out, lambda: (describe, {"model_sha256": "m"}),
+                        progress=PlainProgress(io.StringIO()), root=root)
+    assert (summary.answered, summary.bad_files) == (6, 1)
+    (bad,) = [e for e in read_jsonl(out / ERRORS_NAME) if e["kind"] == "file"]
+    assert os.fsencode(bad["key"]) == b"scan\xff\xfe.txt"
+    assert (out / "report.md").is_file() and (out / "report.html").is_file()

@@ -38,7 +38,7 @@ MD_WIDTH = 100
 
 def study_slug(key: str) -> str:
     """File-name-safe, stable name for a study key (keys may hold any character)."""
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
 def thumbnail(image: Any, overlay: Any = None) -> Any:
@@ -138,7 +138,7 @@ def shown_item(error: dict[str, Any]) -> str:
     errors.jsonl (owner-only, so the user can find them), but export folders are often named after
     patients: reports, made to be shared, show a hash of the path instead."""
     if error.get("kind") == "file":
-        return "file-" + hashlib.sha256(str(error.get("key", "")).encode("utf-8")).hexdigest()[:12]
+        return "file-" + hashlib.sha256(str(error.get("key", "")).encode("utf-8", "surrogateescape")).hexdigest()[:12]
     return str(error.get("key") or "")
 
 

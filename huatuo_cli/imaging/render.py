@@ -43,8 +43,8 @@ def modality_values(arr: np.ndarray, view: Dataset) -> np.ndarray:
     values = arr.astype(np.float32)
     slope, intercept = float(view.get("RescaleSlope") or 1.0), float(view.get("RescaleIntercept") or 0.0)
     largest = float(np.abs(values).max()) if values.size else 0.0
-    if not (math.isfinite(slope) and math.isfinite(intercept)) or abs(slope) * largest + abs(intercept) > _F32_MAX \
-            or abs(slope) > _F32_MAX:
+    in_range = math.isfinite(slope) and math.isfinite(intercept) and abs(slope) <= _F32_MAX
+    if not in_range or abs(slope) * largest + abs(intercept) > _F32_MAX:
         # e.g. RescaleSlope 1e308: no real modality unit is that large; refuse instead of an overflow warning
         raise ValueError("rescale slope/intercept out of range")
     if slope != 1.0:
