@@ -144,7 +144,7 @@ def test_a_decoder_that_kills_the_process_stops_one_run_and_every_resume_complet
     first.communicate(timeout=120)
     assert first.returncode == -signal.SIGSEGV
     assert (out / DECODING_NAME).is_file()  # the study being decoded when the process died
-    for attempt in range(2):  # the first resume and every later one
+    for _attempt in range(2):  # the first resume and every later one
         proc = crashing_run(root, out, "segv")
         stdout, stderr = proc.communicate(timeout=120)
         assert proc.returncode == 0, stderr

@@ -10,7 +10,6 @@ from huatuo_cli.offline import import_pydicom
 import_pydicom()  # first: pydicom pulls in an HTTP client (and its socket probe) unless told not to
 
 from huatuo_cli.imaging.dicomio import configure_pydicom  # noqa: E402
-
 from huatuo_cli.imaging.frames import FrameChoice, parse_frame  # noqa: E402
 from huatuo_cli.imaging.load import ImageMeta, RenderedImage, load_image, render_dataset  # noqa: E402
 from huatuo_cli.imaging.reject import Rejected  # noqa: E402
