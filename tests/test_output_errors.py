@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from huatuo_cli.batch.progress import PlainProgress
-from huatuo_cli.batch.results import RESULTS_NAME, read_jsonl
+from huatuo_cli.batch.results import LOCK_NAME, RESULTS_NAME, read_jsonl
 from huatuo_cli.batch.runner import run_batch
 from huatuo_cli.cli import cli
 from huatuo_cli.errors import HuatuoError
@@ -63,7 +63,8 @@ def test_full_disk_under_out_is_a_clear_error_and_a_resume_finishes(small_disk, 
     assert "rerun the same command to resume" in str(err.value)
     saved = read_jsonl(out / RESULTS_NAME)
     assert 0 < len(saved) < 6
-    leftovers = [p.name for p in out.rglob("*") if p.name.startswith(".") or p.name.endswith(".tmp")]
+    leftovers = [p.name for p in out.rglob("*") if (p.name.startswith(".") or p.name.endswith(".tmp"))
+                 and p.name != LOCK_NAME]  # the batch lock file stays on purpose (flock, never stale)
     assert leftovers == []  # no zero-byte temp files
     filler.unlink()
     summary = run()
