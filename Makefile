@@ -18,7 +18,7 @@ $(BIN)/python:
 install: $(BIN)/python
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/python packaging/llama_wheel.py --install $(BIN)/python
-	$(BIN)/pip install -q -e '.[cpu,convert,dev]'
+	$(BIN)/pip install -q -e '.[cpu,convert,train,dev]'
 
 # What the tests run against: dcmtk (reference renderer, dsrdump), qemu-user (an older CPU),
 # binutils (objdump reads the AMX kernel). Needs root on Debian.
