@@ -221,14 +221,31 @@ def test_memorised_answers_survive_merge_conversion_and_ask(make_checkpoint, tin
         assert invoke(ask + ["--model", str(tiny_bundle)]).stdout.strip() != answer
 
 
-def test_merge_keeps_a_vision_tower_folder_and_refuses_unfinished_runs(make_checkpoint, tmp_path):
+def test_merge_keeps_a_vision_tower_folder_and_refuses_unfinished_runs(make_checkpoint, tmp_path, monkeypatch):
+    from huatuo_cli.errors import HuatuoError
+    from huatuo_convert.checkpoint import LlavaCheckpoint
+    from huatuo_convert.finetune import merge as merge_mod
+    from huatuo_convert.finetune.model import load_base
+
     base = make_checkpoint(vision_layout="folder")
     data = write_dataset(tmp_path / "data")
     out, merged = tmp_path / "run", tmp_path / "merged"
     res = CliRunner().invoke(cli, ["finetune", "merge", str(tmp_path / "data"), str(merged)])
     assert res.exit_code == 1 and "no finished fine-tuning run" in res.output
-    assert invoke(["finetune", "--model", str(base), "--data", str(data), "--out", str(out), "--max-steps", "2",
+    assert invoke(["finetune", "--model", str(base), "--data", str(data), "--out", str(out), "--max-steps", "8",
                    "--freeze-projector", *FAST]).exit_code == 0
+
+    # the merge check: a merged checkpoint that is not the trained model never gets its name
+    real_write = merge_mod._write_weights
+
+    def write_unmerged(ckpt, state, work):
+        real_write(ckpt, load_base(LlavaCheckpoint.open(base)).state_dict(), work)
+
+    monkeypatch.setattr(merge_mod, "_write_weights", write_unmerged)
+    with pytest.raises(HuatuoError, match="does not reproduce the trained model"):
+        merge_mod.merge_run(out, merged)
+    assert not merged.exists() and not list(tmp_path.glob(".merged.*"))
+    monkeypatch.setattr(merge_mod, "_write_weights", real_write)
     assert invoke(["finetune", "merge", str(out), str(merged)]).exit_code == 0
     folder = "vit/clip_vit_large_patch14_336"
     for path in (base / folder).iterdir():
