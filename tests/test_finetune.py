@@ -254,3 +254,21 @@ def test_merge_keeps_a_vision_tower_folder_and_refuses_unfinished_runs(make_chec
     assert card["train_projector"] is False
     res = CliRunner().invoke(cli, ["finetune", "merge", str(out), str(merged)])
     assert res.exit_code == 1 and "already exists" in res.output
+
+
+@pytest.mark.slow
+def test_two_processes_under_torchrun_share_the_data(make_checkpoint, tmp_path):
+    """The multi-GPU recipe's launcher on the CPU (gloo): accelerate splits the batches, no code of ours."""
+    data = write_dataset(tmp_path / "data")
+    out = tmp_path / "run"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "huatuo_cli", "finetune",
+           "--model", str(make_checkpoint()), "--data", str(data), "--out", str(out), "--max-steps", "4",
+           "--batch-size", "2", *FAST[:-1]]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = metrics(out)
+    # 3 records, 2 per batch on each of 2 processes: one optimizer step is one epoch (one process: two)
+    assert [m["epoch"] for m in lines] == [1.0, 2.0, 3.0, 4.0]
+    assert lines[-1]["loss"] < lines[0]["loss"]
+    assert json.loads((out / "finetune.json").read_text())["steps"] == 4

@@ -108,7 +108,8 @@ def train(s: Settings, *, log: Callable[[str], None] = lambda m: print(m, file=s
     accelerate = require("accelerate")
     transformers = require("transformers")
     accelerator = accelerate.Accelerator(mixed_precision=precision_of(s.precision),
-                                         gradient_accumulation_steps=s.grad_accum)
+                                         gradient_accumulation_steps=s.grad_accum,
+                                         cpu=not torch.cuda.is_available())  # torchrun on CPUs: gloo DDP
     main = accelerator.is_main_process
     say = log if main else (lambda _m: None)
     ckpt = LlavaCheckpoint.open(s.model)
@@ -126,7 +127,11 @@ def train(s: Settings, *, log: Callable[[str], None] = lambda m: print(m, file=s
                              if s.eval_data else (None, []))
     run = _run_record(s, ckpt, train_file, len(train_items), eval_file, len(eval_items))
     out = Path(s.out)
-    _prepare_out(out, run, s.resume, main)
+    _check_out(out, run, s.resume)
+    accelerator.wait_for_everyone()  # every process has checked OUT before the main one writes to it
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / RUN_FILE).write_text(json.dumps(run, indent=2))
     pre = PreprocessConfig.from_dict(ckpt.preprocessor_config, pad_to_square=ckpt.config.get("image_aspect_ratio", "pad") == "pad")
 
     base_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
@@ -147,7 +152,11 @@ def train(s: Settings, *, log: Callable[[str], None] = lambda m: print(m, file=s
     schedule = (transformers.get_cosine_schedule_with_warmup if s.lr_schedule == "cosine"
                 else lambda opt, w, _t: transformers.get_constant_schedule_with_warmup(opt, w))
     scheduler = schedule(optimizer, warmup, total)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if accelerator.num_processes > 1 and s.train_projector and any(not i.sample.images for i in train_items):
+        # a batch without images leaves the projector unused; DDP must not wait for its gradients
+        accelerator.ddp_handler = accelerate.utils.DistributedDataParallelKwargs(find_unused_parameters=True)
+    # the scheduler is stepped here once per optimizer step (a prepared one steps once per process)
+    model, optimizer = accelerator.prepare(model, optimizer)
 
     step = 0
     if s.resume:
@@ -184,7 +193,8 @@ def train(s: Settings, *, log: Callable[[str], None] = lambda m: print(m, file=s
                     if accelerator.sync_gradients and s.max_grad_norm:
                         accelerator.clip_grad_norm_(params, s.max_grad_norm)
                     optimizer.step()
-                    scheduler.step()
+                    if accelerator.sync_gradients:
+                        scheduler.step()
                     optimizer.zero_grad()
                 losses.append(loss.detach())
                 if not accelerator.sync_gradients:
@@ -267,7 +277,8 @@ def _run_record(s: Settings, ckpt: LlavaCheckpoint, train: DataFile, n_train: in
     }
 
 
-def _prepare_out(out: Path, run: dict[str, Any], resume: bool, main: bool) -> None:
+def _check_out(out: Path, run: dict[str, Any], resume: bool) -> None:
+    """OUT is new, or (with --resume) a run with the same settings."""
     previous = out / RUN_FILE
     if previous.is_file():
         if not resume:
@@ -278,9 +289,6 @@ def _prepare_out(out: Path, run: dict[str, Any], resume: bool, main: bool) -> No
             raise HuatuoError(f"--resume with different settings than the run in {out}: {', '.join(changed)}")
     elif out.exists() and any(out.iterdir()):
         raise HuatuoError(f"{out} exists and is not a fine-tuning run folder")
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        previous.write_text(json.dumps(run, indent=2))
 
 
 class _progress:
