@@ -160,7 +160,7 @@ def test_loss_falls_and_resume_continues_from_the_saved_step(make_checkpoint, tm
     assert invoke(common + ["--out", str(straight), "--max-steps", "6"]).exit_code == 0
     resumed, whole = metrics(interrupted), metrics(straight)
     assert [m["step"] for m in resumed] == [1, 2, 3, 4, 5, 6]
-    for a, b in zip(resumed, whole):
+    for a, b in zip(resumed, whole, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4), (a, b)
     assert whole[-1]["loss"] < 0.5 * whole[0]["loss"]
     assert whole[-1]["eval_loss"] < whole[2]["eval_loss"]

@@ -56,7 +56,7 @@ from huatuo_cli.extras import require
 @click.option("--merge", "merge_to", type=click.Path(path_type=Path), default=None, metavar="MERGED",
               help="After training, write the merged checkpoint to MERGED (as `huatuo finetune merge`).")
 @click.pass_context
-def finetune(ctx: click.Context, model: Path | None, data: Path | None, out: Path | None, merge_to: Path | None,
+def finetune(ctx: click.Context, /, model: Path | None, data: Path | None, out: Path | None, merge_to: Path | None,
              **options: Any) -> None:
     """Fine-tune HuatuoGPT-Vision with LoRA on your own image + answer records (server side).
 

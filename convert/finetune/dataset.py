@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from huatuo_cli.engine.preprocess import PreprocessConfig, preprocess
 from huatuo_cli.errors import HuatuoError
-from huatuo_cli.extras import require
 from huatuo_cli.imaging import load_image
 from huatuo_convert.finetune.encode import Encoded, encode_turns
 from huatuo_convert.finetune.records import DataFile, Problem, Sample
@@ -47,12 +48,11 @@ def pixel_values(sample: Sample, config: PreprocessConfig) -> Any:
     """float32 [n_images, 3, H, W] for a sample, None without images."""
     if not sample.images:
         return None
-    torch = require("torch")
     images = [load_image(path, window=sample.window).frames[0] for path in sample.images]
     return torch.from_numpy(preprocess(images, config))
 
 
-class Samples:
+class Samples(torch.utils.data.Dataset[tuple[Encoded, Any]]):
     """A map-style dataset (what torch's DataLoader needs: len and getitem) of (Encoded, pixels)."""
 
     def __init__(self, items: list[Item], config: PreprocessConfig) -> None:

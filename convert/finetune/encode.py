@@ -10,8 +10,9 @@ they stand in the history exactly as the runtime will re-tokenize it for a follo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.prompt import Turn, render

@@ -13,9 +13,10 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -223,7 +224,7 @@ def train(s: Settings, *, log: Callable[[str], None] = lambda m: print(m, file=s
     accelerator.wait_for_everyone()
     result = {**run, "steps": step, "epochs": round(step / updates_per_epoch, 4), "eval_loss": eval_loss,
               "final_train_loss": last_loss,
-              "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+              "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
     if main:
         accelerator.unwrap_model(model).save_pretrained(str(out / ckpt_state.ADAPTER))
         (out / RESULT_FILE).write_text(json.dumps(result, indent=2))

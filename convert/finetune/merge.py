@@ -15,8 +15,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -88,7 +89,8 @@ def merge_run(run_dir: Path, merged: Path, *, base: Path | None = None, force: b
 
 
 def _stored_dtype(ckpt: LlavaCheckpoint) -> torch.dtype:
-    return ckpt.get("model.embed_tokens.weight").dtype
+    dtype: torch.dtype = ckpt.get("model.embed_tokens.weight").dtype
+    return dtype
 
 
 def _copy_layout(base: Path, work: Path) -> None:
@@ -148,7 +150,8 @@ def _probe(ckpt: LlavaCheckpoint) -> dict[str, Any]:
 def _merged_logits(folder: Path, probe: dict[str, Any]) -> torch.Tensor:
     model = load_base(LlavaCheckpoint.open(folder), torch.float32).eval()
     with torch.no_grad():
-        return model(**probe).logits[0].float()
+        logits: torch.Tensor = model(**probe).logits[0].float()
+    return logits
 
 
 def compare(trained: torch.Tensor, merged: torch.Tensor, dtype: torch.dtype) -> dict[str, Any]:

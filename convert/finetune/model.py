@@ -11,6 +11,7 @@ it cannot be forgotten at merge; the vision tower is frozen.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -50,10 +51,12 @@ class LlavaForTraining(torch.nn.Module):
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Projected features [N, tokens, hidden]; the tower is frozen, so no graph is kept for it."""
         tower_dtype = next(self.vision_tower.parameters()).dtype
+        features: Callable[[torch.Tensor], torch.Tensor] = VisionEncoder(
+            self.vision_tower, None, self.select_layer, self.select_feature).features
         with torch.no_grad():
-            feats = VisionEncoder(self.vision_tower, None, self.select_layer, self.select_feature).features(
-                pixel_values.to(tower_dtype))
-        return self.mm_projector(feats.to(next(self.mm_projector.parameters()).dtype))
+            feats = features(pixel_values.to(tower_dtype))
+        projected: torch.Tensor = self.mm_projector(feats.to(next(self.mm_projector.parameters()).dtype))
+        return projected
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None) -> Any:

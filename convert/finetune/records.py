@@ -116,7 +116,7 @@ def _turns(conversations: Any, n_images: int) -> list[Turn]:
         markers[0] = n_images  # LLaVA data without markers: the images belong to the first question
     if sum(markers) != n_images:
         raise HuatuoError(f"{sum(markers)} {IMAGE_PLACEHOLDER} markers for {n_images} images")
-    return [Turn(question=t.question, images=m, answer=t.answer) for t, m in zip(turns, markers)]
+    return [Turn(question=t.question, images=m, answer=t.answer) for t, m in zip(turns, markers, strict=True)]
 
 
 def check_images(sample: Sample) -> None:
