@@ -79,9 +79,12 @@ def test_missing_train_extra_names_it(tmp_path):
     data.write_text("")
     code = (
         "import sys\n"
-        "for name in ('peft', 'accelerate'): sys.modules[name] = None\n"
+        "for name in ('peft', 'accelerate', 'torch', 'transformers', 'safetensors'): sys.modules[name] = None\n"
         "from click.testing import CliRunner\n"
         "from huatuo_cli.cli import cli\n"
+        "for args in (['finetune', '--help'], ['finetune', 'merge', '--help']):\n"
+        "    res = CliRunner().invoke(cli, args)\n"
+        "    assert res.exit_code == 0 and 'Example' in res.output, res.output\n"
         f"res = CliRunner().invoke(cli, ['finetune', '--model', {str(tmp_path)!r}, '--data', {str(data)!r}, "
         f"'--out', {str(tmp_path / 'out')!r}])\n"
         "assert res.exit_code == 1 and \"huatuo-cli[train]\" in res.output, res.output\n"
