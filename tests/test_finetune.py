@@ -176,13 +176,19 @@ def test_loss_falls_and_resume_continues_from_the_saved_step(make_checkpoint, tm
 # -- the whole road: train, merge, convert, ask -------------------------------------------------------
 
 @pytest.mark.slow
-def test_memorised_answers_survive_merge_conversion_and_ask(make_checkpoint, tiny_bundle, tmp_path):
+@pytest.mark.parametrize("arch,layout", [("llava-qwen2", "embedded"), ("llava-llama", "folder")])
+def test_memorised_answers_survive_merge_conversion_and_ask(make_checkpoint, tiny_bundle, tmp_path, arch, layout):
+    """7B layout (Qwen2 BPE, tower inside the shards) and 34B layout (Yi sentencepiece, CLIP folder)."""
     import torch
     from safetensors.torch import load_file
 
+    from huatuo_convert.bundle_build import build_bundle
     from huatuo_convert.checkpoint import LlavaCheckpoint
 
-    base = make_checkpoint()
+    base = make_checkpoint(arch=arch, vision_layout=layout)
+    if arch != "llava-qwen2":
+        tiny_bundle = tmp_path / "base-bundle"
+        build_bundle(base, tiny_bundle, "f16", with_mmproj=False)
     data = write_dataset(tmp_path / "data")
     out, merged, bundle = tmp_path / "run", tmp_path / "merged", tmp_path / "bundle"
     res = invoke(["finetune", "--model", str(base), "--data", str(data), "--out", str(out), "--max-steps", "25",

@@ -55,14 +55,12 @@ def encode_turns(tokenizer: ReferenceTokenizer, turns: Sequence[Turn], tokens_pe
         history = [*turns[:k], Turn(question=turn.question, images=turn.images)]
         prompt = prompt_ids(tokenizer, history, tokens_per_image)
         _extend(ids, labels, prompt, supervised=False, what=f"turn {2 * k + 1}")
-        if k == len(turns) - 1:
-            answer = tokenizer.encode_text(turn.answer or "") + [tokenizer.eos_id]
-            ids += answer
-            labels += answer
-        else:
-            # the answer as it stands in the next prompt's history: `{answer} \n<|user|>...`
-            with_answer = _history_text_ids(tokenizer, turns[: k + 1], tokens_per_image)
-            _extend(ids, labels, with_answer, supervised=True, what=f"turn {2 * k + 2}")
+        # the answer tokenized in its context, as it will stand in a follow-up's history
+        # (`{answer} \n<|user|>...`); the last one ends with EOS, where the runtime stops
+        with_answer = _history_text_ids(tokenizer, turns[: k + 1], tokens_per_image)
+        _extend(ids, labels, with_answer, supervised=True, what=f"turn {2 * k + 2}")
+    ids.append(tokenizer.eos_id)
+    labels.append(tokenizer.eos_id)
     return Encoded(input_ids=ids, labels=labels)
 
 
