@@ -281,3 +281,28 @@ def test_two_processes_under_torchrun_share_the_data(make_checkpoint, tmp_path):
     assert [m["epoch"] for m in lines] == [1.0, 2.0, 3.0, 4.0]
     assert lines[-1]["loss"] < lines[0]["loss"]
     assert json.loads((out / "finetune.json").read_text())["steps"] == 4
+
+
+def test_ctrl_c_keeps_the_finished_steps_and_resume_goes_on(make_checkpoint, tmp_path):
+    import os
+    import signal
+    import time
+
+    data = write_dataset(tmp_path / "data")
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "huatuo_cli", "finetune", "--model", str(make_checkpoint()), "--data", str(data),
+            "--out", str(out), "--max-steps", "100000", "--save-every", "100000", *FAST]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not ((out / "metrics.jsonl").is_file() and len(metrics(out)) >= 3):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    done = metrics(out)[-1]["step"]
+    assert f"interrupted: saved step-{done:08d}" in err
+    res = invoke(["finetune", "--model", str(make_checkpoint()), "--data", str(data), "--out", str(out),
+                  "--max-steps", str(done + 2), "--save-every", "100000", *FAST, "--resume"])
+    assert res.exit_code == 0 and f"resuming from step-{done:08d}" in res.output
+    assert [m["step"] for m in metrics(out)] == list(range(1, done + 3))

@@ -11,7 +11,9 @@ import datetime as dt
 import functools
 import json
 import math
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -177,6 +179,8 @@ def train(s: Settings, *, log: Callable[[str], None] = lambda m: print(m, file=s
     last_loss = float("nan")
     eval_loss: float | None = None
     progress = _progress(main, total, step)
+    saved = step
+    stop = _StopOnSignal(enabled=accelerator.num_processes == 1)
     try:
         while step < total:
             epoch = step // updates_per_epoch
@@ -217,9 +221,20 @@ def train(s: Settings, *, log: Callable[[str], None] = lambda m: print(m, file=s
                         ckpt_state.save_checkpoint(out, accelerator.unwrap_model(model), optimizer, scheduler,
                                                    {"step": step, "total_steps": total, "loss": last_loss},
                                                    s.keep_checkpoints)
+                    saved = step
+                if stop.requested:
+                    progress.close()
+                    if step > saved:
+                        ckpt_state.save_checkpoint(out, accelerator.unwrap_model(model), optimizer, scheduler,
+                                                   {"step": step, "total_steps": total, "loss": last_loss},
+                                                   s.keep_checkpoints)
+                    say(f"interrupted: saved step-{step:08d}; continue with --resume" if step else
+                        "interrupted before the first step; nothing saved")
+                    raise KeyboardInterrupt
                 if step >= total:
                     break
     finally:
+        stop.restore()
         progress.close()
     accelerator.wait_for_everyone()
     result = {**run, "steps": step, "epochs": round(step / updates_per_epoch, 4), "eval_loss": eval_loss,
@@ -290,6 +305,29 @@ def _check_out(out: Path, run: dict[str, Any], resume: bool) -> None:
             raise HuatuoError(f"--resume with different settings than the run in {out}: {', '.join(changed)}")
     elif out.exists() and any(out.iterdir()):
         raise HuatuoError(f"{out} exists and is not a fine-tuning run folder")
+
+
+class _StopOnSignal:
+    """Ctrl-C (SIGINT) in a single-process run: finish the current step, save it, then stop.
+
+    A second Ctrl-C interrupts at once. Under a launcher every rank gets the signal at a different
+    point, so there the signal keeps its default behaviour (resume from the last --save-every).
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self.requested = False
+        self.previous: Any = None
+        if enabled and threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, _signum: int, _frame: Any) -> None:
+        self.requested = True
+        self.restore()
+
+    def restore(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
 
 
 class _progress:
