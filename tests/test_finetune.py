@@ -10,6 +10,7 @@ the runtime's own prompt tokens), LoRA targets only in the language model, resum
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -153,13 +154,15 @@ def test_lora_only_in_the_language_model(make_checkpoint, train_projector):
 def test_loss_falls_and_resume_continues_from_the_saved_step(make_checkpoint, tmp_path):
     data = write_dataset(tmp_path / "data")
     common = ["finetune", "--model", str(make_checkpoint()), "--data", str(data), "--eval", str(data), *FAST,
-              "--save-every", "3", "--eval-every", "3"]
+              "--save-every", "2", "--eval-every", "3"]
     interrupted, straight = tmp_path / "a", tmp_path / "b"
     assert invoke(common + ["--out", str(interrupted), "--max-steps", "3"]).exit_code == 0
+    # as if killed after step 3 was logged but before its checkpoint was written
+    shutil.rmtree(interrupted / "checkpoints" / "step-00000003")
     res = invoke(common + ["--out", str(interrupted), "--max-steps", "6"])
     assert res.exit_code == 1 and "--resume" in res.output  # an existing run is never overwritten
     res = invoke(common + ["--out", str(interrupted), "--max-steps", "6", "--resume"])
-    assert res.exit_code == 0 and "resuming from step-00000003 (step 3 of 6)" in res.output
+    assert res.exit_code == 0 and "resuming from step-00000002 (step 2 of 6)" in res.output
     assert invoke(common + ["--out", str(straight), "--max-steps", "6"]).exit_code == 0
     resumed, whole = metrics(interrupted), metrics(straight)
     assert [m["step"] for m in resumed] == [1, 2, 3, 4, 5, 6]
@@ -170,7 +173,7 @@ def test_loss_falls_and_resume_continues_from_the_saved_step(make_checkpoint, tm
     result = json.loads((interrupted / "finetune.json").read_text())
     assert result["steps"] == 6 and result["final_train_loss"] == pytest.approx(resumed[-1]["loss"])
     checkpoints = sorted(p.name for p in (interrupted / "checkpoints").iterdir())
-    assert checkpoints == ["step-00000003", "step-00000006"]
+    assert checkpoints == ["step-00000004", "step-00000006"]
 
 
 # -- the whole road: train, merge, convert, ask -------------------------------------------------------

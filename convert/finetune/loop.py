@@ -26,7 +26,7 @@ from huatuo_cli import __version__
 from huatuo_cli.engine.preprocess import PreprocessConfig
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.extras import require
-from huatuo_cli.privacy import append_line
+from huatuo_cli.privacy import append_line, write_private
 from huatuo_convert.checkpoint import LlavaCheckpoint
 from huatuo_convert.finetune import state as ckpt_state
 from huatuo_convert.finetune.dataset import Item, Samples, encode_file
@@ -175,6 +175,8 @@ def train(s: Settings, *, log: Callable[[str], None] = lambda m: print(m, file=s
     eval_loader = (accelerator.prepare(torch.utils.data.DataLoader(Samples(eval_items, pre), shuffle=False, **loader_args))
                    if eval_items else None)
     metrics_path = out / METRICS_FILE
+    if main and metrics_path.is_file():
+        _trim_metrics(metrics_path, step)
     started = time.monotonic()
     last_loss = float("nan")
     eval_loss: float | None = None
@@ -291,6 +293,18 @@ def _run_record(s: Settings, ckpt: LlavaCheckpoint, train: DataFile, n_train: in
         "seed": s.seed,
         "huatuo_version": __version__,
     }
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """Drop the lines of steps after `step`: a killed run logged them, the resumed run redoes them."""
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if int(json.loads(line)["step"]) <= step:
+                kept.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            continue  # a torn last line of a killed run
+    write_private(path, "".join(kept))
 
 
 def _check_out(out: Path, run: dict[str, Any], resume: bool) -> None:
