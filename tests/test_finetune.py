@@ -264,6 +264,7 @@ def test_merge_keeps_a_vision_tower_folder_and_refuses_unfinished_runs(make_chec
         assert (merged / folder / path.name).read_bytes() == path.read_bytes()
     card = json.loads((merged / "huatuo_finetune.json").read_text())
     assert card["train_projector"] is False
+    assert (merged.stat().st_mode & 0o777) == (base.stat().st_mode & 0o777)
     res = CliRunner().invoke(cli, ["finetune", "merge", str(out), str(merged)])
     assert res.exit_code == 1 and "already exists" in res.output
 
