@@ -123,7 +123,7 @@ def check_images(sample: Sample) -> None:
     """Open every image as training will (DICOM rendered with the record's window)."""
     for path in sample.images:
         if not path.is_file():
-            raise HuatuoError(f"image {path.name} not found ({path})")
+            raise HuatuoError(f"image {path.name} not found (looked beside the data file)")
         try:
             load_image(path, window=sample.window)
         except HuatuoError as exc:
