@@ -11,6 +11,7 @@ trained (unmerged) model's: top-1 must agree wherever the answer is not a near-t
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -64,12 +65,14 @@ def merge_run(run_dir: Path, merged: Path, *, base: Path | None = None, force: b
     probe = _probe(ckpt)
     with torch.no_grad():
         trained_logits = trained(**probe).logits[0].float()
-    state = {k: v for k, v in trained.merge_and_unload().state_dict().items()}
+    state = dict(trained.merge_and_unload().state_dict())
     work = Path(tempfile.mkdtemp(prefix=f".{merged.name}.", suffix=".partial", dir=merged.parent))
     try:
         work.chmod(ckpt.root.stat().st_mode & 0o777)
         _copy_layout(ckpt.root, work)
         _write_weights(ckpt, state, work)
+        del trained, state  # one float32 model in memory at a time: the merged one is loaded next
+        gc.collect()
         check = compare(trained_logits, _merged_logits(work, probe), _stored_dtype(ckpt))
         log(f"merge check: top-1 {check['top1_agreement']:.2%} at {check['decisive_positions']} decisive positions, "
             f"max |dlogit| {check['max_abs_logit_delta']:.3g} ({check['max_rel_logit_delta']:.2g} of max |logit|)")
