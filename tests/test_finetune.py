@@ -133,7 +133,7 @@ def test_labels_cover_answers_only_with_the_runtime_prompt_tokens(make_checkpoin
 @pytest.mark.parametrize("train_projector", [True, False])
 def test_lora_only_in_the_language_model(make_checkpoint, train_projector):
     from huatuo_convert.checkpoint import LlavaCheckpoint
-    from huatuo_convert.finetune.model import add_lora, load_base, trainable_names
+    from huatuo_convert.finetune.model import add_lora, enable_checkpointing, load_base, trainable_names
 
     base = load_base(LlavaCheckpoint.open(make_checkpoint()))
     # the trap: CLIP's attention has q_proj/k_proj/v_proj too, so bare names would match it
@@ -147,6 +147,8 @@ def test_lora_only_in_the_language_model(make_checkpoint, train_projector):
     projector = [n for n in trainable if ".mm_projector." in n]
     assert bool(projector) == train_projector
     assert set(trainable) - set(projector) == {n for n, _ in model.named_parameters() if ".lora_" in n}
+    enable_checkpointing(model)
+    assert model.base_model.model.language_model.is_gradient_checkpointing
 
 
 # -- training, resume ---------------------------------------------------------------------------------
@@ -310,3 +312,20 @@ def test_ctrl_c_keeps_the_finished_steps_and_resume_goes_on(make_checkpoint, tmp
                   "--max-steps", str(done + 2), "--save-every", "100000", *FAST, "--resume"])
     assert res.exit_code == 0 and f"resuming from step-{done:08d}" in res.output
     assert [m["step"] for m in metrics(out)] == list(range(1, done + 3))
+
+
+def test_bf16_path_with_gradient_checkpointing(make_checkpoint, tmp_path):
+    """The GPU's code path (frozen base in bf16, autocast, checkpointing), run by torch's CPU autocast."""
+    from safetensors.torch import load_file
+
+    data = write_dataset(tmp_path / "data")
+    out = tmp_path / "run"
+    res = invoke(["finetune", "--model", str(make_checkpoint()), "--data", str(data), "--out", str(out),
+                  "--max-steps", "6", *FAST[:-1], "--precision", "bf16", "--gradient-checkpointing",
+                  "--merge", str(tmp_path / "merged")])
+    assert res.exit_code == 0, res.output
+    losses = [m["loss"] for m in metrics(out)]
+    assert losses[-1] < 0.5 * losses[0]
+    adapter = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    assert {str(t.dtype) for t in adapter.values()} == {"torch.float32"}  # trainable weights stay fp32
+    assert json.loads((tmp_path / "merged" / "huatuo_finetune.json").read_text())["merge_check"]["passed"]

@@ -31,7 +31,7 @@ from huatuo_convert.checkpoint import LlavaCheckpoint
 from huatuo_convert.finetune import state as ckpt_state
 from huatuo_convert.finetune.dataset import Item, Samples, encode_file
 from huatuo_convert.finetune.encode import IGNORE, collate
-from huatuo_convert.finetune.model import add_lora, load_base
+from huatuo_convert.finetune.model import add_lora, enable_checkpointing, load_base
 from huatuo_convert.finetune.records import DataFile, read_data_file, report
 from huatuo_convert.reference_tokenizer import load_reference_tokenizer
 
@@ -81,10 +81,10 @@ def precision_of(choice: str) -> str:
     """accelerate's mixed_precision: bf16 on GPUs that have it, else fp16; 'no' (fp32) on the CPU."""
     if choice == "fp32":
         return "no"
+    if choice == "fp16" and not torch.cuda.is_available():
+        raise HuatuoError("--precision fp16 needs a GPU; the CPU trains in fp32 (or bf16, slowly, where it has to)")
     if choice in ("bf16", "fp16"):
-        if not torch.cuda.is_available():
-            raise HuatuoError(f"--precision {choice} needs a GPU; the CPU trains in fp32")
-        return choice
+        return choice  # bf16 on a CPU: torch's CPU autocast, the GPU's code path (tests use it)
     if not torch.cuda.is_available():
         return "no"
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
@@ -142,8 +142,7 @@ def train(s: Settings, *, log: Callable[[str], None] = lambda m: print(m, file=s
     model = add_lora(load_base(ckpt, base_dtype), rank=s.lora_rank, alpha=s.lora_alpha, dropout=s.lora_dropout,
                      train_projector=s.train_projector, linears=tuple(s.lora_targets))
     if s.gradient_checkpointing:
-        model.base_model.model.language_model.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
     model.train()
     model.base_model.model.vision_tower.eval()
     params = [p for p in model.parameters() if p.requires_grad]
