@@ -96,5 +96,15 @@ def add_lora(model: LlavaForTraining, *, rank: int, alpha: int, dropout: float, 
     return peft.get_peft_model(model, config)
 
 
+def enable_checkpointing(model: Any) -> None:
+    """Recompute the language model's layer activations in the backward pass (non-reentrant: the
+    inputs are embeddings of a frozen table, which need no gradient)."""
+    llm = model.base_model.model.language_model
+    if hasattr(llm, "activation_checkpointing_enable"):  # transformers >= 5.23's name
+        llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def trainable_names(model: Any) -> list[str]:
     return [name for name, p in model.named_parameters() if p.requires_grad]
