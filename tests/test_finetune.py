@@ -148,7 +148,7 @@ def test_lora_only_in_the_language_model(make_checkpoint, train_projector):
     assert bool(projector) == train_projector
     assert set(trainable) - set(projector) == {n for n, _ in model.named_parameters() if ".lora_" in n}
     enable_checkpointing(model)
-    assert model.base_model.model.language_model.is_gradient_checkpointing
+    assert model.base_model.model.language_model.is_activation_checkpointing
 
 
 # -- training, resume ---------------------------------------------------------------------------------
