@@ -320,10 +320,12 @@ def test_bf16_path_with_gradient_checkpointing(make_checkpoint, tmp_path):
 
     data = write_dataset(tmp_path / "data")
     out = tmp_path / "run"
-    res = invoke(["finetune", "--model", str(make_checkpoint()), "--data", str(data), "--out", str(out),
-                  "--max-steps", "6", *FAST[:-1], "--precision", "bf16", "--gradient-checkpointing",
-                  "--merge", str(tmp_path / "merged")])
-    assert res.exit_code == 0, res.output
+    # its own process: accelerate keeps one precision per process (a singleton), as a CLI run does
+    proc = subprocess.run([sys.executable, "-m", "huatuo_cli", "finetune", "--model", str(make_checkpoint()),
+                           "--data", str(data), "--out", str(out), "--max-steps", "6", *FAST[:-1], "--precision",
+                           "bf16", "--gradient-checkpointing", "--merge", str(tmp_path / "merged")],
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     losses = [m["loss"] for m in metrics(out)]
     assert losses[-1] < 0.5 * losses[0]
     adapter = load_file(str(out / "adapter" / "adapter_model.safetensors"))
