@@ -39,7 +39,7 @@ from huatuo_cli.extras import require
 @click.option("--batch-size", type=click.IntRange(1), default=1, show_default=True, help="Per device.")
 @click.option("--grad-accum", type=click.IntRange(1), default=1, show_default=True, help="Gradient accumulation steps.")
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True,
-              help="auto: bf16 on GPUs that have it, else fp16; fp32 on the CPU.")
+              help="auto: bf16 on GPUs that have it, else fp16; fp32 on the CPU (bf16 there: slow CPU autocast).")
 @click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=True, show_default=True)
 @click.option("--max-length", type=click.IntRange(16), default=None,
               help="Longest sample in positions, images included [default: the model's context].")
