@@ -19,7 +19,7 @@ $(BIN)/python:
 install: $(BIN)/python
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/python packaging/llama_wheel.py --install $(BIN)/python
-	$(BIN)/pip install -q -e '.[cpu,convert,dev,dicom-gpl]'
+	$(BIN)/pip install -q -e '.[cpu,convert,train,dev,dicom-gpl]'
 
 # What the tests run against: dcmtk (reference renderer, dsrdump), qemu-user (an older CPU),
 # binutils (objdump reads the AMX kernel), orthanc (a real PACS for `huatuo send`, started by the

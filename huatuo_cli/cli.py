@@ -20,6 +20,7 @@ from huatuo_cli.extras import require
 #: subcommand name -> "module:attribute" of its click command
 SUBCOMMANDS: dict[str, str] = {
     "convert": "huatuo_convert.cli:convert",
+    "finetune": "huatuo_convert.finetune.cli:finetune",
     "models": "huatuo_cli.models_cmd:models",
     "doctor": "huatuo_cli.doctor:doctor",
     "ask": "huatuo_cli.ask_cmd:ask",
