@@ -228,6 +228,12 @@ def test_memorised_answers_survive_merge_conversion_and_ask(make_checkpoint, tin
     # `convert all` takes it unchanged (f16: its exact gates apply), then the workstation answers
     res = invoke(["convert", "all", str(merged), str(bundle), "--quant", "f16", "--no-mmproj"])
     assert res.exit_code == 0, res.output
+    # the bundle's card is its base card plus what `huatuo finetune` recorded (models/cards, issue 15)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert any(f["path"] == "MODEL_CARD.md" and f["role"] == "model-card" for f in manifest["files"])
+    bundle_card = (bundle / "MODEL_CARD.md").read_text()
+    assert "## Fine-tuning" in bundle_card and "three synthetic images" in bundle_card
+    assert "steps: 25" in bundle_card
     for image, (window, answer) in SAMPLES.items():
         ask = ["ask", str(data.parent / "img" / image), QUESTION, "--window", window, "--repetition-penalty", "1.0",
                "--max-tokens", "24"]
