@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, str] = {
     "ask": "huatuo_cli.ask_cmd:ask",
     "batch": "huatuo_cli.batch.cmd:batch",
     "inspect": "huatuo_cli.imaging.inspect_cmd:inspect",
+    "tui": "huatuo_cli.tui.cmd:tui",
 }
 
 
