@@ -158,8 +158,7 @@ class HuatuoApp(App[None]):
 
     def _model_failed(self, exc: BaseException) -> None:
         self.status.set_model(None, "none (pass --model BUNDLE)")
-        hint = f"\n{exc.hint}" if isinstance(exc, HuatuoError) and exc.hint else ""
-        self.notify(describe_failure(exc) + hint, title="model", severity="error", timeout=10)
+        self.notify(describe_failure(exc), title="model", severity="error", timeout=10)  # with its hint
 
     @work(thread=True, exclusive=True, group="render", exit_on_error=False)
     def render_view(self, view: View) -> None:
@@ -167,9 +166,16 @@ class HuatuoApp(App[None]):
         try:
             rendered = load_image(instance.path, window=view.window, frame=frame)
         except Exception as exc:
-            self.call_from_thread(self.fail, exc, title="image")
+            self.call_from_thread(self._render_failed, view, exc)
             return
         self.call_from_thread(self._rendered, view, rendered.frames[0], rendered.meta.window if rendered.meta else "")
+
+    def _render_failed(self, view: View, exc: BaseException) -> None:
+        self.fail(exc, title="image")
+        if self.view is not None and view.key() == self.view.key():
+            from huatuo_cli.tui.viewer import ScanView
+
+            self.query_one(ScanView).caption(f"{view.describe()}\ncannot be shown: {describe_failure(exc)}")
 
     def _rendered(self, view: View, picture: PILImage.Image, window_label: str) -> None:
         if self.view is None or view.key() != self.view.key():
