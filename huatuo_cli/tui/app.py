@@ -59,7 +59,7 @@ class HuatuoApp(App[None]):
         Binding("pageup", "image(-1)", "Prev image", show=False, priority=True),
         Binding("e", "export", "Export"),
         Binding("n", "names", "Names"),
-        Binding("escape", "stop", "Stop", show=False),
+        Binding("escape", "stop", "Stop / back"),
     ]
 
     def __init__(self, folder: Path, *, model: str | Path | None = None, load_model: bool = True, graphics: str = "auto",
@@ -154,7 +154,6 @@ class HuatuoApp(App[None]):
         self.model = model
         self.status.set_model(model.info)
         self.chat_pane.question_box.disabled = False
-        self.notify(f"model {model.info.bundle} loaded", timeout=3)
 
     def _model_failed(self, exc: BaseException) -> None:
         self.status.set_model(None, "none (pass --model BUNDLE)")

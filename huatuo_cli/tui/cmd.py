@@ -28,7 +28,10 @@ def tui(folder: Path, model_path: str | None, graphics: str, no_model: bool, exp
       huatuo tui --model /srv/bundles/huatuo-7b-q4_k_m ~/exports
     """
     from huatuo_cli.tui.app import make_app
+    from huatuo_cli.tui.terminal import native_stderr_to_log
     from huatuo_cli.tui.viewer import image_widget_class
 
     image_widget_class(graphics)  # queries the terminal before Textual takes it over
-    make_app(folder, model=model_path, load_model=not no_model, graphics=graphics, export_dir=export_dir).run()
+    app = make_app(folder, model=model_path, load_model=not no_model, graphics=graphics, export_dir=export_dir)
+    with native_stderr_to_log():
+        app.run()

@@ -41,11 +41,11 @@ class StatusBar(Static):
         self.refresh_text()
 
     def refresh_text(self) -> None:
-        parts = [f"model {self.model_text}"]
+        parts = [self.state]  # the state and speed first: notifications cover the right end
+        if self.tokens_per_s:
+            parts.append(f"{self.tokens_per_s:.1f} tok/s")
+        parts.append(f"model {self.model_text}")
         if self.info is not None:
             gpu = "GPU" if self.info.llm_gpu_offload else "CPU"
             parts += [f"vision {self.info.vision_provider}", f"LLM {gpu}, kernels {self.info.llm_cpu}"]
-        if self.tokens_per_s:
-            parts.append(f"{self.tokens_per_s:.1f} tok/s")
-        parts.append(self.state)
         self.update(Text(" │ ".join(parts)))
