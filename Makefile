@@ -23,8 +23,8 @@ install: $(BIN)/python
 # What the tests run against: dcmtk (reference renderer, dsrdump), qemu-user (an older CPU),
 # binutils (objdump reads the AMX kernel). Needs root on Debian.
 system-deps:
-	@if ! command -v dcm2pnm >/dev/null 2>&1 || ! command -v qemu-x86_64 >/dev/null 2>&1 || ! command -v objdump >/dev/null 2>&1; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk qemu-user binutils >/dev/null; fi
+	@if ! command -v dcm2pnm >/dev/null 2>&1 || ! command -v qemu-x86_64 >/dev/null 2>&1 || ! command -v objdump >/dev/null 2>&1 || ! command -v tmux >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk qemu-user binutils tmux >/dev/null; fi
 
 # synthetic checkpoint -> verified bundle -> one question about a sample CT -> a batch over sample studies
 demo: install

@@ -11,7 +11,7 @@ from typing import Any
 
 from PIL import Image as PILImage
 from textual.app import ComposeResult
-from textual.containers import Vertical
+from textual.containers import Container, Vertical
 from textual.widgets import Static
 
 def image_widget_class(graphics: str) -> Any:
@@ -32,7 +32,8 @@ class ScanView(Vertical):
 
     DEFAULT_CSS = """
     ScanView { border: round $primary; width: 1fr; }
-    ScanView > #picture { width: 1fr; height: 1fr; align: center middle; }
+    ScanView > #frame { width: 1fr; height: 1fr; align: center middle; }
+    ScanView #picture { width: auto; height: auto; }  /* as large as fits, aspect ratio kept */
     ScanView > #caption { height: auto; max-height: 3; color: $text-muted; }
     """
 
@@ -42,7 +43,8 @@ class ScanView(Vertical):
         self.border_title = "Image"
 
     def compose(self) -> ComposeResult:
-        yield self._image_class(None, id="picture")
+        with Container(id="frame"):
+            yield self._image_class(None, id="picture")
         yield Static("Pick a series on the left (arrows), then press i to ask about it.", id="caption")
 
     def show(self, picture: PILImage.Image, caption: str) -> None:
