@@ -87,6 +87,8 @@ def test_pick_series_lung_window_ask_and_read_the_answer(tmp_path, tiny_bundle, 
     time.sleep(0.5)
     keys(tmux_session, "q")
     wait_for(tmux_session, "huatuo-exited-0", timeout=30)
+    log = Path(os.environ["XDG_CACHE_HOME"]) / "huatuo" / "tui-native-stderr.log"
+    assert log.is_file()  # llama.cpp's and ONNX Runtime's own messages went there, not on the screen
     entries = audit.read_entries()
     assert [(e["command"], e["outcome"], e["question"]) for e in entries] == [("tui", "ok", QUESTION)]
 
