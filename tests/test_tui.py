@@ -20,7 +20,7 @@ from huatuo_cli.imaging import load_image
 from huatuo_cli.privacy import NOTICE
 from huatuo_cli.samples import sample_file
 from huatuo_cli.tui.app import HuatuoApp, make_app
-from tests.tui_helpers import NAMES, select_series, screen_text, settle, studies_folder
+from tests.tui_helpers import NAMES, screen_text, select_series, settle, studies_folder
 
 pytestmark = pytest.mark.asyncio
 SIZE = (120, 40)
@@ -82,7 +82,7 @@ async def test_browse_series_windows_frames_and_names(folder, tmp_path):
         assert app.view.window == "auto" and app.picture[1].tobytes() == auto
 
         await pilot.press("n")
-        await settle(pilot, lambda: app.tree.names_shown)
+        await settle(pilot, lambda: app.study_tree.names_shown)
         assert "CompressedSamples CT1" in screen_text(app)
         await pilot.press("n")
         await pilot.pause()
@@ -154,7 +154,7 @@ async def test_ask_streams_the_engine_answer_audits_and_exports(folder, tmp_path
         assert len(audit.read_entries()) == 2
 
         await pilot.press("escape")  # out of the question box
-        assert app.focused is app.tree
+        assert app.focused is app.study_tree
         select_series(app, "MR", frames=10)  # another study: its own (empty) history
         await settle(pilot, lambda: app.view.series.modality == "MR")
         assert QUESTION not in screen_text(app)
@@ -223,10 +223,10 @@ async def test_failures_are_notifications_not_tracebacks(folder, tmp_path):
         text = screen_text(app)
         assert "not a model bundle" in text and "none (pass --model BUNDLE)" in text
         assert "file(s) skipped" in text
-        for line in range(app.tree.last_line + 1):  # the truncated CT: its header scans, its pixels do not
-            node = app.tree.get_node_at_line(line)
+        for line in range(app.study_tree.last_line + 1):  # the truncated CT: its header scans, its pixels do not
+            node = app.study_tree.get_node_at_line(line)
             if isinstance(node.data, tuple) and node.data[1].instances[0].path.parent.name == "broken":
-                app.tree.move_cursor_to_line(line)
+                app.study_tree.move_cursor_to_line(line)
         await settle(pilot, lambda: app.view.series.instances[0].path.parent.name == "broken")
         await pilot.pause(0.1)
         text = screen_text(app)

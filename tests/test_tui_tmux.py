@@ -48,7 +48,7 @@ def tmux_session(tmp_path):
         pytest.fail("tmux is not installed: `make system-deps` installs it")
     name = f"huatuo-tui-{uuid.uuid4().hex[:8]}"
     yield name
-    subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
+    subprocess.run(["tmux", "kill-session", "-t", name], check=False, capture_output=True)
 
 
 def start(session: str, args: str) -> None:

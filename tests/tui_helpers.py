@@ -40,7 +40,7 @@ async def settle(pilot: Any, until: Any = None, timeout: float = 60.0, *, worker
 
 def select_series(app: Any, modality: str, *, frames: int | None = None) -> None:
     """Move the tree cursor to the first series of `modality` (as the arrow keys would)."""
-    tree = app.tree
+    tree = app.study_tree
     for line in range(tree.last_line + 1):
         node = tree.get_node_at_line(line)
         if node is not None and isinstance(node.data, tuple):

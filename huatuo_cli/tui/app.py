@@ -11,12 +11,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from PIL import Image as PILImage
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Tree
@@ -47,7 +47,7 @@ class HuatuoApp(App[None]):
     CSS = """
     #main { height: 1fr; }
     """
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("q,ctrl+q", "quit", "Quit"),
         Binding("question_mark", "help", "Help"),
         Binding("i", "ask", "Ask"),
@@ -90,7 +90,7 @@ class HuatuoApp(App[None]):
         yield Footer()
 
     @property
-    def tree(self) -> StudyTree:
+    def study_tree(self) -> StudyTree:
         return self.query_one(StudyTree)
 
     @property
@@ -104,7 +104,7 @@ class HuatuoApp(App[None]):
     def on_mount(self) -> None:
         self.sub_title = "not for diagnostic use"
         self.status.state = "scanning"
-        self.tree.focus()
+        self.study_tree.focus()
         self.scan_folder()
         if self.wants_model:
             self.load_model()
@@ -119,13 +119,13 @@ class HuatuoApp(App[None]):
     def scan_folder(self) -> None:
         try:
             result = scan(self.folder)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a worker reports every failure, it never crashes the app
             self.call_from_thread(self._scan_failed, exc)
             return
         self.call_from_thread(self._scanned, result)
 
     def _scanned(self, result: ScanResult) -> None:
-        self.tree.show(result)
+        self.study_tree.show(result)
         self.status.state = "ready"
         if not result.studies:
             self.notify("no images found in this folder", severity="warning")
@@ -145,7 +145,7 @@ class HuatuoApp(App[None]):
         try:
             bundle = find_bundle(self.model_path)
             model = load_model(bundle)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a worker reports every failure, it never crashes the app
             self.call_from_thread(self._model_failed, exc)
             return
         self.call_from_thread(self._model_loaded, model)
@@ -164,7 +164,7 @@ class HuatuoApp(App[None]):
         instance, frame = view.image
         try:
             rendered = load_image(instance.path, window=view.window, frame=frame)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a worker reports every failure, it never crashes the app
             self.call_from_thread(self._render_failed, view, exc)
             return
         self.call_from_thread(self._rendered, view, rendered.frames[0], rendered.meta.window if rendered.meta else "")
@@ -192,7 +192,7 @@ class HuatuoApp(App[None]):
             exchange = chat.ask(self.model, view, picture, question, sampling=self.sampling,
                                 on_text=lambda text: self.call_from_thread(self._stream, chat, text),
                                 stop=self.stop_event)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a worker reports every failure, it never crashes the app
             self.call_from_thread(self._answered, chat, chat.exchanges[-1] if chat.exchanges else None, exc)
             return
         self.call_from_thread(self._answered, chat, exchange, None)
@@ -216,8 +216,8 @@ class HuatuoApp(App[None]):
 
     @work(thread=True, exclusive=True, group="names", exit_on_error=False)
     def read_names(self) -> None:
-        names = {study.key: patient_name(study) for study in self.tree.studies()}
-        self.call_from_thread(self.tree.reveal, names)
+        names = {study.key: patient_name(study) for study in self.study_tree.studies()}
+        self.call_from_thread(self.study_tree.reveal, names)
 
     # -- events ------------------------------------------------------------------------------------
     @on(Tree.NodeHighlighted, "#studies")
@@ -293,7 +293,7 @@ class HuatuoApp(App[None]):
             self.stop_event.set()
             self.status.state = "stopping"
         elif self.focused is self.chat_pane.question_box:
-            self.tree.focus()
+            self.study_tree.focus()
 
     def action_export(self) -> None:
         chat = self.chats.get(self.view.study.key) if self.view else None
@@ -307,8 +307,8 @@ class HuatuoApp(App[None]):
         self.notify(f"conversation exported: {path.name}", title="export")
 
     def action_names(self) -> None:
-        if self.tree.names_shown:
-            self.tree.reveal(None)
+        if self.study_tree.names_shown:
+            self.study_tree.reveal(None)
         else:
             self.read_names()
 

@@ -6,8 +6,6 @@ only on screen: never in a notification, the audit trail, an export or a log.
 
 from __future__ import annotations
 
-from typing import Union
-
 from rich.text import Text
 from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
@@ -16,7 +14,7 @@ from huatuo_cli.imaging import ScanResult, Series, Study
 from huatuo_cli.imaging.dicomio import read_dicom
 
 #: what a node carries: a study, or (study, series)
-NodeData = Union[Study, tuple[Study, Series]]
+NodeData = Study | tuple[Study, Series]
 
 
 def study_label(study: Study, name: str | None = None) -> Text:
@@ -40,7 +38,7 @@ def patient_name(study: Study) -> str:
         return ""
     try:
         dataset = read_dicom(study.series[0].instances[0].path, headers_only=True)
-    except Exception:  # an unreadable header hides the name, it does not stop the app
+    except Exception:  # noqa: BLE001 - an unreadable header hides the name, it does not stop the app
         return ""
     return str(dataset.get("PatientName", "") or "").replace("^", " ").strip()
 

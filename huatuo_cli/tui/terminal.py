@@ -39,11 +39,11 @@ def native_stderr_to_log(log: Path | None = None) -> Iterator[Path]:
     saved = sys.__stderr__
     os.dup2(log_fd, 2)
     os.close(log_fd)
-    sys.__stderr__ = terminal
+    sys.__stderr__ = terminal  # type: ignore[misc]  # Textual's driver reads it when the app starts
     try:
         yield log
     finally:
         terminal.flush()
         os.dup2(terminal_fd, 2)
         os.close(terminal_fd)
-        sys.__stderr__ = saved
+        sys.__stderr__ = saved  # type: ignore[misc]

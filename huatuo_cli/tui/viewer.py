@@ -14,6 +14,7 @@ from textual.app import ComposeResult
 from textual.containers import Container, Vertical
 from textual.widgets import Static
 
+
 def image_widget_class(graphics: str) -> Any:
     """The textual-image widget class for a --graphics choice (huatuo_cli.tui.GRAPHICS).
 
@@ -48,7 +49,8 @@ class ScanView(Vertical):
         yield Static("Pick a series on the left (arrows), then press i to ask about it.", id="caption")
 
     def show(self, picture: PILImage.Image, caption: str) -> None:
-        self.query_one("#picture").image = picture
+        widget: Any = self.query_one("#picture")  # a textual-image widget; its class depends on --graphics
+        widget.image = picture
         self.query_one("#caption", Static).update(caption)
 
     def caption(self, text: str) -> None:
