@@ -80,6 +80,11 @@ async def test_browse_series_windows_frames_and_names(folder, tmp_path):
         await pilot.press("W")
         await settle(pilot, lambda: app.picture[0] == app.view.key())
         assert app.view.window == "auto" and app.picture[1].tobytes() == auto
+        await pilot.press("ctrl+p", *"window: bone")  # the command palette knows the preset names
+        await pilot.pause(0.5)
+        await pilot.press("enter")
+        await settle(pilot, lambda: app.view.window == "bone" and app.picture[0] == app.view.key())
+        assert "bone (C=400 W=1800)" in screen_text(app)
 
         await pilot.press("n")
         await settle(pilot, lambda: app.study_tree.names_shown)
