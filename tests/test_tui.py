@@ -240,3 +240,20 @@ async def test_failures_are_notifications_not_tracebacks(folder, tmp_path):
         await pilot.pause()
         assert "nothing to export yet" in screen_text(app)
         assert app.is_running
+
+
+async def test_quitting_while_an_answer_streams_stops_it_and_audits_it(folder, tmp_path, tiny_bundle):
+    app = make_app(folder, model=tiny_bundle, graphics="halfblock", export_dir=tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot, lambda: app.model is not None and app.picture is not None)
+        stream = app.chat_pane.stream
+
+        def quit_on_first_text(text: str) -> None:
+            stream(text)
+            app.simulate_key("ctrl+q")  # ctrl+q: a plain q would be typed into the question box
+
+        app.chat_pane.stream = quit_on_first_text  # type: ignore[method-assign]
+        await ask(pilot, app, "Describe the image.")
+        await settle(pilot, lambda: not app.is_running, 30, workers=False)
+    assert app.return_code == 0
+    assert [e["outcome"] for e in audit.read_entries()] == ["stopped"]
