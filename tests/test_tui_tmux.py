@@ -62,8 +62,8 @@ def start(session: str, args: str) -> None:
 
 def test_pick_series_lung_window_ask_and_read_the_answer(tmp_path, tiny_bundle, tmux_session):
     folder = studies_folder(tmp_path / "studies")
-    # half-blocks: what tmux shows without a graphics protocol (and capture-pane can read back;
-    # with --graphics auto, textual-image may find tmux's own Sixel support, which it cannot)
+    # half-blocks: what tmux 3.3 gets with --graphics auto; forced, so that a tmux built with
+    # Sixel (3.4+) does not change what capture-pane reads back
     start(tmux_session, f"{folder} --model {tiny_bundle} --export-dir {tmp_path} --graphics halfblock")
     screen = wait_for(tmux_session, f"model {tiny_bundle.name}", "window auto")
     for hint in ("q Quit", "? Help", "i Ask", "w Window", "Press i (or Enter on a series)"):
