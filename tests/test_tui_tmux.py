@@ -55,7 +55,9 @@ def start(session: str, args: str) -> None:
     """`huatuo tui ARGS` in a new 120x40 tmux session, with the test's isolated user folders."""
     env = {k: v for k, v in os.environ.items() if k.startswith("XDG_")}
     huatuo = Path(sys.executable).with_name("huatuo")
-    command = f"{huatuo} tui {args}; echo huatuo-exited-$?; sleep 30"
+    # COLUMNS/LINES, when the test runner exports them (80x24 here), win over the terminal's own
+    # size in Textual: the pane is 120x40, so they must not leak into it
+    command = f"unset COLUMNS LINES; {huatuo} tui {args}; echo huatuo-exited-$?; sleep 30"
     subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "120", "-y", "40",
                     *[a for k, v in env.items() for a in ("-e", f"{k}={v}")], command], check=True)
 
