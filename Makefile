@@ -22,15 +22,16 @@ install: $(BIN)/python
 	$(BIN)/pip install -q -e '.[cpu,convert,train,dev,dicom-gpl]'
 
 # What the tests run against: dcmtk (reference renderer, dsrdump), qemu-user (an older CPU),
-# binutils (objdump reads the AMX kernel), orthanc (a real PACS for `huatuo send`, started by the
+# binutils (objdump reads the AMX kernel), tmux (drives `huatuo tui` as a person would), orthanc (a real PACS for `huatuo send`, started by the
 # tests as a plain process; its packaged service is not used), openssl (a test certificate for
 # STOW-RS over https), strace (no network system call from ask/batch/doctor), util-linux (unshare:
 # doctor's network-less child; setpriv: scanning as an unprivileged user). Needs root on Debian.
 system-deps:
 	@if ! command -v dcm2pnm >/dev/null 2>&1 || ! command -v dciodvfy >/dev/null 2>&1 || ! command -v qemu-x86_64 >/dev/null 2>&1 \
 		|| ! command -v objdump >/dev/null 2>&1 || ! test -x /usr/sbin/Orthanc || ! command -v openssl >/dev/null 2>&1 \
-		|| ! command -v strace >/dev/null 2>&1 || ! command -v setpriv >/dev/null 2>&1 || ! command -v unshare >/dev/null 2>&1; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk dicom3tools qemu-user binutils orthanc openssl strace util-linux >/dev/null; fi
+		|| ! command -v strace >/dev/null 2>&1 || ! command -v setpriv >/dev/null 2>&1 || ! command -v unshare >/dev/null 2>&1 \
+		|| ! command -v tmux >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk dicom3tools qemu-user binutils orthanc openssl strace util-linux tmux >/dev/null; fi
 
 # synthetic checkpoint -> verified bundle -> one question about a sample CT -> a batch over sample studies
 demo: install

@@ -27,6 +27,7 @@ SUBCOMMANDS: dict[str, str] = {
     "batch": "huatuo_cli.batch.cmd:batch",
     "inspect": "huatuo_cli.imaging.inspect_cmd:inspect",
     "send": "huatuo_cli.send.cmd:send",
+    "tui": "huatuo_cli.tui.cmd:tui",
 }
 
 

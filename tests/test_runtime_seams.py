@@ -52,3 +52,36 @@ def test_help_survives_an_unloadable_convert_package():
         "res = CliRunner().invoke(cli, ['convert', 'all', 'a', 'b'])\n"
         "assert res.exit_code == 1 and \"huatuo-cli[convert]\" in res.output, res.output\n"
     ))
+
+
+TUI_ONLY = ("textual", "textual_image")
+
+
+def test_only_the_tui_package_imports_textual():
+    """The core (everything outside huatuo_cli/tui) never imports textual; neither does `huatuo
+    --help` nor `huatuo tui --help`: textual loads only when the app runs."""
+    code = (
+        "import importlib, pkgutil, sys, huatuo_cli\n"
+        "from pathlib import Path\n"
+        "def walk(path, prefix):\n"
+        "    for m in pkgutil.iter_modules(path, prefix):\n"
+        "        if m.name == 'huatuo_cli.tui' or m.name == 'huatuo_cli.__main__':\n"
+        "            continue\n"
+        "        yield m.name\n"
+        "        if m.ispkg:\n"
+        "            yield from walk([str(Path(path[0]) / m.name.rsplit('.', 1)[1])], m.name + '.')\n"
+        "names = list(walk(huatuo_cli.__path__, 'huatuo_cli.'))\n"
+        "for name in names: importlib.import_module(name)\n"
+        f"bad = set({TUI_ONLY!r}) & set(sys.modules)\n"
+        "assert not bad, bad\n"
+        "from click.testing import CliRunner\n"
+        "from huatuo_cli.cli import cli\n"
+        "for args in (['--help'], ['tui', '--help']):\n"
+        "    res = CliRunner().invoke(cli, args)\n"
+        "    assert res.exit_code == 0, res.output\n"
+        f"bad = set({TUI_ONLY!r}) & set(sys.modules)\n"
+        "assert not bad, ('--help', bad)\n"
+        "print(len(names))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert int(out.stdout) > 20 and "huatuo_cli.tui" not in out.stdout

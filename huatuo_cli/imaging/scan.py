@@ -24,6 +24,7 @@ from PIL import Image, UnidentifiedImageError
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.imaging.dicomio import is_dicom_file, not_an_image, read_dicom, read_head
 from huatuo_cli.imaging.frames import number_of_frames
+from huatuo_cli.imaging.load import _code as code_string
 from huatuo_cli.imaging.reject import Rejected, check_header, check_transfer_syntax, header_failure, short_syntax_name
 
 KEY_LENGTH = 12
@@ -43,6 +44,7 @@ class Instance:
     sop_class_uid: str = field(default="", repr=False)
     sop_instance_uid: str = field(default="", repr=False)
     modality: str = ""
+    body_part: str = ""  # BodyPartExamined, a sanitised code string ("CHEST")
     rows: int = 0
     columns: int = 0
     number_of_frames: int = 1
@@ -95,6 +97,11 @@ class Series:
     @property
     def number_of_frames(self) -> int:
         return sum(i.number_of_frames for i in self.instances)
+
+    @property
+    def body_part(self) -> str:
+        """The first BodyPartExamined of its instances ("" when none says)."""
+        return next((i.body_part for i in self.instances if i.body_part), "")
 
     def representatives(self, count: int = 3, *, one_per_instance: bool = False) -> list[Representative]:
         """Middle image plus evenly spaced ones of the main (largest non-localizer) stack.
@@ -191,6 +198,7 @@ def _dicom_instance(path: Path) -> tuple[Instance, str, str, int | None]:
         sop_class_uid=str(ds.get("SOPClassUID", "")),
         sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
         modality=str(ds.get("Modality", "") or ""),
+        body_part=code_string(ds.get("BodyPartExamined")),
         rows=_int(ds.Rows) or 0,
         columns=_int(ds.Columns) or 0,
         number_of_frames=number_of_frames(ds),
