@@ -151,7 +151,7 @@ async def test_ask_streams_the_engine_answer_audits_and_exports(folder, tmp_path
         entries = audit.read_entries()
         assert [(e["command"], e["outcome"], e["question"]) for e in entries] == [("tui", "ok", QUESTION)]
         assert entries[0]["answer_chars"] == len(expected) and entries[0]["study"] == audit.study_ref(ct_uid())
-        assert entries[0]["model_id"] == app.model.info.model_id
+        assert entries[0]["model_sha256"] == app.model.info.model_sha256
 
         await ask(pilot, app, "And the other lung?")  # a follow-up: the engine sees the history
         await wait_answer(pilot, app, 2)

@@ -89,7 +89,7 @@ class StudyChat:
         return exchange
 
     def _audit(self, model: VisionLanguageModel, question: str, exchange: Exchange) -> None:
-        audit.record(AUDIT_COMMAND, model_id=model.info.model_id, study_id=self.audit_id, question=question,
+        audit.record(AUDIT_COMMAND, model_sha256=model.info.model_sha256, study_id=self.audit_id, question=question,
                      answer_chars=len(exchange.answer), outcome=exchange.outcome)
 
     def markdown(self, model_name: str) -> str:
