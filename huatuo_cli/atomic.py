@@ -19,7 +19,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -136,6 +136,23 @@ def temp_path(out: Path, tag: str = "tmp") -> Path:
     return Path(name)
 
 
+@contextmanager
+def _undone_on_failure(out: Path, remove: Callable[[], None]) -> Iterator[None]:
+    """The one failure policy of every writer here: on any exception (Ctrl-C included) `remove` the
+    temp file or folder; a full disk or an unwritable place becomes the user's `OutputError`."""
+    try:
+        yield
+    except OSError as exc:
+        remove()
+        error = _user_error(exc, out)
+        if error is not None:
+            raise error from exc
+        raise
+    except BaseException:
+        remove()
+        raise
+
+
 def write_atomic(path: str | os.PathLike[str], data: bytes | str, *, private: bool = False) -> Path:
     """Replace `path` with `data` all or nothing. `private`: mode 0600 whatever the umask, else
     the mode a plain `open()` would give (0666 minus the umask)."""
@@ -147,7 +164,7 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str, *, private: bo
     except OSError as exc:
         raise output_error(exc, path) from exc
     tmp = Path(name)
-    try:
+    with _undone_on_failure(path, lambda: tmp.unlink(missing_ok=True)):
         try:
             os.fchmod(fd, 0o600 if private else 0o666 & ~_umask())
             view = memoryview(data)
@@ -158,15 +175,6 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str, *, private: bo
             os.close(fd)
         os.replace(tmp, path)
         fsync_dir(path.parent)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        error = _user_error(exc, path)
-        if error is not None:
-            raise error from exc
-        raise
-    except BaseException:  # incl. KeyboardInterrupt
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -177,20 +185,11 @@ def atomic_output(out: Path, *, force: bool = False) -> Iterator[Path]:
     out = Path(out)
     check_target(out, force)
     tmp = temp_path(out)
-    try:
+    with _undone_on_failure(out, lambda: tmp.unlink(missing_ok=True)):  # HuatuoError from the block too
         yield tmp
         fsync_file(tmp)
         os.replace(tmp, out)
         fsync_dir(out.parent)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        error = _user_error(exc, out)
-        if error is not None:
-            raise error from exc
-        raise
-    except BaseException:  # incl. KeyboardInterrupt and HuatuoError
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 @contextmanager
@@ -209,7 +208,7 @@ def atomic_folder(out: Path, *, force: bool = False, mode: int = 0o755) -> Itera
         work = Path(tempfile.mkdtemp(prefix=_temp_prefix(out), suffix=".partial", dir=out.parent))
     except OSError as exc:
         raise output_error(exc, out) from exc
-    try:
+    with _undone_on_failure(out, lambda: shutil.rmtree(work, ignore_errors=True)):
         work.chmod(mode)  # mkdtemp makes it 0700; the published folder is an ordinary one by default
         yield work
         for folder, _dirs, files in os.walk(work):
@@ -222,15 +221,6 @@ def atomic_folder(out: Path, *, force: bool = False, mode: int = 0o755) -> Itera
             out.unlink()
         work.rename(out)
         fsync_dir(out.parent)
-    except OSError as exc:
-        shutil.rmtree(work, ignore_errors=True)
-        error = _user_error(exc, out)
-        if error is not None:
-            raise error from exc
-        raise
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
 
 
 def write_text_atomic(out: Path, text: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -70,3 +72,24 @@ def tiny_bundle(make_checkpoint, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bundle") / "tiny-f16"
     build_bundle(make_checkpoint(), out, "f16")
     return out
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """mount a real tmpfs with the given options (`"size=1m"`, `"ro,size=64k"`) under tmp_path: a
+    full disk or a read-only folder as the kernel makes them. Mounting needs root (CI runs as root);
+    where it is refused the test is skipped, saying so."""
+    mounted: list[Path] = []
+
+    def mount(options: str) -> Path:
+        folder = tmp_path / f"tmpfs{len(mounted)}"
+        folder.mkdir()
+        res = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True, text=True)
+        if res.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN): {res.stderr.strip()}")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
