@@ -257,3 +257,14 @@ async def test_quitting_while_an_answer_streams_stops_it_and_audits_it(folder, t
         await settle(pilot, lambda: not app.is_running, 30, workers=False)
     assert app.return_code == 0
     assert [e["outcome"] for e in audit.read_entries()] == ["stopped"]
+
+
+async def test_the_model_card_is_one_key_away_and_hash_checked(folder, tmp_path, tiny_bundle):
+    """issue 15: the TUI shows the bundle's card (the same summary as `models info`)."""
+    app = make_app(folder, model=tiny_bundle, graphics="halfblock", export_dir=tmp_path)
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await settle(pilot, lambda: app.model is not None and app.picture is not None)
+        await pilot.press("c")
+        await pilot.pause()
+        text = screen_text(app)
+        assert "model card" in text and "HuatuoGPT-Vision-7B" in text and "Traceback" not in text

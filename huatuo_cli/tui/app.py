@@ -59,6 +59,7 @@ class HuatuoApp(App[None]):
         Binding("pageup", "image(-1)", "Prev image", show=False, priority=True),
         Binding("e", "export", "Export"),
         Binding("n", "names", "Names"),
+        Binding("c", "card", "Model card", show=False),
         Binding("escape", "stop", "Stop / back"),
     ]
 
@@ -312,6 +313,22 @@ class HuatuoApp(App[None]):
         else:
             self.read_names()
 
+    def action_card(self) -> None:
+        """The bundle's model card (what the model is, what it is for and not for), read and hash-
+        checked by the same code as `huatuo models info`."""
+        from huatuo_cli.model_card import read_bundle_card, summary_lines
+
+        if self.model is None:
+            self.notify("no model loaded: browsing only (start with --model BUNDLE)", severity="warning")
+            return
+        bundle = self.model.bundle
+        try:
+            lines = summary_lines(read_bundle_card(bundle.root, bundle.manifest), bundle.manifest)
+        except HuatuoError as exc:
+            self.fail(exc, title="model card")
+            return
+        self.notify("\n".join(line.strip() for line in lines), title="model card", timeout=30)
+
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
 
@@ -327,6 +344,7 @@ class HuatuoApp(App[None]):
                                 lambda name=name: self.set_window(name))
         yield SystemCommand("Export conversation", "this study's questions and answers to Markdown", self.action_export)
         yield SystemCommand("Show / hide patient names", "in the study tree, on screen only", self.action_names)
+        yield SystemCommand("Model card", "what the model is, what it is for and not for (MODEL_CARD.md)", self.action_card)
         yield SystemCommand("Keys", "every key of huatuo tui", self.action_help)
 
     def on_unmount(self) -> None:

@@ -22,7 +22,8 @@ KEYS: tuple[tuple[str, str], ...] = (
     ("[ ]  PgUp PgDn", "previous / next image (slice or frame) of the series"),
     ("e", "export this study's conversation to Markdown (owner-only file)"),
     ("n", "show / hide patient names in the tree (on screen only)"),
-    ("ctrl+p", "command palette: windows by name, export, names, help"),
+    ("c", "the bundle's model card: what the model is, what it is and is not for"),
+    ("ctrl+p", "command palette: windows by name, export, names, model card, help"),
     ("?", "this help"),
     ("q / ctrl+q", "quit"),
 )
