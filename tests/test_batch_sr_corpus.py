@@ -106,9 +106,19 @@ def test_batch_srs_over_real_files_pass_dciodvfy_and_read_back(tmp_path, tiny_bu
     for report in ("report.md", "report.html"):  # the model's raw output is cleaned there too
         text = (out / report).read_text(encoding="utf-8")
         assert not [c for c in text if (ord(c) < 0x20 and c not in "\n\t") or 0x7F <= ord(c) <= 0x9F], report
-    # a rerun with one more question rewrites every SR with all three answers
+    # a rerun with one more question rewrites every SR with all three answers, as a new instance that
+    # names the one it replaces (Predecessor Documents Sequence), still with no dciodvfy error of its own
+    before = {path: pydicom.dcmread(path, stop_before_pixels=True) for path in srs}
     res = runner.invoke(cli, args + [a for q in [*QUESTIONS, "Which organ?"] for a in ("-q", q)])
     assert res.exit_code == 1, res.output
     assert f"{len(srs)} SRs" in res.stderr
     for path in srs:
-        assert len(groups(pydicom.dcmread(path))) == 3
+        new = pydicom.dcmread(path)
+        assert len(groups(new)) == 3
+        (study,) = new.PredecessorDocumentsSequence
+        (series,) = study.ReferencedSeriesSequence
+        assert study.StudyInstanceUID == new.StudyInstanceUID
+        assert [i.ReferencedSOPInstanceUID for i in series.ReferencedSOPSequence] == [before[path].SOPInstanceUID]
+        assert new.SOPInstanceUID != before[path].SOPInstanceUID
+        referenced = set().union(*(frames_referenced(g) for g in groups(new)))
+        assert own_errors(path, [by_uid[uid] for uid in referenced]) == [], path.name

@@ -66,6 +66,11 @@ def test_rerun_with_more_questions_rewrites_the_sr_atomically_with_all_answers(t
     old, new = pydicom.dcmread(io.BytesIO(first)), pydicom.dcmread(path)
     assert [text_of(g, "Tracking Identifier") for g in groups(new)] == [["Q1: Q1 describe"], ["Q2: Q2 more"]]
     assert new.SOPInstanceUID != old.SOPInstanceUID and new.SeriesInstanceUID == old.SeriesInstanceUID
+    # ... that names the SR it supersedes, so the PACS does not show two unrelated drafts
+    (study,) = new.PredecessorDocumentsSequence
+    assert [i.ReferencedSOPInstanceUID for i in study.ReferencedSeriesSequence[0].ReferencedSOPSequence] \
+        == [old.SOPInstanceUID]
+    assert "PredecessorDocumentsSequence" not in old  # the first SR has none
     assert [TRUNCATED_NOTE in text_of(g, "Comment") for g in groups(new)] == [False, True]
     assert [p.name for p in (out / SR_DIR).iterdir()] == [path.name]  # no temp file left behind
     # the rename fails (disk trouble): the previous SR stays whole, the failure is recorded

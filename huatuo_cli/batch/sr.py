@@ -26,6 +26,8 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any
 
+from pydicom.dataset import Dataset
+
 from huatuo_cli.cleantext import clean_text
 from huatuo_cli.privacy import NOTICE, private_dir, write_private
 
@@ -273,8 +275,12 @@ def instance_uid(study_uid: str, parts: Sequence[AnsweredImages]) -> str:
     return _uid("instance", study_uid, *content)
 
 
-def build_sr(parts: Sequence[AnsweredImages], *, version: str = "") -> Any:
-    """The SR dataset for one study: every answer of `parts`, each referencing its images."""
+def build_sr(parts: Sequence[AnsweredImages], *, version: str = "", previous: Dataset | None = None) -> Any:
+    """The SR dataset for one study: every answer of `parts`, each referencing its images.
+
+    `previous` is the SR this one replaces (a rerun added questions): it is named in the
+    Predecessor Documents Sequence, so a PACS and its viewer know the new instance supersedes it
+    instead of showing two unrelated drafts in the study."""
     import highdicom as hd
 
     paths = list(dict.fromkeys(seen.path for part in parts for seen in part.images))
@@ -303,12 +309,16 @@ def build_sr(parts: Sequence[AnsweredImages], *, version: str = "") -> Any:
             hd.sr.CodedConcept(*_language(answers))),
         referenced_images=[library_view(ds) for ds in evidence],
     )
+    sop_instance_uid = instance_uid(study_uid, parts)
+    predecessors = [previous] if previous is not None and str(previous.get("StudyInstanceUID", "")) == study_uid \
+        and str(previous.get("SOPInstanceUID", "")) not in ("", sop_instance_uid) else None
     return hd.sr.Comprehensive3DSR(
         evidence=evidence,
         content=report[0],
         series_instance_uid=_uid("series", study_uid, first["model_sha256"]),
         series_number=SERIES_NUMBER,
-        sop_instance_uid=instance_uid(study_uid, parts),
+        sop_instance_uid=sop_instance_uid,
+        previous_versions=predecessors,
         instance_number=len(answers),
         manufacturer="huatuo",
         manufacturer_model_name=clean_text(first["bundle"], multiline=False)[:64] or "huatuo",
@@ -343,13 +353,26 @@ def write_sr(path: Path, sources: Sequence[Path], answers: list[dict[str, Any]],
     return write_study_sr(path, [AnsweredImages(answers, [SeenImage(Path(p), frames.get(Path(p), ())) for p in sources])])
 
 
+def _previous_version(path: Path) -> Dataset | None:
+    """The SR at `path` from an earlier run (its header), if a readable one is there."""
+    import pydicom
+
+    if not path.is_file():
+        return None
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True,
+                               specific_tags=["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"])
+    except Exception:  # a damaged old file: the new SR simply names no predecessor
+        return None
+
+
 def write_study_sr(path: Path, parts: Sequence[AnsweredImages]) -> Path:
     """Build one study's SR and write it owner-only and atomically (temp file, fsync, rename), so
     a rerun with more answers replaces the file whole and a reader (or `--send`) never sees half."""
     from huatuo_cli import __version__
 
     with quiet_highdicom():
-        sr = build_sr(parts, version=__version__)
+        sr = build_sr(parts, version=__version__, previous=_previous_version(path))
         buffer = BytesIO()
         sr.save_as(buffer, enforce_file_format=True)
     return write_private(path, buffer.getvalue())
