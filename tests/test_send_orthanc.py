@@ -117,6 +117,7 @@ def test_batch_send_round_trip_and_resume_after_failed_sends(tmp_path: Path, ort
     errors = read_jsonl(tmp_path / "run" / ERRORS_NAME)
     assert [e["kind"] for e in errors] == ["send"] * 3
     assert all(e["reason"].startswith("SR not sent: no DICOM association") for e in errors)
+    assert "SR not sent" in (tmp_path / "run" / "report.md").read_text(encoding="utf-8")
 
     up = Sender(resolve(orthanc.address))
     summary = batch(root, tmp_path / "run", send_sr=up.send)
@@ -129,6 +130,9 @@ def test_batch_send_round_trip_and_resume_after_failed_sends(tmp_path: Path, ort
         assert all(any(q in t for t in texts) for q in set(answers))
     received = orthanc.received()
     assert len(received) == 3
+    for report in ("report.md", "report.html"):  # delivered now: the earlier send failures no longer stand
+        assert "SR not sent" not in (tmp_path / "run" / report).read_text(encoding="utf-8")
+    assert len(read_jsonl(tmp_path / "run" / ERRORS_NAME)) == 3  # errors.jsonl keeps the history
 
     again = batch(root, tmp_path / "run", send_sr=Sender(resolve(orthanc.address)).send)
     assert (again.sent, again.unsent) == (0, 0)

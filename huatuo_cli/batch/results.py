@@ -61,6 +61,9 @@ class BatchState:
     #: of many thousand studies does not rescan every record for every question
     done: set[tuple[str, str]] = field(init=False)
     _error_keys: set[tuple[Any, ...]] = field(init=False, repr=False)
+    #: studies whose SR this run's sender confirmed at the PACS (`batch --send`): an earlier
+    #: "SR not sent" line of theirs no longer stands
+    delivered: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.done = {(r["study"], r["question"]) for r in self.results}
@@ -132,7 +135,9 @@ class BatchState:
         return keys
 
     def open_errors(self) -> list[dict[str, Any]]:
-        """Errors still standing: a study that failed once and was answered on a rerun is not one."""
+        """Errors still standing: a study that failed once and was answered on a rerun is not one,
+        nor an SR that failed to send once and reached the PACS on a rerun."""
         done = self.done
         return [e for e in self.errors
-                if not (e["kind"] == "study" and e.get("question") and (e["key"], e["question"]) in done)]
+                if not (e["kind"] == "study" and e.get("question") and (e["key"], e["question"]) in done)
+                and not (e["kind"] == "send" and e["key"] in self.delivered)]

@@ -338,6 +338,7 @@ def _send_sr(state: BatchState, job: Job, send_sr: Callable[[Path], Outcome], su
         state.add_error(kind="send", key=job.study_key, reason="SR not sent: " + outcome.reason)
         summary.unsent += 1
         return ", SR not sent"
+    state.delivered.add(job.study_key)  # sent now or before: an old "SR not sent" line no longer stands
     if outcome.state in ("sent", "resent"):
         summary.sent += 1
         return ", SR sent"
