@@ -53,8 +53,8 @@ def _llama_wheel(cuda_archs: str | None) -> Path:
 
 
 def wheelhouse(out: Path, cuda_archs: str | None = None) -> list[Path]:
-    """huatuo's wheel, the portable llama.cpp wheel, and what `huatuo-cli[cpu]` needs, as wheels
-    (with `cuda_archs`: the CUDA llama.cpp build and `huatuo-cli[gpu]`, i.e. onnxruntime-gpu)."""
+    """huatuo's wheel, the portable llama.cpp wheel, and what `huatuo-cli[cpu,sign]` needs, as wheels
+    (with `cuda_archs`: the CUDA llama.cpp build and `huatuo-cli[gpu,sign]`, i.e. onnxruntime-gpu)."""
     out.mkdir(parents=True)
     pip = [sys.executable, "-m", "pip"]
     subprocess.run([*pip, "wheel", "-q", "--no-deps", "-w", str(out), str(ROOT)], check=True)
@@ -72,7 +72,9 @@ def wheelhouse(out: Path, cuda_archs: str | None = None) -> list[Path]:
 
 
 def _extra(cuda_archs: str | None) -> str:
-    return "gpu" if cuda_archs else "cpu"
+    """The workstation's extras: one ONNX Runtime, and `sign` (cryptography) so that a workstation
+    IT pins a key on (`install.sh --trust-key`) can check bundle signatures without a network."""
+    return ("gpu" if cuda_archs else "cpu") + ",sign"
 
 
 def write_lock(wheels: list[Path], lock: Path, extra: str = "cpu") -> None:

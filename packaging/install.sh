@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # Install huatuo from this offline artifact: verify every file first, then install without network.
 #
-#   ./install.sh [--prefix DIR] [--models DIR] [--python PYTHON]
+#   ./install.sh [--prefix DIR] [--models DIR] [--python PYTHON] [--trust-key IT.pub]
 #   ./install.sh --uninstall [--prefix DIR]
 #
 # PREFIX (default /opt/huatuo as root, else ~/.local/opt/huatuo) gets <version>/venv and
 # bin/huatuo -> <version>/venv/bin/huatuo; another version installs beside it and takes bin/huatuo.
 # Bundles go to the machine-wide models folder (/usr/local/share/huatuo/models) or --models DIR,
 # each beside the ones already there. Nothing is changed unless MANIFEST.sha256 matches every file
-# and lists every file. See README.md.
+# and lists every file. --trust-key pins IT's bundle-signing key (the .pub of `huatuo convert keygen`)
+# in <version>/venv/etc/huatuo/trusted-keys: from then on that huatuo uses only bundles signed with
+# it, and the bundles of this artifact must be signed before anything is copied. See README.md.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 if [ "$(id -u)" = 0 ]; then prefix=/opt/huatuo; else prefix="$HOME/.local/opt/huatuo"; fi
-models="" python="python3.11" uninstall=0
+models="" python="python3.11" uninstall=0 trust_key=""
 
 die() { echo "install.sh: $*" >&2; exit 1; }
 while [ $# -gt 0 ]; do
@@ -22,7 +24,8 @@ while [ $# -gt 0 ]; do
     --models) models="$2"; shift 2 ;;
     --python) python="$2"; shift 2 ;;
     --uninstall) uninstall=1; shift ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    --trust-key) trust_key="$(realpath -e "$2")" || die "no key file $2"; shift 2 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
 done
@@ -59,6 +62,25 @@ mkdir -p "$prefix/bin"
 PIP_CONFIG_FILE=/dev/null PIP_NO_INDEX=1 "$venv/bin/python" -m pip install -q --no-index --no-cache-dir \
   --disable-pip-version-check --find-links "$here/wheelhouse" --require-hashes -r "$here/requirements.lock" \
   || { rm -rf "${prefix:?}/$version"; die "pip refused the wheelhouse (see above); nothing installed"; }
+
+# 2b. IT's signing key, pinned: checked as a key, then every bundle of this artifact checked against it
+if [ -n "$trust_key" ]; then
+  undo() { rm -rf "${prefix:?}/$version"; die "$1; nothing installed"; }
+  "$venv/bin/python" - "$trust_key" <<'PY' || undo "--trust-key $trust_key is not a huatuo-ed25519 public key file"
+import sys
+from huatuo_cli.signing import parse_public_key
+lines = [line for line in open(sys.argv[1], encoding="utf-8") if line.strip() and not line.startswith("#")]
+assert lines, "no key in the file"
+for line in lines:
+    parse_public_key(line)
+PY
+  mkdir -p "$venv/etc/huatuo"
+  install -m 0644 "$trust_key" "$venv/etc/huatuo/trusted-keys"
+  for bundle in bundles/*/; do
+    [ -d "$bundle" ] || continue
+    "$venv/bin/huatuo" models verify "$bundle" || undo "bundle $(basename "$bundle") is not signed by the trusted key"
+  done
+fi
 ln -sfn "$venv/bin/huatuo" "$prefix/bin/huatuo"
 
 # 3. bundles beside the ones already installed

@@ -196,3 +196,43 @@ def _build_offline():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_a_pinned_it_key_admits_only_bundles_it_signed(artifact, tmp_path):
+    """`install.sh --trust-key IT.pub`: the artifact's unsigned demo bundle is refused before anything
+    is installed; signed with IT's key (`huatuo convert sign`), it installs, and the installed huatuo
+    checks the signature offline (cryptography is in the workstation wheelhouse)."""
+    keys = tmp_path / "keys"
+    made = subprocess.run([sys.executable, "-m", "huatuo_cli", "convert", "keygen", str(keys)],
+                          capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    public = keys / "huatuo-signing.pub"
+
+    unsigned = tmp_path / "unsigned"
+    shutil.copytree(artifact, unsigned)
+    refused = install(unsigned, tmp_path / "p1", tmp_path / "m1", tmp_path / "home", "--trust-key", str(public))
+    assert refused.returncode != 0 and "is not signed by the trusted key; nothing installed" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert not any((tmp_path / "p1").glob("0.*")) and not (tmp_path / "m1").exists()
+
+    not_a_key = tmp_path / "not-a-key.pub"
+    not_a_key.write_text("ssh-ed25519 AAAA root@host\n")
+    bad = install(unsigned, tmp_path / "p3", tmp_path / "m3", tmp_path / "home", "--trust-key", str(not_a_key))
+    assert bad.returncode != 0 and "is not a huatuo-ed25519 public key file" in bad.stderr
+    assert not any((tmp_path / "p3").glob("0.*"))
+
+    signed = tmp_path / "signed"
+    shutil.copytree(artifact, signed)
+    (bundle,) = (signed / "bundles").iterdir()
+    sign = subprocess.run([sys.executable, "-m", "huatuo_cli", "convert", "sign", str(bundle), "--key",
+                           str(keys / "huatuo-signing.key")], capture_output=True, text=True)
+    assert sign.returncode == 0, sign.stderr
+    _build_offline().write_manifest(signed)  # IT re-issues the artifact's MANIFEST.sha256 after signing
+    prefix, models, home = tmp_path / "p2", tmp_path / "m2", tmp_path / "home"
+    done = install(signed, prefix, models, home, "--trust-key", str(public))
+    assert done.returncode == 0, done.stderr[-2000:]
+    (venv,) = prefix.glob("0.*/venv")
+    assert (venv / "etc" / "huatuo" / "trusted-keys").read_text() == public.read_text()
+    check = subprocess.run([str(prefix / "bin" / "huatuo"), "models", "verify", str(models / bundle.name)],
+                           capture_output=True, text=True, env=offline_env(home))
+    assert check.returncode == 0 and "signed by trusted key" in check.stdout, check.stdout + check.stderr
