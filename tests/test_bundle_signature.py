@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+import cryptography  # noqa: E402,F401  # the convert extra installs it: a missing one fails loudly, never skips
 import pytest
 from click.testing import CliRunner
 
@@ -16,8 +17,6 @@ from huatuo_cli.cli import cli
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.signing import ENV_KEYS, SIG_NAME
 from tests.test_bundle import make_bundle
-
-pytest.importorskip("cryptography")
 
 
 def invoke(*args: str) -> str:

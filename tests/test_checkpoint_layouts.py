@@ -13,8 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-torch = pytest.importorskip("torch")
+import torch  # noqa: E402  # the convert extra (make install): missing fails, never skips
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from huatuo_convert.checkpoint import LlavaCheckpoint  # noqa: E402

@@ -77,7 +77,7 @@ def test_ctrl_c_during_quantization_stops_it_at_once(make_checkpoint, tmp_path):
     """Ctrl-C (SIGINT to the terminal's process group) while llama.cpp quantizes: the conversion
     stops, nothing is left behind, no traceback. On main the interrupt landed in llama-cpp's log
     callback, was dropped, and quantization went on."""
-    psutil = pytest.importorskip("psutil")
+    import psutil  # the dev extra
     out = tmp_path / "llm.gguf"
     proc = subprocess.Popen([sys.executable, "-m", "huatuo_cli", "convert", "gguf", str(make_checkpoint()), str(out),
                              "--quant", "q4_k_m", "--no-verify"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
