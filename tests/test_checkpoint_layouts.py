@@ -13,12 +13,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch  # noqa: E402  # the convert extra (make install): missing fails, never skips
-from safetensors.torch import load_file, save_file  # noqa: E402
+import torch  # the convert extra (make install): missing fails, never skips
+from safetensors.torch import load_file, save_file
 
-from huatuo_convert.checkpoint import LlavaCheckpoint  # noqa: E402
-from huatuo_convert.reference import build_vision  # noqa: E402
-from huatuo_convert.synth import VISION_FOLDER  # noqa: E402
+from huatuo_convert.checkpoint import LlavaCheckpoint
+from huatuo_convert.reference import build_vision
+from huatuo_convert.synth import VISION_FOLDER
 
 
 def _rewrite_tower(src: Path, dst: Path, layout: str) -> Path:
