@@ -19,7 +19,7 @@ from typing import Any
 
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.jsonl import read_jsonl as read_jsonl  # the one JSON-lines reader (audit log too)
-from huatuo_cli.privacy import append_line, private_dir, write_private
+from huatuo_cli.privacy import append_line, open_private_fd, private_dir, write_private
 from huatuo_cli.record import SCHEMA, upgrade
 
 RESULTS_NAME = "results.jsonl"
@@ -36,7 +36,7 @@ def locked(out: Path) -> Iterator[None]:
     """Hold the output folder for one batch: a second batch into it at the same time would answer
     every study twice. An advisory lock (flock) on OUT/.lock, released by the kernel when the
     process ends however it ends, so a crash never leaves a stale lock behind."""
-    fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = open_private_fd(out / LOCK_NAME, os.O_RDWR)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -28,7 +28,7 @@ from pathlib import Path
 import platformdirs
 
 from huatuo_cli import APP_NAME as APP
-from huatuo_cli.batch.results import read_jsonl
+from huatuo_cli.jsonl import read_jsonl
 from huatuo_cli.privacy import append_line, private_dir
 
 SCHEMA = "huatuo.sent/1"
@@ -57,7 +57,8 @@ class Ledger:
         self.path = path
         self.address = address
         self.last: dict[str, Entry] = {}
-        for record in read_jsonl(path, repair=True):
+        for record in read_jsonl(path, repair=True, hint="the record of what was sent was edited or damaged; "
+                                 "move it aside to start a new one (files already at the PACS are then sent again)"):
             if record.get("schema") == SCHEMA and record.get("state") in (SENDING, SENT):
                 self.last[record["uid"]] = Entry(record["state"], record["sha256"])
 
