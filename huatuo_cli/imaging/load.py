@@ -70,7 +70,7 @@ class RenderedImage:
     overlays: list[np.ndarray | None] = field(default_factory=list)
 
 
-def _code(value: object) -> str:
+def code_string(value: object) -> str:
     """A code-string attribute, sanitised so free text cannot leak through it."""
     text = str(value or "").strip().upper()
     return text if re.fullmatch(r"[A-Z0-9 _\-]{0,16}", text) else ""
@@ -133,7 +133,7 @@ def _render_dataset(ds: Dataset, choice: WindowChoice, frame: FrameChoice) -> Re
     photometric = str(ds.get("PhotometricInterpretation", "") or "MONOCHROME2").upper()
     if photometric in _COLOR and choice.is_composite:
         raise HuatuoError("a composite (R/G/B) window needs a grayscale image; this one is in colour")
-    body_part = _code(ds.get("BodyPartExamined"))
+    body_part = code_string(ds.get("BodyPartExamined"))
     frames, labels = [], []
     for array in _decode(ds, indices, n, ts):
         if photometric in _COLOR or array.ndim == 3:
@@ -146,7 +146,7 @@ def _render_dataset(ds: Dataset, choice: WindowChoice, frame: FrameChoice) -> Re
             labels.append(label)
     meta = ImageMeta(
         source="dicom",
-        modality=_code(ds.get("Modality")),
+        modality=code_string(ds.get("Modality")),
         body_part=body_part,
         photometric=photometric,
         rows=int(ds.Rows),

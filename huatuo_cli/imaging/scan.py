@@ -24,7 +24,7 @@ from PIL import Image, UnidentifiedImageError
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.imaging.dicomio import is_dicom_file, not_an_image, read_dicom, read_head
 from huatuo_cli.imaging.frames import number_of_frames
-from huatuo_cli.imaging.load import _code as code_string
+from huatuo_cli.imaging.load import code_string
 from huatuo_cli.imaging.reject import Rejected, check_header, check_transfer_syntax, header_failure, short_syntax_name
 
 KEY_LENGTH = 12
