@@ -22,6 +22,7 @@ from huatuo_cli.prompt import PROMPT_FORMAT
 from huatuo_convert.atomic import atomic_folder
 from huatuo_convert.bundle_card import render_bundle_card
 from huatuo_convert.checkpoint import LlavaCheckpoint
+from huatuo_convert.gguf_verify import tokenizer_report
 from huatuo_convert.model_cards import identify
 
 #: file names inside a bundle, by role
@@ -159,6 +160,7 @@ def build_bundle(
             },
             llm={
                 "family": ckpt.llm_family,
+                "prompt_markers": ref.tokenizer.markers,  # also in the GGUF (huatuo.tokenizer.markers)
                 "hidden_size": ckpt.config["hidden_size"],
                 "layers": ckpt.config["num_hidden_layers"],
                 "context_length": ckpt.config.get("max_position_embeddings"),
@@ -188,8 +190,9 @@ def summary(manifest: Manifest) -> str:
     lines = [f"bundle {manifest.bundle_name}: {manifest.architecture}, {manifest.quantization}, {len(manifest.files)} files"]
     if "llm" in f:
         tok, logits = f["llm"]["tokenizer"], f["llm"]["logits"]
-        lines.append(f"  llm: tokenizer {tok['identical']}/{tok['strings']} identical; top-1 {logits['top1_agreement']:.2%}, "
+        lines.append(f"  llm: top-1 {logits['top1_agreement']:.2%}, "
                      f"max |dlogit| {logits['max_abs_logit_delta']:.3g}, mean KL {logits['mean_kl']:.3g}")
+        lines += [f"  llm: {line}" for line in tokenizer_report(tok)]
     for name, report in f.get("vision", {}).get("files", {}).items():
         lines.append(f"  {name}: min cosine {report['min_cosine']:.6f}, max abs diff {report['max_abs_diff']:.2e}")
     if "mmproj" in f:

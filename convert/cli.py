@@ -44,6 +44,13 @@ def convert() -> None:
 @click.option("--vision-layers", type=int, default=3, show_default=True)
 @click.option("--image-size", type=int, default=56, show_default=True)
 @click.option("--patch-size", type=int, default=14, show_default=True)
+@click.option("--markers", type=click.Choice(["text", "tokens"]), default="text", show_default=True,
+              help="The chat markers <|user|>/<|assistant|> as plain text (base Qwen2) or as added tokens.")
+@click.option("--vocab-from", type=str, default=None, metavar="GGUF",
+              help="Build the tokenizer from a real vocabulary: a llama.cpp vocab-only GGUF "
+                   "(ggml-vocab-qwen2.gguf for llava-qwen2, ggml-vocab-llama-spm.gguf for llava-llama).")
+@click.option("--padded-vocab-size", type=int, default=None,
+              help="Embedding rows beyond the tokenizer (HuatuoGPT-Vision-7B: 152064).")
 def synth(out: Path, **options) -> None:
     """Write a tiny random checkpoint in the real HuatuoGPT-Vision on-disk layout.
 
@@ -83,6 +90,7 @@ def gguf(src: Path, out: Path, quant: str, force: bool, allow_pickle: bool, no_v
       huatuo convert gguf /models/HuatuoGPT-Vision-7B hgv7b-q4km.gguf --quant q4_k_m --force
     """
     from huatuo_convert.checkpoint import LlavaCheckpoint
+    from huatuo_convert.gguf_verify import tokenizer_report
     from huatuo_convert.llm_gguf import fidelity_path, write_llm_gguf
 
     ckpt = LlavaCheckpoint.open(src, allow_pickle=allow_pickle)
@@ -90,7 +98,8 @@ def gguf(src: Path, out: Path, quant: str, force: bool, allow_pickle: bool, no_v
     click.echo(f"wrote {path} ({quant}, {path.stat().st_size / 2**20:.1f} MiB)")
     if fidelity is not None:
         tok, logits = fidelity["tokenizer"], fidelity["logits"]
-        click.echo(f"tokenizer parity: {tok['identical']}/{tok['strings']} strings identical")
+        for line in tokenizer_report(tok):
+            click.echo(line)
         click.echo(
             f"logit parity over {logits['positions']} positions: max |delta| {logits['max_abs_logit_delta']:.3g}, "
             f"({logits['max_rel_logit_delta']:.2g} of max |logit|), top-1 {logits['top1_agreement']:.2%} "

@@ -4,7 +4,10 @@ Qwen2 (7B): byte-level BPE as `tokenizer.ggml.model = gpt2` with `pre = qwen2` (
 applies Qwen2's split regex), tokens, types and merges. Llama / Yi (34B): sentencepiece as
 `tokenizer.ggml.model = llama` with scores and the piece types straight from `tokenizer.model`;
 its dummy-prefix space becomes `huatuo.tokenizer.chunk_prefix` (see huatuo_cli.gguf_tokens). In both,
-the token list is padded with `[PAD{i}]` rows up to the config's `vocab_size`, because llama.cpp requires one token per embedding row.
+`huatuo.tokenizer.markers` records whether the chat markers are tokens of the checkpoint's tokenizer
+or plain text, and `add_bos_token` is false: HuatuoGPT-Vision's own code adds no BOS (docs/model.md
+"Tokenization"). The token list is padded with `[PAD{i}]` rows up to the config's `vocab_size`,
+because llama.cpp requires one token per embedding row.
 The chat template is the jinja form of `huatuo_cli.prompt`'s format.
 """
 
@@ -15,7 +18,7 @@ from dataclasses import dataclass
 
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.extras import require
-from huatuo_cli.gguf_tokens import CHUNK_PREFIX_KEY
+from huatuo_cli.gguf_tokens import CHUNK_PREFIX_KEY, MARKERS_KEY
 from huatuo_convert.checkpoint import LlavaCheckpoint
 from huatuo_convert.reference_tokenizer import load_reference_tokenizer
 
@@ -41,8 +44,8 @@ class GgufVocab:
     merges: list[str]
     add_space_prefix: bool | None
     special_ids: dict[str, int]  # bos/eos/unk/pad -> id
-    add_bos: bool
-    add_eos: bool
+    #: `tokens` or `text` (huatuo_cli.gguf_tokens): how the checkpoint's tokenizer treats the chat markers
+    markers: str
     #: prepended by the runtime to each non-empty text chunk (huatuo_cli.gguf_tokens)
     chunk_prefix: str = ""
 
@@ -70,12 +73,25 @@ def _special_ids(ckpt: LlavaCheckpoint, n_vocab: int, *, merges: bool) -> tuple[
     return dict(special.special_token_ids), list(special.merges)
 
 
+def _fast_tokenizer_json(ckpt: LlavaCheckpoint) -> dict:
+    """The checkpoint's fast tokenizer as `tokenizer.json` data: the file itself, or what transformers
+    builds from `vocab.json` + `merges.txt` (+ `added_tokens.json`), as some Qwen2 repositories ship."""
+    path = ckpt.root / "tokenizer.json"
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    if not ((ckpt.root / "vocab.json").is_file() and (ckpt.root / "merges.txt").is_file()):
+        found = ", ".join(sorted(p.name for p in ckpt.root.iterdir() if "token" in p.name or p.suffix == ".txt")) or "none"
+        raise HuatuoError(f"no Qwen2 tokenizer in {ckpt.root}: looked for tokenizer.json, or vocab.json with merges.txt "
+                          f"(tokenizer files found: {found})",
+                          hint="copy the tokenizer files of the original checkpoint next to config.json")
+    transformers = require("transformers")
+    transformers.logging.set_verbosity_error()
+    return json.loads(transformers.AutoTokenizer.from_pretrained(str(ckpt.root)).backend_tokenizer.to_str())
+
+
 def qwen2_vocab(ckpt: LlavaCheckpoint, n_vocab: int) -> GgufVocab:
     gguf = require("gguf")
-    path = ckpt.root / "tokenizer.json"
-    if not path.is_file():
-        raise HuatuoError(f"no tokenizer.json in {ckpt.root} (a Qwen2 checkpoint ships one)")
-    data = json.loads(path.read_text(encoding="utf-8"))
+    data = _fast_tokenizer_json(ckpt)
     if data.get("model", {}).get("type") != "BPE":
         raise HuatuoError("tokenizer.json is not a byte-level BPE tokenizer, as Qwen2's is")
     size = max([*data["model"]["vocab"].values(), *(t["id"] for t in data.get("added_tokens", []))]) + 1
@@ -91,10 +107,10 @@ def qwen2_vocab(ckpt: LlavaCheckpoint, n_vocab: int) -> GgufVocab:
     padded, padded_types = _pad(tokens, types, n_vocab)
     ids, merges = _special_ids(ckpt, n_vocab, merges=True)
     if not merges:
-        raise HuatuoError("tokenizer.json has no merges; llama.cpp's BPE needs them")
+        raise HuatuoError("the tokenizer has no merges (tokenizer.json or merges.txt); llama.cpp's BPE needs them")
     ref = load_reference_tokenizer(ckpt.root)
     return GgufVocab(model="gpt2", pre="qwen2", tokens=padded, types=padded_types, scores=None, merges=merges,
-                     add_space_prefix=None, special_ids=ids, add_bos=ref.add_bos, add_eos=False)
+                     add_space_prefix=None, special_ids=ids, markers=ref.markers)
 
 
 def llama_vocab(ckpt: LlavaCheckpoint, n_vocab: int) -> GgufVocab:
@@ -132,7 +148,7 @@ def llama_vocab(ckpt: LlavaCheckpoint, n_vocab: int) -> GgufVocab:
     return GgufVocab(
         model="llama", pre="default", tokens=padded, types=padded_types,
         scores=scores + [-1000.0] * (n_vocab - len(scores)), merges=[],
-        add_space_prefix=False, special_ids=ids, add_bos=ref.add_bos, add_eos=False,
+        add_space_prefix=False, special_ids=ids, markers=ref.markers,
         chunk_prefix=" " if proto.normalizer_spec.add_dummy_prefix else "",
     )
 
@@ -159,8 +175,9 @@ def add_vocab(writer, vocab: GgufVocab) -> None:
         writer.add_add_space_prefix(vocab.add_space_prefix)
     for key, idx in vocab.special_ids.items():
         getattr(writer, f"add_{key}_token_id")(idx)
-    writer.add_add_bos_token(vocab.add_bos)
-    writer.add_add_eos_token(vocab.add_eos)
+    writer.add_add_bos_token(False)  # the official code adds none (docs/model.md "Tokenization")
+    writer.add_add_eos_token(False)
     writer.add_chat_template(CHAT_TEMPLATE)
+    writer.add_string(MARKERS_KEY, vocab.markers)
     if vocab.chunk_prefix:
         writer.add_string(CHUNK_PREFIX_KEY, vocab.chunk_prefix)

@@ -1,11 +1,15 @@
 """The tokenizer behaviour the official HuatuoGPT-Vision code had, as the parity reference.
 
-Qwen2 (7B): the checkpoint's fast tokenizer (`tokenizer.json`) through transformers.
+Qwen2 (7B): the checkpoint's own tokenizer through transformers (`tokenizer.json`, or the
+`vocab.json` + `merges.txt` pair that transformers builds the same fast tokenizer from).
 Yi / llama (34B): the official code ran transformers 4.x's slow `LlamaTokenizer` (legacy mode),
-which is sentencepiece itself on each text piece; transformers 5 converts `tokenizer.model` to a
-fast tokenizer that differs on whitespace runs, so sentencepiece is used directly here.
-Prompts are tokenized per chunk between `<image>` markers, BOS only on the first chunk, exactly as
-LLaVA's `tokenizer_image_token` does.
+which is sentencepiece itself on each text; transformers 5 converts `tokenizer.model` to a fast
+tokenizer that differs on whitespace runs, so sentencepiece is used directly here.
+
+Prompts are tokenized as HuatuoGPT-Vision's `cli.py` does (docs/model.md "Tokenization"): one
+tokenizer call per turn part, cut at `<image>`, each piece whole with
+`tokenizer(chunk, add_special_tokens=False)`, so no BOS anywhere (the official code changed LLaVA's
+`tokenizer_image_token`, which put BOS on the first chunk).
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from huatuo_cli.errors import HuatuoError
 from huatuo_cli.extras import require
-from huatuo_cli.prompt import split_at_images
+from huatuo_cli.gguf_tokens import MARKERS_AS_TEXT, MARKERS_AS_TOKENS
+from huatuo_cli.prompt import TEMPLATE_MARKERS, encode_prompt
 
 
 @dataclass
@@ -24,16 +30,28 @@ class ReferenceTokenizer:
     encode_text: Callable[[str], list[int]]  # no special prefix tokens
     decode: Callable[[list[int]], str]
     bos_id: int | None
-    add_bos: bool
     eos_id: int | None
     vocab_size: int
+    #: `tokens` or `text`: whether the template's markers are added tokens of this tokenizer
+    markers: str
 
     def encode_chunks(self, prompt: str) -> list[list[int]]:
-        """Token ids of each text chunk between image placeholders (BOS on the first chunk only)."""
-        chunks = [self.encode_text(c) for c in split_at_images(prompt)]
-        if self.add_bos and self.bos_id is not None:
-            chunks[0] = [self.bos_id] + chunks[0]
-        return chunks
+        """Token ids of each text chunk between image placeholders, as `cli.py` makes them."""
+        return encode_prompt(prompt, self.encode_text)
+
+
+def marker_style(is_token: Callable[[str], bool]) -> str:
+    """`tokens` when every template marker is one added token, `text` when none is; a tokenizer that
+    defines only some of them is refused (no published checkpoint does, and neither answer is safe)."""
+    found = {marker: is_token(marker) for marker in TEMPLATE_MARKERS}
+    if all(found.values()):
+        return MARKERS_AS_TOKENS
+    if not any(found.values()):
+        return MARKERS_AS_TEXT
+    defined = ", ".join(m for m, ok in found.items() if ok)
+    missing = ", ".join(m for m, ok in found.items() if not ok)
+    raise HuatuoError(f"the tokenizer defines the chat marker(s) {defined} as tokens but not {missing}",
+                      hint="a HuatuoGPT-Vision tokenizer defines both markers as added tokens or neither")
 
 
 def load_reference_tokenizer(root: Path) -> ReferenceTokenizer:
@@ -43,22 +61,31 @@ def load_reference_tokenizer(root: Path) -> ReferenceTokenizer:
     if (root / "tokenizer.model").is_file() and cfg.get("tokenizer_class", "").startswith("Llama"):
         spm = require("sentencepiece")
         sp = spm.SentencePieceProcessor(model_file=str(root / "tokenizer.model"))
+
+        from sentencepiece import sentencepiece_model_pb2 as model_pb2
+
+        proto = model_pb2.ModelProto()
+        proto.ParseFromString((root / "tokenizer.model").read_bytes())
+        atomic = (model_pb2.ModelProto.SentencePiece.CONTROL, model_pb2.ModelProto.SentencePiece.USER_DEFINED)
+        added = {p.piece for p in proto.pieces if p.type in atomic}
+
         return ReferenceTokenizer(
             encode_text=lambda text: list(sp.encode(text)),
             decode=lambda ids: sp.decode(list(ids)),
             bos_id=sp.bos_id() if sp.bos_id() >= 0 else None,
-            add_bos=bool(cfg.get("add_bos_token", True)),
             eos_id=sp.eos_id() if sp.eos_id() >= 0 else None,
             vocab_size=sp.get_piece_size(),
+            markers=marker_style(lambda marker: marker in added),
         )
     transformers = require("transformers")
     transformers.logging.set_verbosity_error()  # it warns that `llava_qwen2` is not a model type it knows
     tok = transformers.AutoTokenizer.from_pretrained(str(root))
+    added = tok.get_added_vocab()
     return ReferenceTokenizer(
         encode_text=lambda text: list(tok(text, add_special_tokens=False).input_ids),
         decode=lambda ids: tok.decode(list(ids), skip_special_tokens=False),
         bos_id=tok.bos_token_id,
-        add_bos=bool(cfg.get("add_bos_token", False)) and tok.bos_token_id is not None,
         eos_id=tok.eos_token_id,
         vocab_size=len(tok),
+        markers=marker_style(lambda marker: marker in added),
     )

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.extras import require
+from huatuo_cli.gguf_tokens import MARKER_STYLES, MARKERS_AS_TEXT
 from huatuo_convert.checkpoint import CLIP_HEAD_DIM  # the embedded layout carries no vision config
 from huatuo_convert.synth_tokenizers import write_qwen2_tokenizer, write_yi_tokenizer
 
@@ -59,12 +60,23 @@ class SynthSpec:
     vision_projection_dim: int = 64
     #: Embedding rows when larger than the tokenizer needs (benchmarks: Qwen2's real 151936).
     padded_vocab_size: int | None = None
+    #: The chat markers as added tokens (`tokens`) or plain text (`text`, as in base Qwen2).
+    markers: str = MARKERS_AS_TEXT
+    #: A llama.cpp vocab-only GGUF whose real vocabulary the tokenizer is built from (then
+    #: `vocab_size` is ignored): ggml-vocab-qwen2.gguf for llava-qwen2, ggml-vocab-llama-spm.gguf for llava-llama.
+    vocab_from: str | None = None
 
     def validate(self) -> None:
         if self.arch not in ARCHITECTURES:
             raise HuatuoError(f"unknown architecture '{self.arch}'", hint=f"one of {sorted(ARCHITECTURES)}")
         if self.vision_layout not in VISION_LAYOUTS:
             raise HuatuoError(f"unknown vision layout '{self.vision_layout}'", hint=f"one of {VISION_LAYOUTS}")
+        if self.markers not in MARKER_STYLES:
+            raise HuatuoError(f"unknown marker style '{self.markers}'", hint=f"one of {MARKER_STYLES}")
+        if self.vocab_from is not None and not Path(self.vocab_from).is_file():
+            raise HuatuoError(f"vocabulary file {self.vocab_from} not found",
+                              hint="a llama.cpp vocab-only GGUF, e.g. vendor/llama.cpp/models/ggml-vocab-qwen2.gguf "
+                                   "of the llama-cpp-python sdist")
         if self.dtype not in DTYPES:
             raise HuatuoError(f"unknown dtype '{self.dtype}'", hint=f"one of {DTYPES}")
         if self.shards < 1:
@@ -279,10 +291,8 @@ def write_synthetic_checkpoint(out: Path, spec: SynthSpec) -> Path:
     if out.exists() and any(out.iterdir()):
         raise HuatuoError(f"output folder {out} exists and is not empty")
     out.mkdir(parents=True, exist_ok=True)
-    if spec.arch == "llava-qwen2":
-        vocab = write_qwen2_tokenizer(out, spec.vocab_size)
-    else:
-        vocab = write_yi_tokenizer(out, spec.vocab_size)
+    writer = write_qwen2_tokenizer if spec.arch == "llava-qwen2" else write_yi_tokenizer
+    vocab = writer(out, spec.vocab_size, spec.markers, Path(spec.vocab_from) if spec.vocab_from else None)
     config = _llm_config(spec, vocab)
     (out / "config.json").write_text(json.dumps(config, indent=2))
     (out / "generation_config.json").write_text(

@@ -20,6 +20,7 @@ from typing import Any
 from huatuo_cli import APP_NAME
 from huatuo_cli.atomic import write_atomic
 from huatuo_cli.errors import HuatuoError
+from huatuo_cli.gguf_tokens import MARKERS_KEY
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 2  # 2: `model_id` (the folder name at conversion) renamed `bundle_name`
@@ -267,7 +268,7 @@ def llm_metadata(path: Path) -> dict[str, str | None]:
     except Exception as exc:  # gguf raises ValueError, struct errors... for a foreign or torn file
         raise HuatuoError(f"{path.name} is not a readable GGUF file ({exc.__class__.__name__})") from exc
     keys = ("general.architecture", "huatuo.quantization", "huatuo.prompt_format",
-            "huatuo.source.architecture", "huatuo.source.config_sha256")
+            "huatuo.source.architecture", "huatuo.source.config_sha256", MARKERS_KEY)
     return {key: _gguf_string(reader, key) for key in keys}
 
 
@@ -286,6 +287,7 @@ def check_metadata(root: Path, manifest: Manifest) -> list[str]:
         ("source.hf_architecture", manifest.source.get("hf_architecture"), meta["huatuo.source.architecture"]),
         ("source.config_sha256", manifest.source.get("config_sha256"), meta["huatuo.source.config_sha256"]),
         ("llm.family", manifest.llm.get("family", family), family),
+        ("llm.prompt_markers", manifest.llm.get("prompt_markers", meta[MARKERS_KEY]), meta[MARKERS_KEY]),
     ]
     problems = [f"manifest {name} {said!r} but the LLM file says {truth!r}"
                 for name, said, truth in claims if truth is not None and said != truth]

@@ -1,14 +1,33 @@
-"""Tokenize a prompt with a GGUF's vocabulary exactly as the reference tokenizer does.
+"""Tokenize a prompt with a GGUF's vocabulary exactly as the checkpoint's own tokenizer does.
 
 The runtime and the converter's verification both call `encode_chunks`, so the token ids the
 workstation sends are the ones whose parity was checked at conversion time.
 
-Chunks between `<image>` markers are tokenized separately, BOS on the first only (LLaVA's
-`tokenizer_image_token`). Sentencepiece (Yi / llama) prepends its dummy-prefix space once per
-text, while llama.cpp's `add_space_prefix` also inserts one after every special or user-defined
-token (such as `<|user|>`); so sentencepiece GGUFs are written with `add_space_prefix = false`
-and the converter records the prefix in `huatuo.tokenizer.chunk_prefix`, which is prepended to
-each non-empty chunk here. Byte-level BPE (Qwen2) has no prefix.
+As HuatuoGPT-Vision's `cli.py` does (docs/model.md "Tokenization"): the prompt is cut into the
+pieces the official code tokenizes one call each (`prompt.encode_prompt`: per turn part, then at
+the `<image>` placeholders), each piece is tokenized whole, and no BOS is added anywhere
+(`tokenizer(chunk, add_special_tokens=False)`). How the template's markers (`<|user|>`,
+`<|assistant|>`) come out depends on the checkpoint, and the converter records which case it is in
+`huatuo.tokenizer.markers`:
+
+- `tokens`: the checkpoint's tokenizer defines them as added tokens. Its tokenizer splits them out
+  of the text first and tokenizes the pieces apart; here the chunk is cut at the markers, each
+  marker becomes its one token and the pieces between are tokenized as text.
+- `text`: they are plain text (base Qwen2 defines no such tokens). The chunk is tokenized whole,
+  so Qwen2's pre-tokenizer joins `|>` with the newline after it, as the official code does.
+
+GGUFs written before the key existed were converted only from checkpoints whose markers were
+tokens (the parity gate refused the others), so a missing key means `tokens`.
+
+Everything but the template's markers, the user's question above all, is tokenized with
+`special=False`: `<|endoftext|>` typed in a question is text, never end-of-text (the official code
+would make it the control token: a deliberate difference, docs/model.md).
+
+Sentencepiece (Yi / llama) prepends its dummy-prefix space once per text, while llama.cpp's
+`add_space_prefix` also inserts one after every special or user-defined token; so sentencepiece
+GGUFs are written with `add_space_prefix = false` and the converter records the prefix in
+`huatuo.tokenizer.chunk_prefix`, prepended here to each non-empty chunk. Byte-level BPE (Qwen2)
+has no prefix.
 """
 
 from __future__ import annotations
@@ -16,9 +35,15 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from huatuo_cli.prompt import TEMPLATE_MARKERS, split_at_images
+from huatuo_cli.errors import HuatuoError
+from huatuo_cli.prompt import TEMPLATE_MARKERS, encode_prompt
 
 CHUNK_PREFIX_KEY = "huatuo.tokenizer.chunk_prefix"
+MARKERS_KEY = "huatuo.tokenizer.markers"
+#: the values of MARKERS_KEY
+MARKERS_AS_TOKENS = "tokens"
+MARKERS_AS_TEXT = "text"
+MARKER_STYLES = (MARKERS_AS_TOKENS, MARKERS_AS_TEXT)
 
 
 def chunk_prefix(llama: Any) -> str:
@@ -26,22 +51,26 @@ def chunk_prefix(llama: Any) -> str:
     return str(llama.metadata.get(CHUNK_PREFIX_KEY, ""))
 
 
+def marker_style(llama: Any) -> str:
+    """`tokens` or `text`: how the checkpoint's tokenizer treats the template's markers."""
+    style = str(llama.metadata.get(MARKERS_KEY, MARKERS_AS_TOKENS))
+    if style not in MARKER_STYLES:
+        raise HuatuoError(f"the LLM file says its prompt markers are {style!r}, which this huatuo does not know",
+                          hint="upgrade huatuo-cli or re-convert the bundle")
+    return style
+
+
 _MARKERS = re.compile("(" + "|".join(re.escape(m) for m in TEMPLATE_MARKERS) + ")")
 
 
-def encode_text(llama: Any, text: str, *, add_bos: bool = False) -> list[int]:
-    """One text chunk. Only the prompt template's own markers (`<|user|>`, `<|assistant|>`) become
-    control tokens; all other text, the user's question above all, is tokenized with
-    `special=False`, so `<|endoftext|>` typed in a question is text, never end-of-text.
-
-    llama.cpp splits at special tokens and tokenizes the pieces separately when `special=True`, so
-    splitting here first gives the same ids for a prompt without foreign control text.
-    """
-    if text:
-        text = chunk_prefix(llama) + text
+def encode_text(llama: Any, text: str) -> list[int]:
+    """One piece of text, as one call of the checkpoint's tokenizer tokenizes it (module docstring); no BOS."""
+    if not text:
+        return []
+    text = chunk_prefix(llama) + text
+    if marker_style(llama) == MARKERS_AS_TEXT:
+        return list(llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
     ids: list[int] = []
-    if add_bos:
-        ids += llama.tokenize(b"", add_bos=True, special=True)
     for piece in _MARKERS.split(text):
         if piece:
             ids += llama.tokenize(piece.encode("utf-8"), add_bos=False, special=piece in TEMPLATE_MARKERS)
@@ -50,4 +79,4 @@ def encode_text(llama: Any, text: str, *, add_bos: bool = False) -> list[int]:
 
 def encode_chunks(llama: Any, prompt: str) -> list[list[int]]:
     """Token ids of each text chunk between image placeholders (N images give N+1 chunks)."""
-    return [encode_text(llama, chunk, add_bos=(i == 0)) for i, chunk in enumerate(split_at_images(prompt))]
+    return encode_prompt(prompt, lambda text: encode_text(llama, text))

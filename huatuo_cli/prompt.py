@@ -7,6 +7,8 @@ the open turn ends with `<|user|>\\n{h}\\n<|assistant|>\\n`, images prepended as
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from huatuo_cli.errors import HuatuoError
@@ -87,3 +89,34 @@ def split_at_images(prompt: str) -> list[str]:
     The official code tokenizes each chunk separately, so no token spans an image boundary.
     """
     return prompt.split(IMAGE_PLACEHOLDER)
+
+
+_USER = re.compile(re.escape(USER_MARKER))
+_ASSISTANT = re.compile(re.escape(ASSISTANT_MARKER))
+
+
+def tokenizer_calls(prompt: str) -> list[str]:
+    """The pieces of a rendered prompt that the official code passes to its tokenizer one call each.
+
+    `cli.py` (`preprocess_huatuo`) tokenizes a past turn as two calls, `<|user|>\n{h}\n` and
+    `<|assistant|>\n{answer} \n`, and the open turn as one, `<|user|>\n{h}\n<|assistant|>\n`. The
+    cuts matter: sentencepiece adds its dummy-prefix space at the start of every call, and no BPE
+    token spans two calls. Text without markers is one call.
+    """
+    cuts = [m.start() for m in _USER.finditer(prompt)]
+    cuts += [m.start() for m in _ASSISTANT.finditer(prompt)][:-1]  # the open turn's marker stays in its call
+    bounds = sorted({0, *cuts, len(prompt)})
+    return [prompt[a:b] for a, b in zip(bounds, bounds[1:], strict=False)] or [""]
+
+
+def encode_prompt(prompt: str, encode_text: Callable[[str], list[int]]) -> list[list[int]]:
+    """Token ids of each chunk between image placeholders (N images give N+1 chunks), tokenized as
+    the official code does: per tokenizer call (`tokenizer_calls`), each call cut at its images and
+    every piece tokenized apart by `encode_text` (no BOS). The runtime (`gguf_tokens`) and the
+    reference (`huatuo_convert.reference_tokenizer`) both go through here."""
+    chunks: list[list[int]] = [[]]
+    for call in tokenizer_calls(prompt):
+        first, *after_images = split_at_images(call)
+        chunks[-1] += encode_text(first)
+        chunks += [encode_text(piece) for piece in after_images]
+    return chunks

@@ -26,6 +26,7 @@ def tiny_gguf(path: Path, *, quant: str = "f16", arch: str = "qwen2") -> Path:
     writer.add_string("huatuo.prompt_format", "huatuo-v1")
     writer.add_string("huatuo.source.architecture", "LlavaQwen2ForCausalLM")
     writer.add_string("huatuo.source.config_sha256", CONFIG_SHA)
+    writer.add_string("huatuo.tokenizer.markers", "text")
     writer.add_string("huatuo.padding", "p" * 16000)  # room for the flipped-byte offsets below
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

@@ -78,6 +78,8 @@ def test_missing_preprocessor_entry_is_refused(tmp_path):
 @pytest.mark.parametrize("field,value,match", [
     ("quantization", "q8_0", "manifest quantization 'q8_0' but the LLM file says 'f16'"),
     ("architecture", "llava-llama", "manifest architecture 'llava-llama' but the LLM file is a 'qwen2' model"),
+    ("llm", {"family": "qwen2", "prompt_markers": "tokens"},
+     "manifest llm.prompt_markers 'tokens' but the LLM file says 'text'"),
 ])
 def test_edited_fields_are_checked_against_the_llm_file(tmp_path, field, value, match):
     from huatuo_cli.locate import models_dirs
@@ -86,4 +88,4 @@ def test_edited_fields_are_checked_against_the_llm_file(tmp_path, field, value, 
     edit_manifest(root, lambda data: data.update({field: value}))
     refused(root, match)
     listed = CliRunner().invoke(cli, ["models", "list"], env={"COLUMNS": "200"})
-    assert listed.exit_code == 0 and value not in listed.output and "run models verify" in listed.output
+    assert listed.exit_code == 0 and str(value) not in listed.output and "run models verify" in listed.output
