@@ -337,3 +337,23 @@ def test_bf16_path_with_gradient_checkpointing(make_checkpoint, tmp_path):
     adapter = load_file(str(out / "adapter" / "adapter_model.safetensors"))
     assert {str(t.dtype) for t in adapter.values()} == {"torch.float32"}  # trainable weights stay fp32
     assert json.loads((tmp_path / "merged" / "huatuo_finetune.json").read_text())["merge_check"]["passed"]
+
+
+@pytest.mark.parametrize("markers", ["text", "tokens"])
+def test_follow_up_turns_encode_for_the_34b_layout(make_checkpoint, markers):
+    """cli.py tokenizes an earlier answer as its own call, so sentencepiece puts its dummy-prefix space
+    before `<|assistant|>` in the history but not in the open turn: the history is not a token prefix of
+    the next prompt. Each answer is supervised where it stands in the prompt the runtime sends."""
+    from huatuo_convert.finetune.encode import IGNORE, encode_turns, prompt_ids
+    from huatuo_convert.reference_tokenizer import load_reference_tokenizer
+
+    tok = load_reference_tokenizer(make_checkpoint(arch="llava-llama", markers=markers))
+    turns = [Turn("Describe the abnormality.", images=1, answer="Left pleural effusion."),
+             Turn("Is there a pneumothorax?", answer="No."), Turn("How large?", answer="About 4 cm.")]
+    enc = encode_turns(tok, turns, tokens_per_image=16)
+    prompt = prompt_ids(tok, [*turns[:2], Turn("How large?")], 16)
+    assert enc.input_ids[: len(prompt)] == prompt  # what the workstation sends for the third question
+    assert enc.input_ids[len(prompt):] == tok.encode_text("About 4 cm.") + [tok.eos_id]
+    supervised = [t for t, label in zip(enc.input_ids, enc.labels, strict=True) if label != IGNORE]
+    assert all(label in (IGNORE, t) for t, label in zip(enc.input_ids, enc.labels, strict=True))
+    assert tok.decode(supervised[:-1]).split() == "Left pleural effusion.No. About 4 cm.".split()

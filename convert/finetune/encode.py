@@ -5,7 +5,7 @@ by chunk between images as the runtime and the reference do (`ReferenceTokenizer
 Each image occupies `tokens_per_image` positions holding `IMAGE_TOKEN`; the model puts the
 projected image features there. Labels are `IGNORE` (-100) everywhere except on the answers: the
 last answer is followed by EOS (the runtime stops on it), earlier answers are supervised where
-they stand in the history exactly as the runtime will re-tokenize it for a follow-up question.
+they stand in the history exactly as the runtime tokenizes it for a follow-up question.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from huatuo_cli.errors import HuatuoError
-from huatuo_cli.prompt import Turn, render
+from huatuo_cli.prompt import ASSISTANT_MARKER, Turn, render, tokenizer_calls
 from huatuo_convert.reference_tokenizer import ReferenceTokenizer
 
 #: LLaVA's IMAGE_TOKEN_INDEX: never a real token id
@@ -36,52 +36,48 @@ class Encoded:
         return sum(1 for label in self.labels if label != IGNORE)
 
 
-def prompt_ids(tokenizer: ReferenceTokenizer, turns: Sequence[Turn], tokens_per_image: int) -> list[int]:
-    """The runtime's prompt for `turns` (the last one open) as one id list, images expanded."""
-    chunks = tokenizer.encode_chunks(render(list(turns)))
+def _with_images(chunks: list[list[int]], tokens_per_image: int) -> list[int]:
+    """Chunks between images as one id list, each image `tokens_per_image` IMAGE_TOKEN positions."""
     ids: list[int] = list(chunks[0])
     for chunk in chunks[1:]:
         ids += [IMAGE_TOKEN] * tokens_per_image + list(chunk)
     return ids
+
+
+def prompt_ids(tokenizer: ReferenceTokenizer, turns: Sequence[Turn], tokens_per_image: int) -> list[int]:
+    """The runtime's prompt for `turns` (the last one open) as one id list, images expanded."""
+    return _with_images(tokenizer.encode_chunks(render(list(turns))), tokens_per_image)
 
 
 def encode_turns(tokenizer: ReferenceTokenizer, turns: Sequence[Turn], tokens_per_image: int) -> Encoded:
-    """Ids and labels for answered turns (every turn has an answer)."""
+    """Ids and labels for answered turns (every turn has an answer).
+
+    The ids are what the runtime sends for the last question, every earlier turn in the history,
+    then the last answer and EOS. The prompt is tokenized one official tokenizer call at a time
+    (`prompt.tokenizer_calls`): an earlier answer stands in its own call, `<|assistant|>\n{answer} \n`,
+    and is supervised there, after the marker's own tokens.
+    """
     if tokenizer.eos_id is None:
         raise HuatuoError("the tokenizer has no EOS token; the model could not learn where an answer ends")
+    *history, last = turns
     ids: list[int] = []
     labels: list[int] = []
-    for k, turn in enumerate(turns):
-        history = [*turns[:k], Turn(question=turn.question, images=turn.images)]
-        prompt = prompt_ids(tokenizer, history, tokens_per_image)
-        _extend(ids, labels, prompt, supervised=False, what=f"turn {2 * k + 1}")
-        # the answer tokenized in its context, as it will stand in a follow-up's history
-        # (`{answer} \n<|user|>...`); the last one ends with EOS, where the runtime stops
-        with_answer = _history_text_ids(tokenizer, turns[: k + 1], tokens_per_image)
-        _extend(ids, labels, with_answer, supervised=True, what=f"turn {2 * k + 2}")
-    ids.append(tokenizer.eos_id)
-    labels.append(tokenizer.eos_id)
-    return Encoded(input_ids=ids, labels=labels)
-
-
-def _history_text_ids(tokenizer: ReferenceTokenizer, turns: Sequence[Turn], tokens_per_image: int) -> list[int]:
-    """Ids of the prompt text up to the end of the last answer (without its trailing ` \\n`)."""
-    full = render([*turns[:-1], Turn(question=turns[-1].question, images=turns[-1].images)]) + (turns[-1].answer or "")
-    chunks = tokenizer.encode_chunks(full)
-    ids: list[int] = list(chunks[0])
-    for chunk in chunks[1:]:
-        ids += [IMAGE_TOKEN] * tokens_per_image + list(chunk)
-    return ids
-
-
-def _extend(ids: list[int], labels: list[int], longer: list[int], *, supervised: bool, what: str) -> None:
-    """Append what `longer` adds to `ids`; it must start with `ids` (same tokens as the runtime)."""
-    if longer[: len(ids)] != ids:
-        raise HuatuoError(f"{what}: the conversation does not tokenize the same as a prefix of the next turn's "
-                          "prompt (a token spans a turn boundary)")
-    new = longer[len(ids):]
-    ids += new
-    labels += new if supervised else [IGNORE] * len(new)
+    answers = iter(history)
+    for call in tokenizer_calls(render([*history, Turn(question=last.question, images=last.images)])):
+        call_ids = _with_images(tokenizer.encode_chunks(call), tokens_per_image)
+        if call.startswith(ASSISTANT_MARKER):  # an earlier turn's answer (the open turn's call starts at <|user|>)
+            head = f"{ASSISTANT_MARKER}\n"
+            answered = tokenizer.encode_text(head + (next(answers).answer or ""))
+            marker = tokenizer.encode_text(head)
+            if answered[: len(marker)] != marker or call_ids[: len(answered)] != answered:
+                raise HuatuoError("an earlier answer does not tokenize the same inside the history as on its own "
+                                  "(a token spans the answer's boundary)")
+            labels += [IGNORE] * len(marker) + answered[len(marker):] + [IGNORE] * (len(call_ids) - len(answered))
+        else:
+            labels += [IGNORE] * len(call_ids)
+        ids += call_ids
+    answer = tokenizer.encode_text(last.answer or "") + [tokenizer.eos_id]
+    return Encoded(input_ids=ids + answer, labels=labels + answer)
 
 
 def collate(items: Sequence[tuple[Encoded, Any]], pad_id: int) -> dict[str, Any]:
