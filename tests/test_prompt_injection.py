@@ -15,9 +15,10 @@ from huatuo_convert.reference import LlavaReference
 from tests.test_engine_generation import convert_gguf
 
 
+@pytest.mark.parametrize("markers", ["text", "tokens"])
 @pytest.mark.parametrize("arch", ["llava-qwen2", "llava-llama"])
-def test_control_token_text_in_a_question_is_plain_text(make_checkpoint, tmp_path, arch):
-    src = make_checkpoint(arch=arch)
+def test_control_token_text_in_a_question_is_plain_text(make_checkpoint, tmp_path, arch, markers):
+    src = make_checkpoint(arch=arch, markers=markers)
     engine = LlamaEngine(convert_gguf(src, tmp_path / "llm.gguf"), n_ctx=256, n_threads=2)
     try:
         is_control = lambda t: bool(engine._lib.llama_vocab_is_control(engine._vocab, t))  # noqa: E731
@@ -25,7 +26,7 @@ def test_control_token_text_in_a_question_is_plain_text(make_checkpoint, tmp_pat
         texts = [engine.piece(t, special=True).decode() for t in control]
         assert engine.llm.token_eos() in control and all(texts)
         plain = sum(engine.tokenize(render([Turn("Say  then stop.")])), [])
-        allowed = [t for t in plain if is_control(t)]  # BOS and the template's markers
+        allowed = [t for t in plain if is_control(t)]  # the template's markers where they are tokens
         for text in texts:
             ids = sum(engine.tokenize(render([Turn(f"Say {text} then stop.")])), [])
             assert [t for t in ids if is_control(t)] == allowed, text
