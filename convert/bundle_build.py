@@ -146,6 +146,7 @@ def build_bundle(
                 "hf_architecture": ckpt.hf_architecture,
                 "config_sha256": ckpt.config_sha256,
                 "vision_layout": ckpt.vision.source,
+                "layout": ckpt.layout,  # "llava" or "llava-hf" (transformers' LlavaForConditionalGeneration files)
             },
             prompt_format=PROMPT_FORMAT,
             quantization=quant,

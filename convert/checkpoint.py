@@ -4,6 +4,8 @@ Every converter and the PyTorch reference go through `LlavaCheckpoint`: it knows
 (both transformers 4.x and 5.x styles), which tensors belong to the language model, the projector
 and the vision tower, where the tower lives (inside the main safetensors or in a CLIP folder named
 by `mm_vision_tower`), and it opens tensors one at a time so that peak memory is one tensor.
+transformers' own `LlavaForConditionalGeneration` layout (the -hf repositories) is presented in the
+original layout's config keys and tensor names (`huatuo_convert.llava_hf`); `layout` says which it was.
 """
 
 from __future__ import annotations
@@ -169,6 +171,22 @@ class PickleTensorFiles(TensorFiles):
         return self._state[name][start:stop]
 
 
+def read_config(config_path: Path) -> tuple[dict[str, Any], str, dict[str, Any] | None]:
+    """(config in the original layout's keys, layout name, CLIP config stated by the layout or None).
+
+    The original layout's config.json is returned as it is; transformers' `LlavaForConditionalGeneration`
+    layout (the -hf repositories) is normalised to the same keys (`huatuo_convert.llava_hf`), so that
+    model-card identification and every converter read one kind of config.
+    """
+    config = read_json(config_path)
+    from huatuo_convert.llava_hf import LAYOUT_HF, LAYOUT_ORIGINAL, is_hf_config, normalise_config
+
+    if not is_hf_config(config):
+        return config, LAYOUT_ORIGINAL, None
+    view, vision = normalise_config(config, config_path)
+    return view, LAYOUT_HF, vision
+
+
 @dataclass
 class VisionTower:
     """Where the CLIP tower's weights are and what shape it has."""
@@ -204,6 +222,10 @@ class LlavaCheckpoint:
     config: dict[str, Any]
     tensors: TensorFiles
     allow_pickle: bool = False
+    #: the file layout it came from: "llava" (the original) or "llava-hf" (transformers' own, `llava_hf`)
+    layout: str = "llava"
+    #: CLIPVisionConfig fields the -hf layout states (the original embedded layout states none)
+    hf_vision_config: dict[str, Any] | None = None
     _vision: VisionTower | None = field(default=None, repr=False)
 
     @classmethod
@@ -212,15 +234,20 @@ class LlavaCheckpoint:
         config_path = root / "config.json"
         if not config_path.is_file():
             raise HuatuoError(f"{root} is not a model folder: no config.json")
-        config = read_json(config_path)
+        config, layout, vision_config = read_config(config_path)
         archs = config.get("architectures") or []
         if not archs or archs[0] not in ARCHITECTURES:
             raise HuatuoError(
                 f"unknown architecture {archs[0] if archs else '(none)'} in {config_path.name}",
-                hint=f"supported: {', '.join(ARCHITECTURES)}",
+                hint=f"supported: {', '.join(ARCHITECTURES)}, and LlavaForConditionalGeneration (the -hf layout) of these",
             )
         tensors = TensorFiles.from_folder(root, allow_pickle=allow_pickle)
-        return cls(root=root, config=config, tensors=tensors, allow_pickle=allow_pickle)
+        if vision_config is not None:
+            from huatuo_convert.llava_hf import rename_tensors
+
+            tensors = rename_tensors(tensors, root)
+        return cls(root=root, config=config, tensors=tensors, allow_pickle=allow_pickle, layout=layout,
+                   hf_vision_config=vision_config)
 
     # -- identity ---------------------------------------------------------------------------
     @property
@@ -319,7 +346,7 @@ class LlavaCheckpoint:
             return VisionTower(
                 tensors=self.tensors,
                 prefix=EMBEDDED_TOWER_PREFIX,
-                config=self._infer_clip_config(),
+                config=_clip_config(self.hf_vision_config) if self.hf_vision_config else self._infer_clip_config(),
                 source="embedded",
             )
         named = self.config.get("mm_vision_tower", "(mm_vision_tower not set)")

@@ -51,7 +51,10 @@ def convert() -> None:
                    "(ggml-vocab-qwen2.gguf for llava-qwen2, ggml-vocab-llama-spm.gguf for llava-llama).")
 @click.option("--padded-vocab-size", type=int, default=None,
               help="Embedding rows beyond the tokenizer (HuatuoGPT-Vision-7B: 152064).")
-def synth(out: Path, **options) -> None:
+@click.option("--layout", type=click.Choice(["llava", "hf", "hf-v5"]), default="llava", show_default=True,
+              help="The original LLaVA files, or transformers' LlavaForConditionalGeneration (the -hf repositories) "
+                   "with transformers 4.x tensor names (hf) or 4.52+/5.x ones (hf-v5).")
+def synth(out: Path, layout: str, **options) -> None:
     """Write a tiny random checkpoint in the real HuatuoGPT-Vision on-disk layout.
 
     \b
@@ -61,8 +64,22 @@ def synth(out: Path, **options) -> None:
     from huatuo_convert.synth import SynthSpec, write_synthetic_checkpoint
 
     spec = SynthSpec(**options)
-    write_synthetic_checkpoint(out, spec)
-    click.echo(f"wrote synthetic {spec.arch} checkpoint ({spec.vision_layout} vision tower) to {out}")
+    if layout == "llava":
+        write_synthetic_checkpoint(out, spec)
+        click.echo(f"wrote synthetic {spec.arch} checkpoint ({spec.vision_layout} vision tower) to {out}")
+        return
+    import tempfile
+
+    from huatuo_cli.errors import HuatuoError
+    from huatuo_convert.synth_hf import write_hf_checkpoint
+
+    if out.exists() and any(out.iterdir()):  # before anything is written
+        raise HuatuoError(f"output folder {out} exists and is not empty")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
+        write_hf_checkpoint(write_synthetic_checkpoint(Path(tmp) / "original", spec), out, style=layout)
+    click.echo(f"wrote synthetic {spec.arch} checkpoint in transformers' LlavaForConditionalGeneration layout "
+               f"({layout} tensor names) to {out}")
 
 
 @convert.command()

@@ -3,7 +3,8 @@
 The cards live in `models/cards/` at the top of the repository and are installed as package data
 `huatuo_convert/cards/` (pyproject.toml maps one onto the other), so an installed conversion server
 has them. A card's `[identify]` front matter names the architecture, the config keys that fix the
-LLaVA semantics, and the published checkpoint's dimensions. Identification answers, in order:
+LLaVA semantics, and the published checkpoint's dimensions; a config in transformers' -hf layout is
+judged in the original layout's keys (`checkpoint.read_config`). Identification answers, in order:
 
 - a card whose status is not "supported" (Qwen2.5-VL): stop, naming the card;
 - `huatuo_finetune.json` present: a fine-tune of the card with that architecture (validated);
@@ -22,7 +23,7 @@ from typing import Any
 
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.model_card import ModelCard, parse_card
-from huatuo_convert.checkpoint import read_json
+from huatuo_convert.checkpoint import read_config
 from huatuo_convert.finetune_record import FinetuneRecord, read_finetune_record
 
 #: config.json key `huatuo convert synth` writes: tiny random weights, real layout
@@ -74,7 +75,9 @@ def identify(root: Path, cards: list[ModelCard] | None = None) -> CardMatch:
     config_path = root / "config.json"
     if not config_path.is_file():
         raise HuatuoError(f"{root} is not a model folder: no config.json")
-    config = read_json(config_path)  # the checkpoint's one JSON reader: a bad config is one clear line
+    # the checkpoint's one config reader: a bad config is one clear line, and transformers' -hf layout
+    # is judged in the original layout's keys (the same model gets the same card)
+    config = read_config(config_path)[0]
     archs = config.get("architectures") or ["(none)"]
     arch = str(archs[0])
     cards = load_cards() if cards is None else cards
