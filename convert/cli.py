@@ -107,11 +107,14 @@ def gguf(src: Path, out: Path, quant: str, force: bool, allow_pickle: bool, no_v
       huatuo convert gguf /models/HuatuoGPT-Vision-7B hgv7b-q4km.gguf --quant q4_k_m --force
     """
     from huatuo_convert.checkpoint import LlavaCheckpoint
-    from huatuo_convert.gguf_verify import tokenizer_report
+    from huatuo_convert.gguf_verify import FidelityGateFailed, tokenizer_report
     from huatuo_convert.llm_gguf import fidelity_path, write_llm_gguf
 
     ckpt = LlavaCheckpoint.open(src, allow_pickle=allow_pickle)
-    path, fidelity = write_llm_gguf(ckpt, out, quant, force=force, verify=not no_verify, name=name, threads=threads)
+    try:
+        path, fidelity = write_llm_gguf(ckpt, out, quant, force=force, verify=not no_verify, name=name, threads=threads)
+    except FidelityGateFailed as exc:
+        raise FidelityGateFailed(exc.args[0], hint=f"{exc.hint}; --no-verify skips this check (not recommended)") from None
     click.echo(f"wrote {path} ({quant}, {path.stat().st_size / 2**20:.1f} MiB)")
     if fidelity is not None:
         tok, logits = fidelity["tokenizer"], fidelity["logits"]

@@ -200,7 +200,12 @@ def verify_llm_gguf(gguf_path: Path, ref: LlavaReference | None, quant: str, *, 
     return fidelity
 
 
+class FidelityGateFailed(HuatuoError):
+    """A GGUF failed its gate. The hint names no option: `convert gguf` adds its `--no-verify`,
+    `convert all` has none (a bundle is verified or not written)."""
+
+
 def check(fidelity: dict[str, Any]) -> None:
     if not fidelity["passed"]:
-        raise HuatuoError("the GGUF does not match the reference: " + "; ".join(fidelity["failures"]),
-                          hint="the output was removed; --no-verify skips this check (not recommended)")
+        raise FidelityGateFailed("the GGUF does not match the reference: " + "; ".join(fidelity["failures"]),
+                                 hint="the output was removed")
