@@ -20,7 +20,7 @@ from huatuo_cli.errors import HuatuoError
 from huatuo_cli.model_card import CARD_NAME, CARD_ROLE, MANIFEST_KEY
 from huatuo_cli.prompt import PROMPT_FORMAT
 from huatuo_convert.atomic import atomic_folder
-from huatuo_convert.bundle_card import render_bundle_card
+from huatuo_convert.bundle_card import render_bundle_card, render_unidentified_card
 from huatuo_convert.checkpoint import LlavaCheckpoint
 from huatuo_convert.gguf_verify import tokenizer_report
 from huatuo_convert.model_cards import identify
@@ -108,7 +108,6 @@ def build_bundle(
     if not out.parent.is_dir():
         raise HuatuoError(f"folder {out.parent} does not exist")
     card_match = identify(Path(src))  # before any work: an unsupported model or a bad fine-tune record stops here
-    log(f"model card: {card_match.reason}")
     ckpt = LlavaCheckpoint.open(src, allow_pickle=allow_pickle)
     if not ckpt.has_vision:
         raise HuatuoError(f"{ckpt.hf_architecture} has no vision tower; a bundle needs a HuatuoGPT-Vision checkpoint")
@@ -169,12 +168,16 @@ def build_bundle(
             tools=tool_versions(),
             extra={MANIFEST_KEY: card_match.manifest_entry()},
         )
+        measured = "\n".join(line for line in summary(manifest).split("\n")[1:] if "model card:" not in line)
         if card_match.card is not None:
-            (work / CARD_NAME).write_text(render_bundle_card(
-                card_match, bundle_name=manifest.bundle_name, quantization=quant, created=manifest.created,
-                measured="\n".join(line for line in summary(manifest).split("\n")[1:] if "model card:" not in line)),
-                encoding="utf-8")
-            manifest.files += describe_files(work, {CARD_NAME: CARD_ROLE})
+            card = render_bundle_card(card_match, bundle_name=manifest.bundle_name, quantization=quant,
+                                      created=manifest.created, measured=measured)
+        else:  # an unknown fine-tune or derivative: a card that says so
+            card = render_unidentified_card(card_match, bundle_name=manifest.bundle_name, quantization=quant,
+                                            created=manifest.created, measured=measured, architecture=ckpt.arch,
+                                            hf_architecture=ckpt.hf_architecture, config_sha256=ckpt.config_sha256)
+        (work / CARD_NAME).write_text(card, encoding="utf-8")
+        manifest.files += describe_files(work, {CARD_NAME: CARD_ROLE})
         write_manifest(work, manifest)
         apply_bundle_modes(work)
     return manifest
@@ -204,5 +207,6 @@ def summary(manifest: Manifest) -> str:
         lines.append(f"  end to end (ONNX + GGUF vs reference, {e2e['tokens_compared']} greedy tokens): {verdict}")
     card = manifest.extra.get(MANIFEST_KEY)
     if card:
-        lines.append(f"  model card: {CARD_NAME} from {card['card']}" if card["card"] else f"  model card: none; {card['reason']}")
+        lines.append(f"  model card: {CARD_NAME} from {card['card']}: {card['reason']}" if card["card"]
+                     else f"  model card: {CARD_NAME} for an unidentified checkpoint: {card['reason']}")
     return "\n".join(lines)

@@ -1,5 +1,9 @@
 """The bundle's `MODEL_CARD.md`: the matching card plus what this conversion measured.
 
+A checkpoint no card matches (an unknown fine-tune or derivative) still gets a card
+(`render_unidentified_card`): what was found and measured, and that intended use and limitations
+are the provider's to state, so every bundle tells its reader what it is and is not known to be.
+
 The source card says what the model is; the bundle's copy adds what only this bundle knows: its
 quantization, the fidelity figures measured while it was built, how the checkpoint was identified,
 and, for a checkpoint `huatuo finetune` produced, a "Fine-tuning" section (data, steps, losses).
@@ -13,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from huatuo_cli.model_card import FENCE
+from huatuo_cli.model_card import FENCE, UNIDENTIFIED
 from huatuo_convert.model_cards import CardMatch
 
 
@@ -110,3 +114,40 @@ def render_bundle_card(match: CardMatch, *, bundle_name: str, quantization: str,
     ])
     head = lines[:end] + ["", "# Added by `huatuo convert all` for this bundle"] + table + [FENCE]
     return "\n".join(head) + "\n" + body + "\n" + bundle_section
+
+
+UNIDENTIFIED_SUMMARY = ("Not identified as a published checkpoint: intended use and limitations are the "
+                        "provider's to state.")
+
+
+def render_unidentified_card(match: CardMatch, *, bundle_name: str, quantization: str, created: str, measured: str,
+                             architecture: str, hf_architecture: str, config_sha256: str) -> str:
+    """MODEL_CARD.md for a checkpoint no card applies to: the architecture found, the source config's
+    hash, the measured fidelity, and no claim of what the model is for."""
+    assert match.card is None, "a matching card is rendered by render_bundle_card"
+    name = f"Unidentified {architecture} checkpoint"
+    head = [FENCE, f'id = "{UNIDENTIFIED}"', f"name = {_toml_value(name)}", f'status = "{UNIDENTIFIED}"',
+            f"summary = {_toml_value(UNIDENTIFIED_SUMMARY)}", "",
+            "# Added by `huatuo convert all` for this bundle",
+            *_toml_table("bundle", {"name": name, "bundle_name": bundle_name, "match": match.reason,
+                                    "architecture": architecture, "hf_architecture": hf_architecture,
+                                    "source_config_sha256": config_sha256, "quantization": quantization,
+                                    "created": created}),
+            FENCE]
+    body = [
+        f"# {name}", "",
+        f"**{UNIDENTIFIED_SUMMARY}**", "",
+        "huatuo compared this checkpoint with the model cards it knows and none applies:", "",
+        f"- {match.reason}", "",
+        "Nothing is known here of its training data, evaluation, licence or fitness for any clinical",
+        "use. The fidelity figures below say only that the bundle computes what the checkpoint computes;",
+        "they say nothing about whether its answers are right. Ask its provider for a model card.", "",
+        "## What was found", "",
+        f"- architecture: `{hf_architecture}` (huatuo `{architecture}`)",
+        f"- source `config.json` sha256: `{config_sha256}`", "",
+        "## This bundle", "",
+        f"- bundle `{bundle_name}`, language model quantization **{quantization}**, built {created}",
+        "- measured while it was built (all figures in `manifest.json`, key `fidelity`):",
+        "", "```", measured.strip("\n"), "```", "",
+    ]
+    return "\n".join(head) + "\n" + "\n".join(body)

@@ -23,6 +23,8 @@ CARD_ROLE = "model-card"
 FENCE = "+++"
 #: manifest.json key recording which card applied (or why none did)
 MANIFEST_KEY = "model_card"
+#: the status of the card `convert all` writes for a checkpoint no published card matches
+UNIDENTIFIED = "unidentified"
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,10 @@ def summary_lines(card: ModelCard | None, manifest: Manifest) -> list[str]:
     if tuning:
         lines.append(f"  fine-tuned:  {tuning.get('steps')} steps on {tuning.get('train_records')} records, "
                      f"eval loss {tuning.get('eval_loss', 'not measured')}")
-    lines.append("  intended use: draft answers for a qualified reader; never diagnosis or triage without review")
+    if card.status == UNIDENTIFIED:
+        lines.append("  intended use: not stated: not identified as a published checkpoint (ask its provider)")
+    else:
+        lines.append("  intended use: draft answers for a qualified reader; never diagnosis or triage without review")
     return lines
 
 

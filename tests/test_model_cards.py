@@ -239,7 +239,9 @@ def test_batch_report_links_to_the_card(tiny_bundle, tmp_path):
     assert f'<a href="{CARD_NAME}">HuatuoGPT-Vision-7B</a>' in html
 
 
-def test_an_unknown_derivative_bundle_has_no_card_and_says_so(make_checkpoint, tmp_path):
+def test_an_unknown_derivative_bundle_gets_a_card_that_says_so(make_checkpoint, tmp_path):
+    """Issue 19 item 4: no published card applies, so the bundle's card says what was found and measured
+    and leaves intended use to the provider; `convert all` prints the decision once."""
     src = tmp_path / "derivative"
     shutil.copytree(make_checkpoint(), src)
     config = json.loads((src / "config.json").read_text())
@@ -247,12 +249,21 @@ def test_an_unknown_derivative_bundle_has_no_card_and_says_so(make_checkpoint, t
     (src / "config.json").write_text(json.dumps(config))
     res = CliRunner().invoke(cli, ["convert", "all", str(src), str(tmp_path / "b"), "--quant", "f16", "--no-mmproj"])
     assert res.exit_code == 0, res.output
-    assert "no card applies" in res.output and "unknown fine-tune or derivative" in res.output
+    assert res.output.count("unknown fine-tune or derivative") == 1, res.output  # the decision, once
     bundle = load_bundle(tmp_path / "b")
-    assert not bundle.has(CARD_ROLE) and not (tmp_path / "b" / CARD_NAME).exists()
     assert bundle.manifest.extra["model_card"]["card"] is None
+    card = read_bundle_card(bundle.root, bundle.manifest)  # listed and hash-checked like any card
+    assert card is not None and card.status == "unidentified"
+    assert ("not identified as a published checkpoint: intended use and limitations are the provider's to state"
+            in card.text.lower())
+    assert card.meta["bundle"]["hf_architecture"] == "LlavaQwen2ForCausalLM"
+    assert card.meta["bundle"]["source_config_sha256"] == bundle.manifest.source["config_sha256"]
+    assert "tokenizer parity:" in card.text and "vision-fp32.onnx: min cosine" in card.text  # measured fidelity
+    assert "Intended use" not in card.text and "EMNLP" not in card.text  # no published model's claims
     res = CliRunner().invoke(cli, ["models", "info", str(tmp_path / "b")])
-    assert "model card:    none (no card applies" in res.output
+    assert res.exit_code == 0, res.output
+    assert "model card:    Unidentified llava-qwen2 checkpoint (MODEL_CARD.md, unidentified)" in res.output
+    assert "intended use: not stated" in res.output and "draft answers for a qualified reader" not in res.output
 
 
 # --- fine-tuned checkpoints ----------------------------------------------------------------------------
