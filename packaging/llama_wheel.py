@@ -46,6 +46,33 @@ CMAKE_FLAGS = (
 CUDA_FLAGS = ("-DGGML_CUDA=ON",)
 #: Written into the wheel as llama_cpp/huatuo_build.json; `huatuo doctor` reads it back.
 BUILD_INFO = "huatuo_build.json"
+#: appended to llama_cpp/__init__.py: a plain `import llama_cpp` (llama-cpp-python's own API, its
+#: server) gets the CPU backend huatuo chose and self-tested, or a message saying what to call.
+#: Changing it changes the build key (it is part of `build_key`).
+IMPORT_HOOK = """
+
+# Added by huatuo's build (packaging/llama_wheel.py, docs/cpu.md): this portable build ships ggml's
+# CPU backend once per x86-64 level and loads none by itself. huatuo chooses the fastest one that
+# passes its self-test on this machine; HUATUO_LLAMA_AUTOLOAD=0 leaves the choice to the caller.
+def _huatuo_autoload() -> None:
+    import os
+    import sys
+
+    if os.environ.get("HUATUO_LLAMA_AUTOLOAD", "1") == "0":
+        return
+    try:
+        from huatuo_cli.engine.cpu_backend import autoload
+    except ImportError:
+        sys.stderr.write("llama_cpp: huatuo's portable build loads no CPU backend by itself and huatuo-cli is not "
+                         "importable here: install huatuo-cli, or load one with ggml_backend_load "
+                         "(llama_cpp/lib/libggml-cpu-<level>.so) before creating a model\\n")
+        return
+    autoload()
+
+
+_huatuo_autoload()
+del _huatuo_autoload
+"""
 AMX_VARIANT = "libggml-cpu-sapphirerapids.so"
 
 
@@ -75,6 +102,7 @@ def build_key(cuda_archs: str | None = None) -> dict:
         "compiler": compiler_identity(),
         "machine": platform.machine(),
         "build": "portable",
+        "import_hook": hashlib.sha256(IMPORT_HOOK.encode()).hexdigest()[:16],
     }
     info["key"] = hashlib.sha256(json.dumps(info, sort_keys=True).encode()).hexdigest()[:16]
     return info
@@ -213,6 +241,8 @@ def build(info: dict, sdist: Path | None) -> Path:
         work = Path(tmp)
         src = _sdist(work, sdist)
         (src / "llama_cpp" / BUILD_INFO).write_text(json.dumps(info, indent=2) + "\n")
+        with open(src / "llama_cpp" / "__init__.py", "a", encoding="utf-8") as init:
+            init.write(IMPORT_HOOK)
         env = dict(os.environ, CMAKE_ARGS=" ".join(info["cmake_flags"]),
                    CMAKE_BUILD_PARALLEL_LEVEL=str(os.cpu_count() or 2))
         out = work / "wheel"

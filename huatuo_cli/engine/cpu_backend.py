@@ -80,6 +80,10 @@ class CpuBackend:
 
 
 _ACTIVE: CpuBackend | None = None
+#: True while `activate` imports llama_cpp (whose import calls `autoload`)
+_ACTIVATING = False
+#: llama.cpp's log goes through huatuo's logging (not when only a plain `import llama_cpp` activated)
+_LOGS_ROUTED = False
 
 
 def llama() -> ModuleType:
@@ -94,15 +98,27 @@ def describe() -> str:
     return f"{backend.variant}, repack {'on' if backend.repack else 'off'}"
 
 
-def activate() -> CpuBackend:
-    """Choose, self-test (once per machine and build) and load the CPU backend; idempotent."""
-    global _ACTIVE
+def activate(*, route_logs: bool = True) -> CpuBackend:
+    """Choose, self-test (once per machine and build) and load the CPU backend; idempotent.
+
+    `route_logs`: llama.cpp's log through huatuo's logging (quiet unless --verbose); off when a
+    plain `import llama_cpp` asked (`autoload`), whose caller keeps llama-cpp-python's own logging.
+    """
+    global _ACTIVE, _ACTIVATING, _LOGS_ROUTED
+    if _ACTIVE is not None and (_LOGS_ROUTED or not route_logs):
+        return _ACTIVE
+    _ACTIVATING = True  # importing huatuo's llama_cpp build calls `autoload`: nothing to do then
+    try:
+        llama_cpp = require("llama_cpp")
+    finally:
+        _ACTIVATING = False
+    if route_logs and not _LOGS_ROUTED:  # also when a plain `import llama_cpp` activated first
+        from huatuo_cli.logs import route_llama_cpp
+
+        route_llama_cpp(llama_cpp)
+        _LOGS_ROUTED = True
     if _ACTIVE is not None:
         return _ACTIVE
-    llama_cpp = require("llama_cpp")
-    from huatuo_cli.logs import route_llama_cpp
-
-    route_llama_cpp(llama_cpp)  # llama.cpp's log through huatuo's logging, quiet unless --verbose
     _close_devnull_at_exit()
     lib_dir = Path(str(llama_cpp.__file__)).parent / "lib"
     variants_dir = Path(os.environ.get(ENV_VARIANTS_DIR) or lib_dir)
@@ -118,6 +134,21 @@ def activate() -> CpuBackend:
     if backend.fallback and backend.found_now:
         print(f"huatuo: llama.cpp CPU kernels {backend.verdict}", file=sys.stderr)
     return backend
+
+
+def autoload() -> None:
+    """What huatuo's llama-cpp-python build runs at the end of `import llama_cpp` (IMPORT_HOOK in
+    packaging/llama_wheel.py), so that llama-cpp-python's own API and server work beside huatuo:
+    the portable build loads no CPU backend by itself, and `Llama(...)` would fail with "Failed to
+    load model". Loads the backend `activate` chooses (self-tested once per machine and build);
+    where that fails, says so and what to call instead of leaving a bare load failure for later."""
+    if _ACTIVE is not None or _ACTIVATING:
+        return
+    try:
+        activate(route_logs=False)
+    except HuatuoError as exc:
+        print(f"llama_cpp: no CPU backend loaded ({exc}); run `huatuo doctor`, or load one with "
+              "huatuo_cli.engine.cpu_backend.load_variant before creating a model", file=sys.stderr)
 
 
 def _close_devnull_at_exit() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -103,7 +104,9 @@ def run_selftest(variant_path: Path | None) -> Verdict:
     if SELFTEST_EXPECTED:  # None only while packaging/make_selftest_models.py makes these files
         cmd += ["--expected", str(data.joinpath(SELFTEST_EXPECTED))]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=SELFTEST_TIMEOUT_S)
+        # the child loads the variant under test itself: importing huatuo's llama_cpp build must not choose one
+        env = {**os.environ, "HUATUO_LLAMA_AUTOLOAD": "0"}
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=SELFTEST_TIMEOUT_S, env=env)
     except subprocess.TimeoutExpired:
         return Verdict("timed out", "not run")
     stages = {}
