@@ -114,7 +114,8 @@ async def wait_answer(pilot, app: HuatuoApp, count: int = 1) -> None:
 
 
 async def ask(pilot, app: HuatuoApp, question: str) -> None:
-    await pilot.press("i")
+    if app.focused is not app.chat_pane.question_box:  # focused already (after a stop): `i` would be typed
+        await pilot.press("i")
     assert app.focused is app.chat_pane.question_box
     await pilot.press(*question)
     await pilot.press("enter")
