@@ -11,7 +11,8 @@ judged in the original layout's keys (`checkpoint.read_config`). Identification 
 - architecture, config keys and dimensions equal: the card applies (the weights are not compared:
   a fine-tune made elsewhere that kept the config looks the same, docs/model-cards.md);
 - dimensions differ in a `huatuo convert synth` checkpoint: the card's layout, marked synthetic;
-- anything else: no card applies, an unknown fine-tune or derivative, and the bundle carries none.
+- anything else: no card applies, an unknown fine-tune or derivative; the bundle still gets a card
+  that says so (`bundle_card.render_unidentified_card`).
 """
 
 from __future__ import annotations

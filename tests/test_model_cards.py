@@ -8,6 +8,7 @@ gets a derived card, and that an installed wheel carries the cards.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -239,31 +240,105 @@ def test_batch_report_links_to_the_card(tiny_bundle, tmp_path):
     assert f'<a href="{CARD_NAME}">HuatuoGPT-Vision-7B</a>' in html
 
 
-def test_an_unknown_derivative_bundle_gets_a_card_that_says_so(make_checkpoint, tmp_path):
-    """Issue 19 item 4: no published card applies, so the bundle's card says what was found and measured
-    and leaves intended use to the provider; `convert all` prints the decision once."""
-    src = tmp_path / "derivative"
+UNIDENTIFIED_SENTENCE = ("not identified as a published checkpoint: intended use and limitations are the provider's "
+                         "to state")
+
+
+@pytest.fixture(scope="module")
+def unidentified(make_checkpoint, tmp_path_factory) -> tuple[Path, Path, str]:
+    """Issue 19 item 4: `convert all` of an unknown derivative, a checkpoint of the 7B layout that is
+    neither synthetic nor of the published dimensions. (source folder, bundle, what convert all printed)."""
+    root = tmp_path_factory.mktemp("derivative")
+    src = root / "derivative"
     shutil.copytree(make_checkpoint(), src)
     config = json.loads((src / "config.json").read_text())
     del config["huatuo_synthetic"]  # a real checkpoint of the 7B layout with other dimensions
     (src / "config.json").write_text(json.dumps(config))
-    res = CliRunner().invoke(cli, ["convert", "all", str(src), str(tmp_path / "b"), "--quant", "f16", "--no-mmproj"])
+    assert identify(src).kind == "none"
+    res = CliRunner().invoke(cli, ["convert", "all", str(src), str(root / "b"), "--quant", "f16", "--no-mmproj"])
     assert res.exit_code == 0, res.output
-    assert res.output.count("unknown fine-tune or derivative") == 1, res.output  # the decision, once
-    bundle = load_bundle(tmp_path / "b")
+    return src, root / "b", res.output
+
+
+def test_an_unknown_derivative_bundle_gets_a_card_that_says_so(unidentified):
+    """No published card applies, so the bundle's card says what was found and measured and leaves
+    intended use to the provider."""
+    src, path, _ = unidentified
+    bundle = load_bundle(path)  # verifies every file, the card included
     assert bundle.manifest.extra["model_card"]["card"] is None
+    assert bundle.manifest.extra["model_card"]["match"] == "none"
     card = read_bundle_card(bundle.root, bundle.manifest)  # listed and hash-checked like any card
     assert card is not None and card.status == "unidentified"
-    assert ("not identified as a published checkpoint: intended use and limitations are the provider's to state"
-            in card.text.lower())
+    assert UNIDENTIFIED_SENTENCE in card.text.lower()
+    assert card.meta["summary"].lower().rstrip(".") == UNIDENTIFIED_SENTENCE
+    assert card.meta["bundle"]["match"] == bundle.manifest.extra["model_card"]["reason"]
+    assert bundle.manifest.extra["model_card"]["reason"] in card.body  # why no published card applies
+    # the architecture found and the source config.json's own hash
     assert card.meta["bundle"]["hf_architecture"] == "LlavaQwen2ForCausalLM"
-    assert card.meta["bundle"]["source_config_sha256"] == bundle.manifest.source["config_sha256"]
-    assert "tokenizer parity:" in card.text and "vision-fp32.onnx: min cosine" in card.text  # measured fidelity
-    assert "Intended use" not in card.text and "EMNLP" not in card.text  # no published model's claims
-    res = CliRunner().invoke(cli, ["models", "info", str(tmp_path / "b")])
+    assert card.meta["bundle"]["architecture"] == bundle.manifest.architecture == "llava-qwen2"
+    config_sha256 = hashlib.sha256((src / "config.json").read_bytes()).hexdigest()
+    assert card.meta["bundle"]["source_config_sha256"] == config_sha256 == bundle.manifest.source["config_sha256"]
+    assert config_sha256 in card.section("What was found")
+    # the fidelity the conversion measured, as the manifest records it
+    measured = card.section("This bundle")
+    fidelity = bundle.manifest.fidelity
+    assert "quantization **f16**" in measured
+    assert f"top-1 {fidelity['llm']['logits']['top1_agreement']:.2%}" in measured and "tokenizer parity:" in measured
+    vision = fidelity["vision"]["files"]["vision-fp32.onnx"]
+    assert f"vision-fp32.onnx: min cosine {vision['min_cosine']:.6f}" in measured
+    assert "end to end" in measured and "identical" in measured
+    # no claim taken from a published card
+    assert "Intended use" not in card.text and "EMNLP" not in card.text and "licence" not in card.meta
+    assert "benchmarks" not in card.meta and "PubMedVision" not in card.text and "qualified reader" not in card.text
+
+
+def test_convert_all_prints_the_card_decision_once(unidentified):
+    """The decision was printed twice (a `- model card:` progress line and the summary); now only in the summary."""
+    output = unidentified[2]
+    assert output.count("model card:") == 1, output
+    assert output.count("unknown fine-tune or derivative") == 1, output
+    (line,) = [line for line in output.splitlines() if "model card:" in line]
+    assert line.startswith("  model card: MODEL_CARD.md for an unidentified checkpoint: no card applies"), line
+
+
+def test_models_info_shows_the_unidentified_card(unidentified):
+    res = CliRunner().invoke(cli, ["models", "info", str(unidentified[1])])
     assert res.exit_code == 0, res.output
     assert "model card:    Unidentified llava-qwen2 checkpoint (MODEL_CARD.md, unidentified)" in res.output
+    assert "identified:  no card applies" in res.output
     assert "intended use: not stated" in res.output and "draft answers for a qualified reader" not in res.output
+    assert "licence:" not in res.output
+
+
+def test_batch_report_links_to_the_unidentified_card(unidentified, tmp_path):
+    bundle = unidentified[1]
+    folder = tmp_path / "study"
+    folder.mkdir()
+    shutil.copy(get_testdata_file("CT_small.dcm", download=False), folder / "ct.dcm")
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["batch", str(folder), "--out", str(out), "--model", str(bundle),
+                                   "-q", "Describe.", "--max-tokens", "2"])
+    assert res.exit_code == 0, res.output
+    assert (out / CARD_NAME).read_bytes() == (bundle / CARD_NAME).read_bytes()
+    html = (out / "report.html").read_text()
+    assert f'<a href="{CARD_NAME}">Unidentified llava-qwen2 checkpoint</a>' in html
+    assert "Not identified as a published checkpoint" in html
+
+
+@pytest.mark.asyncio
+async def test_the_tui_shows_the_unidentified_card(unidentified, tmp_path):
+    from huatuo_cli.tui.app import make_app
+    from tests.tui_helpers import screen_text, settle, studies_folder
+
+    app = make_app(studies_folder(tmp_path / "studies"), model=unidentified[1], graphics="halfblock",
+                   export_dir=tmp_path)
+    async with app.run_test(size=(120, 40), notifications=True) as pilot:
+        await settle(pilot, lambda: app.model is not None and app.picture is not None)
+        await pilot.press("c")
+        await pilot.pause()
+        text = screen_text(app)
+    assert "Unidentified llava-qwen2 checkpoint" in text and "intended use: not stated" in text, text
+    assert "Traceback" not in text and "draft answers" not in text
 
 
 # --- fine-tuned checkpoints ----------------------------------------------------------------------------
@@ -275,6 +350,7 @@ def test_a_fine_tuned_checkpoint_gets_a_card_derived_from_its_base(make_checkpoi
     res = CliRunner().invoke(cli, ["convert", "all", str(src), str(tmp_path / "b"), "--quant", "f16", "--no-mmproj"])
     assert res.exit_code == 0, res.output
     assert "fine-tune of HuatuoGPT-Vision-7B" in res.output
+    assert res.output.count("model card:") == 1, res.output  # the decision, once (summary only)
     bundle = load_bundle(tmp_path / "b")
     card = read_bundle_card(bundle.root, bundle.manifest)
     assert card is not None and card.id == "huatuogpt-vision-7b"
