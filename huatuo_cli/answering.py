@@ -1,15 +1,26 @@
-"""The engine behind the batch loop's answer function: one loaded model, one conversation per
+"""The one answering path of the front ends, and the engine behind the batch loop's answer function.
+
+`AnswerService` is what `ask` and `tui` answer through: the question rules (`prompt.check_question`),
+an audit trail proven writable before the model loads, an audit record after every answer (ok,
+stopped or failed), and the shared model and decoding options (`model_options`). `batch` loads
+its model through it too and audits each answer in its loop (`batch.runner`).
+
+`model_answerer` is the batch loop's answer function: one loaded model, one conversation per
 question, image embeddings computed once per study and shared by all its questions (questions are
 answered independently: a batch answer must not depend on which question came first)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from PIL import Image
 
+from huatuo_cli import audit
 from huatuo_cli.jobs import AnswerFn
+from huatuo_cli.prompt import check_question
 from huatuo_cli.record import Answer, answer_from_generation
 
 if TYPE_CHECKING:
@@ -17,7 +28,7 @@ if TYPE_CHECKING:
 
     from huatuo_cli.bundle import Bundle
     from huatuo_cli.engine.llm import Sampling
-    from huatuo_cli.engine.session import VisionLanguageModel
+    from huatuo_cli.engine.session import Conversation, VisionLanguageModel
 
 
 def model_answerer(model: VisionLanguageModel, sampling: Sampling) -> AnswerFn:
@@ -44,3 +55,58 @@ def load_model(bundle: Bundle | Path, *, device: str = "auto", vision: str = "on
     from huatuo_cli.engine.session import VisionLanguageModel as Model
 
     return Model(bundle, device=device, vision=vision, n_ctx=n_ctx, n_threads=threads)
+
+
+class Stopped(Exception):
+    """Raised by a front end's streaming callback when the reader stops the answer (the TUI's Escape)."""
+
+
+@dataclass
+class AnswerService:
+    """One loaded model answering for one front end (`command` names it in the audit trail)."""
+
+    model: VisionLanguageModel
+    command: str
+    sampling: Sampling
+
+    @classmethod
+    def open(cls, bundle: Bundle | Path, *, command: str, sampling: Sampling, device: str = "auto",
+             vision: str = "onnx", threads: int | None = None) -> AnswerService:
+        """Check that the audit trail can be written, then load the model: a front end that cannot
+        audit refuses before anything could be answered."""
+        audit.ensure_writable()
+        return cls(load_model(bundle, device=device, vision=vision, threads=threads), command, sampling)
+
+    def ask(self, conversation: Conversation, question: str, *, study_id: str | None,
+            on_text: Callable[[str], None] | None = None) -> Answer:
+        """Answer `question` in `conversation`, streaming to `on_text`; every outcome is audited.
+
+        `Stopped` raised by `on_text` ends the answer (audited as stopped, with the characters shown)
+        and is raised again; so is any failure (audited as an error).
+        """
+        question = check_question(question)
+        shown: list[str] = []
+
+        def stream(text: str) -> None:
+            if on_text is not None:
+                on_text(text)  # may raise Stopped: the text was then not shown
+            shown.append(text)
+
+        try:
+            generation = conversation.ask(question, self.sampling, on_text=stream)
+        except Stopped:
+            self._record(study_id, question, len("".join(shown)), "stopped")
+            raise
+        except Exception:
+            self._record(study_id, question, len("".join(shown)), "error")
+            raise
+        answer = answer_from_generation(generation)
+        self._record(study_id, question, len(answer.text), "ok")
+        return answer
+
+    def _record(self, study_id: str | None, question: str, chars: int, outcome: str) -> None:
+        audit.record(self.command, model_sha256=self.model.info.model_sha256, study_id=study_id, question=question,
+                     answer_chars=chars, outcome=outcome)
+
+    def close(self) -> None:
+        self.model.close()

@@ -50,30 +50,29 @@ def ask(paths: tuple[Path, ...], question: str, model_path: str | None, window: 
       huatuo ask -i mri/ "What sequence is this?"
     """
     from huatuo_cli import audit
-    from huatuo_cli.answering import load_model
+    from huatuo_cli.answering import AnswerService
     from huatuo_cli.engine.session import Conversation
     from huatuo_cli.errors import HuatuoError
     from huatuo_cli.inputs import inputs_from_paths
     from huatuo_cli.locate import find_bundle
-    from huatuo_cli.record import answer_from_generation, build_record
+    from huatuo_cli.record import build_record
 
     question = check_question(question)
     bundle = find_bundle(model_path)
-    audit.ensure_writable()  # before any answer: an answer must never go unaudited
+    audit.ensure_writable()  # before the images are read: refused early, as AnswerService.open would
     study_key, audit_id, inputs = inputs_from_paths(paths, window=window, frame=frame, images=images,
                                                     overlays=overlays)
-    model = load_model(bundle, device=device, vision=vision, threads=threads)
+    service = AnswerService.open(bundle, command="ask", sampling=sampling, device=device, vision=vision,
+                                 threads=threads)
     try:  # the model holds native memory and threads: released on errors and Ctrl-C too
-        conversation = Conversation(model, images=inputs.images)
+        conversation = Conversation(service.model, images=inputs.images)
         click.echo(NOTICE, err=True)
         while True:
             stream = None if as_json else (lambda text: click.echo(text, nl=False))
             t0 = time.perf_counter()
             try:
-                generation = conversation.ask(question, sampling, on_text=stream)
+                answer = service.ask(conversation, question, study_id=audit_id, on_text=stream)
             except HuatuoError as exc:
-                audit.record("ask", model_sha256=model.info.model_sha256, study_id=audit_id, question=question,
-                             answer_chars=0, outcome="error")
                 if not (interactive and conversation.turns):
                     raise
                 click.echo(f"Error: {exc}", err=True)  # a follow-up failed (e.g. context full); the session goes on
@@ -82,11 +81,8 @@ def ask(paths: tuple[Path, ...], question: str, model_path: str | None, window: 
                     break
                 question = follow
                 continue
-            answer = answer_from_generation(generation)
-            audit.record("ask", model_sha256=model.info.model_sha256, study_id=audit_id, question=question,
-                         answer_chars=len(answer.text), outcome="ok")
             if as_json:
-                record = build_record(study=study_key, question=question, answer=answer, model=model.info,
+                record = build_record(study=study_key, question=question, answer=answer, model=service.model.info,
                                       inputs=inputs.inputs, window=inputs.window, total_s=time.perf_counter() - t0)
                 click.echo(json.dumps(record, ensure_ascii=False, indent=None if interactive else 2))
             else:
@@ -98,7 +94,7 @@ def ask(paths: tuple[Path, ...], question: str, model_path: str | None, window: 
                 break
             question = follow
     finally:
-        model.close()
+        service.close()
 
 
 def _follow_up() -> str | None:

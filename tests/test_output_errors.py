@@ -139,3 +139,37 @@ def test_non_utf8_file_name_is_its_error_line_not_a_crash(tmp_path):
     (bad,) = [e for e in read_jsonl(out / ERRORS_NAME) if e["kind"] == "file"]
     assert os.fsencode(bad["key"]) == b"scan\xff\xfe.txt"
     assert (out / "report.md").is_file() and (out / "report.html").is_file()
+
+
+def test_the_answer_service_applies_the_question_rules_and_audits_every_outcome(tiny_bundle):
+    """Issue 20 item 2: the one answering path (ask, batch, tui; next serve and eval) refuses what the
+    rules refuse before answering, and audits an answer, a stopped one and a failed one."""
+    from PIL import Image
+
+    from huatuo_cli import audit
+    from huatuo_cli.answering import AnswerService, Stopped
+    from huatuo_cli.engine.llm import Sampling
+    from huatuo_cli.engine.session import Conversation
+
+    service = AnswerService.open(tiny_bundle, command="eval", sampling=Sampling(max_tokens=6))
+    try:
+        picture = Image.new("RGB", (64, 64), "gray")
+        with pytest.raises(HuatuoError, match="empty question"):
+            service.ask(Conversation(service.model, images=[picture]), "<image> ", study_id="s")
+        assert audit.read_entries() == []
+        answer = service.ask(Conversation(service.model, images=[picture]), "Describe.", study_id="s")
+
+        def stop(text: str) -> None:
+            raise Stopped
+
+        with pytest.raises(Stopped):
+            service.ask(Conversation(service.model, images=[picture]), "Describe.", study_id="s", on_text=stop)
+        long = Sampling(max_tokens=4096)
+        with pytest.raises(HuatuoError):  # past the context window: refused before decoding
+            AnswerService(service.model, "eval", long).ask(Conversation(service.model, images=[picture]),
+                                                           "Describe.", study_id="s")
+    finally:
+        service.close()
+    entries = audit.read_entries()
+    assert [(e["command"], e["outcome"]) for e in entries] == [("eval", "ok"), ("eval", "stopped"), ("eval", "error")]
+    assert entries[0]["answer_chars"] == len(answer.text) and entries[1]["answer_chars"] == 0

@@ -269,3 +269,40 @@ async def test_the_model_card_is_one_key_away_and_hash_checked(folder, tmp_path,
         await pilot.pause()
         text = screen_text(app)
         assert "model card" in text and "HuatuoGPT-Vision-7B" in text and "Traceback" not in text
+
+
+# -- the one answering path (issue 20 item 2): the TUI answers under the rules ask and batch follow ------
+
+async def test_unwritable_audit_trail_refuses_the_model_on_screen(folder, tmp_path, tiny_bundle, monkeypatch):
+    """As `ask` and `batch` refuse before answering: no model, so nothing can be answered unaudited."""
+    blocker = tmp_path / "data-file"
+    blocker.write_text("x")
+    monkeypatch.setenv("XDG_DATA_HOME", str(blocker))  # the audit trail would live under a file
+    app = make_app(folder, model=tiny_bundle, graphics="halfblock", export_dir=tmp_path)
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await settle(pilot, lambda: "cannot write the audit trail" in screen_text(app) and app.picture is not None)
+        assert app.model is None and app.chat_pane.question_box.disabled
+        assert "nothing was answered" in screen_text(app)
+
+
+async def test_a_question_the_rules_refuse_is_refused_on_screen(folder, tmp_path, tiny_bundle):
+    app = make_app(folder, model=tiny_bundle, graphics="halfblock", export_dir=tmp_path)
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await settle(pilot, lambda: app.model is not None and app.picture is not None)
+        select_series(app, "CT")
+        await settle(pilot, lambda: app.view.series.modality == "CT" and app.picture[0] == app.view.key())
+        await ask(pilot, app, "<image>")  # empty once the official moderation has removed the marker
+        await settle(pilot, lambda: "empty question" in screen_text(app))
+        assert not app.chats or not any(chat.exchanges for chat in app.chats.values())
+        assert audit.read_entries() == []
+
+
+async def test_tui_takes_the_shared_model_and_decoding_options():
+    from click.testing import CliRunner
+
+    from huatuo_cli.cli import cli
+
+    res = CliRunner().invoke(cli, ["tui", "--help"], terminal_width=200)
+    for option in ("--model", "--device", "--threads", "--vision", "--max-tokens", "--temperature", "--top-p",
+                   "--seed", "--repetition-penalty"):
+        assert option in res.output, option

@@ -14,7 +14,7 @@ from huatuo_cli.prompt import check_question
 
 if TYPE_CHECKING:
     from huatuo_cli.engine.llm import Sampling
-    from huatuo_cli.engine.session import ModelInfo, VisionLanguageModel
+    from huatuo_cli.engine.session import ModelInfo
     from huatuo_cli.jobs import AnswerFn
     from huatuo_cli.send.sender import Sender
 
@@ -121,7 +121,7 @@ def batch(ctx: click.Context, folder: Path | None, out: Path, question: tuple[st
       huatuo batch --from main --since 2026-11-24 --out run4 -q "Describe the findings." --sr --send main
     """
     from huatuo_cli import audit
-    from huatuo_cli.answering import load_model, model_answerer
+    from huatuo_cli.answering import AnswerService, model_answerer
     from huatuo_cli.batch.progress import make_progress
     from huatuo_cli.batch.runner import EXIT_INTERRUPTED, run_batch
     from huatuo_cli.inputs import jobs_from_folder
@@ -142,21 +142,22 @@ def batch(ctx: click.Context, folder: Path | None, out: Path, question: tuple[st
     click.echo(f"{NOTICE}\n{sum(1 for j in jobs if hasattr(j, 'load'))} {per} jobs, "
                f"{sum(1 for j in jobs if not hasattr(j, 'load'))} unusable files, {len(asked)} questions", err=True)
 
-    loaded: list[VisionLanguageModel] = []  # at most one; closed whatever happens
+    loaded: list[AnswerService] = []  # at most one; closed whatever happens
 
     def make_answerer() -> tuple[AnswerFn, ModelInfo]:
-        model = load_model(bundle, device=device, vision=vision, threads=threads)
-        loaded.append(model)
-        copy_card_to(model.bundle, out)  # report.html links to the (verified) model card beside it
-        return model_answerer(model, sampling), model.info
+        service = AnswerService.open(bundle, command="batch", sampling=sampling, device=device, vision=vision,
+                                     threads=threads)
+        loaded.append(service)
+        copy_card_to(service.model.bundle, out)  # report.html links to the (verified) model card beside it
+        return model_answerer(service.model, sampling), service.model.info
 
     try:
         summary = run_batch(jobs, asked, out, make_answerer, write_srs=write_srs, progress=make_progress(), root=root,
                             thumbnails=thumbnails, send_sr=send_sr.send if send_sr else None,
                             allow_model_change=allow_model_change)
     finally:
-        for model in loaded:
-            model.close()
+        for service in loaded:
+            service.close()
     click.echo(f"{summary.answered} answered, {summary.skipped} done earlier, {summary.failed} failed, "
                f"{summary.bad_files} unusable files" + (f", {summary.srs} SRs" if write_srs else "")
                + (f", {summary.sent} SRs sent, {summary.unsent} not sent" if send_sr else "")

@@ -21,16 +21,18 @@ from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Tree
 
+from huatuo_cli.answering import AnswerService
 from huatuo_cli.engine.llm import Sampling
 from huatuo_cli.engine.session import VisionLanguageModel
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.imaging import ScanResult, load_image, scan
+from huatuo_cli.prompt import check_question
 from huatuo_cli.tui.browse import WINDOW_CYCLE, View
 from huatuo_cli.tui.chat import ChatPane
 from huatuo_cli.tui.help import HelpScreen
 from huatuo_cli.tui.status import StatusBar
 from huatuo_cli.tui.studies import NodeData, StudyTree, patient_name, series_of
-from huatuo_cli.tui.talk import Exchange, StudyChat
+from huatuo_cli.tui.talk import AUDIT_COMMAND, Exchange, StudyChat
 
 
 def describe_failure(exc: BaseException) -> str:
@@ -64,7 +66,8 @@ class HuatuoApp(App[None]):
     ]
 
     def __init__(self, folder: Path, *, model: str | Path | None = None, load_model: bool = True, graphics: str = "auto",
-                 export_dir: Path | None = None, sampling: Sampling | None = None) -> None:
+                 export_dir: Path | None = None, sampling: Sampling | None = None, device: str = "auto",
+                 vision: str = "onnx", threads: int | None = None) -> None:
         super().__init__()
         self.folder = Path(folder)
         self.model_path = model
@@ -72,7 +75,9 @@ class HuatuoApp(App[None]):
         self.graphics = graphics
         self.export_dir = Path(export_dir) if export_dir else Path.cwd()
         self.sampling = sampling or Sampling()
-        self.model: VisionLanguageModel | None = None
+        self.device, self.vision, self.threads = device, vision, threads
+        #: the one answering path (question rules, audit), once the bundle is loaded
+        self.service: AnswerService | None = None
         self.view: View | None = None
         self.picture: tuple[tuple[str, str, int, str], PILImage.Image] | None = None
         self.chats: dict[str, StudyChat] = {}
@@ -139,21 +144,25 @@ class HuatuoApp(App[None]):
 
     @work(thread=True, exclusive=True, group="model", exit_on_error=False)
     def load_model(self) -> None:
-        from huatuo_cli.answering import load_model
         from huatuo_cli.locate import find_bundle
 
         self.call_from_thread(self.status.set_model, None, "loading…")
-        try:
+        try:  # an audit trail that cannot be written refuses the model: nothing could be answered unaudited
             bundle = find_bundle(self.model_path)
-            model = load_model(bundle)
+            service = AnswerService.open(bundle, command=AUDIT_COMMAND, sampling=self.sampling, device=self.device,
+                                         vision=self.vision, threads=self.threads)
         except Exception as exc:  # noqa: BLE001 - a worker reports every failure, it never crashes the app
             self.call_from_thread(self._model_failed, exc)
             return
-        self.call_from_thread(self._model_loaded, model)
+        self.call_from_thread(self._model_loaded, service)
 
-    def _model_loaded(self, model: VisionLanguageModel) -> None:
-        self.model = model
-        self.status.set_model(model.info)
+    @property
+    def model(self) -> VisionLanguageModel | None:
+        return self.service.model if self.service else None
+
+    def _model_loaded(self, service: AnswerService) -> None:
+        self.service = service
+        self.status.set_model(service.model.info)
         self.chat_pane.question_box.disabled = False
 
     def _model_failed(self, exc: BaseException) -> None:
@@ -188,9 +197,9 @@ class HuatuoApp(App[None]):
 
     @work(thread=True, exclusive=True, group="answer", exit_on_error=False)
     def answer(self, chat: StudyChat, view: View, picture: PILImage.Image, question: str) -> None:
-        assert self.model is not None
+        assert self.service is not None
         try:
-            exchange = chat.ask(self.model, view, picture, question, sampling=self.sampling,
+            exchange = chat.ask(self.service, view, picture, question,
                                 on_text=lambda text: self.call_from_thread(self._stream, chat, text),
                                 stop=self.stop_event)
         except Exception as exc:  # noqa: BLE001 - a worker reports every failure, it never crashes the app
@@ -243,6 +252,11 @@ class HuatuoApp(App[None]):
             return
         if self.model is None:
             self.notify("no model loaded yet", severity="warning")
+            return
+        try:  # the question rules of every front end (AnswerService checks them again)
+            check_question(question)
+        except HuatuoError as exc:
+            self.fail(exc, title="question")
             return
         if self.answering is not None:
             self.notify("an answer is still being written: Esc stops it", severity="warning")
@@ -353,9 +367,11 @@ class HuatuoApp(App[None]):
 
 def make_app(folder: str | Path = ".", *, model: str | Path | None = None, load_model: bool = True,
              graphics: str = "auto", export_dir: str | Path | None = None,
-             sampling: Sampling | None = None) -> HuatuoApp:
+             sampling: Sampling | None = None, device: str = "auto", vision: str = "onnx",
+             threads: int | None = None) -> HuatuoApp:
     """The one way to build the app (CLI and tests): DIR to browse, the bundle (`--model` rules of
     `huatuo_cli.locate`; none with `load_model=False`), how to draw images (huatuo_cli.tui.GRAPHICS),
-    where exports go, how to decode."""
+    where exports go, how to decode and where the engines run (`huatuo_cli.model_options`)."""
     return HuatuoApp(Path(folder), model=model, load_model=load_model, graphics=graphics,
-                     export_dir=Path(export_dir) if export_dir else None, sampling=sampling)
+                     export_dir=Path(export_dir) if export_dir else None, sampling=sampling, device=device,
+                     vision=vision, threads=threads)

@@ -1,9 +1,9 @@
 """The conversation about one study: questions to the engine, answers streamed, audit, export.
 
-No textual here either: the chat pane shows what this module returns. Answers come from the same
-`huatuo_cli.engine.session.Conversation` `huatuo ask` uses, on the one image the viewer shows
-(the reader sees exactly what the model sees), and every answer, stopped or failed ones included,
-goes to the audit trail through `huatuo_cli.audit.record`, as with `ask`.
+No textual here either: the chat pane shows what this module returns. Answers come through the
+same `huatuo_cli.answering.AnswerService` `huatuo ask` uses (question rules, audit of every answer,
+stopped or failed ones included), on the one image the viewer shows (the reader sees exactly what
+the model sees).
 """
 
 from __future__ import annotations
@@ -15,20 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from huatuo_cli import audit
-from huatuo_cli.engine.llm import Sampling
-from huatuo_cli.engine.session import Conversation, VisionLanguageModel
+from huatuo_cli.answering import AnswerService, Stopped
+from huatuo_cli.engine.session import Conversation
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.privacy import NOTICE, write_private
-from huatuo_cli.record import answer_from_generation
 from huatuo_cli.tui.browse import View
 
 #: the `command` field of the audit entries this app writes
 AUDIT_COMMAND = "tui"
-
-
-class Stopped(Exception):
-    """Raised inside the engine's streaming callback when the reader asked to stop (Escape)."""
 
 
 @dataclass
@@ -52,17 +46,18 @@ class StudyChat:
     _conversation: Conversation | None = field(default=None, repr=False)
     _view_key: tuple[str, str, int, str] | None = None
 
-    def ask(self, model: VisionLanguageModel, view: View, image: Any, question: str, *, sampling: Sampling,
+    def ask(self, service: AnswerService, view: View, image: Any, question: str, *,
             on_text: Callable[[str], None], stop: threading.Event) -> Exchange:
         """Answer `question` about `image` (the rendered picture of `view`), streaming to `on_text`.
 
         Follow-ups about the same picture see the history; another picture starts a new engine
         conversation (the model takes its images with the first question). `stop` set while the
         answer streams ends it early: the partial answer is kept on screen, marked and audited,
-        and left out of the model's history.
+        and left out of the model's history. A question the rules refuse raises before anything
+        is recorded.
         """
         if self._conversation is None or self._view_key != view.key():
-            self._conversation = Conversation(model, images=[image])
+            self._conversation = Conversation(service.model, images=[image])
             self._view_key = view.key()
         exchange = Exchange(question=question, shown=view.describe())
         self.exchanges.append(exchange)
@@ -74,23 +69,16 @@ class StudyChat:
             on_text(text)
 
         try:
-            generation = self._conversation.ask(question, sampling, on_text=stream)
+            answer = service.ask(self._conversation, question, study_id=self.audit_id, on_text=stream)
         except Stopped:
             exchange.outcome = "stopped"
         except HuatuoError:
             exchange.outcome = "error"
-            self._audit(model, question, exchange)
             raise
         else:
-            answer = answer_from_generation(generation)
             exchange.answer, exchange.tokens_per_s = answer.text, answer.tokens_per_s
             exchange.outcome = "ok"
-        self._audit(model, question, exchange)
         return exchange
-
-    def _audit(self, model: VisionLanguageModel, question: str, exchange: Exchange) -> None:
-        audit.record(AUDIT_COMMAND, model_sha256=model.info.model_sha256, study_id=self.audit_id, question=question,
-                     answer_chars=len(exchange.answer), outcome=exchange.outcome)
 
     def markdown(self, model_name: str) -> str:
         """The conversation as Markdown: study key, what the model saw, questions, answers, notice."""
