@@ -227,17 +227,21 @@ def test_models_info_refuses_a_changed_card(tiny_bundle, tmp_path):
     assert res.exit_code == 1 and "MODEL_CARD.md: sha256 differs" in res.output, res.output
 
 
-def test_batch_report_links_to_the_card(tiny_bundle, tmp_path):
+def batch_report(bundle: Path, tmp_path: Path) -> str:
+    """report.html of a one-study batch with `bundle`, after checking the card copied beside it."""
     folder = tmp_path / "study"
     folder.mkdir()
     shutil.copy(get_testdata_file("CT_small.dcm", download=False), folder / "ct.dcm")
     out = tmp_path / "out"
-    res = CliRunner().invoke(cli, ["batch", str(folder), "--out", str(out), "--model", str(tiny_bundle),
+    res = CliRunner().invoke(cli, ["batch", str(folder), "--out", str(out), "--model", str(bundle),
                                    "-q", "Describe.", "--max-tokens", "2"])
     assert res.exit_code == 0, res.output
-    assert (out / CARD_NAME).read_bytes() == (tiny_bundle / CARD_NAME).read_bytes()
-    html = (out / "report.html").read_text()
-    assert f'<a href="{CARD_NAME}">HuatuoGPT-Vision-7B</a>' in html
+    assert (out / CARD_NAME).read_bytes() == (bundle / CARD_NAME).read_bytes()
+    return (out / "report.html").read_text()
+
+
+def test_batch_report_links_to_the_card(tiny_bundle, tmp_path):
+    assert f'<a href="{CARD_NAME}">HuatuoGPT-Vision-7B</a>' in batch_report(tiny_bundle, tmp_path)
 
 
 UNIDENTIFIED_SENTENCE = ("not identified as a published checkpoint: intended use and limitations are the provider's "
@@ -311,16 +315,7 @@ def test_models_info_shows_the_unidentified_card(unidentified):
 
 
 def test_batch_report_links_to_the_unidentified_card(unidentified, tmp_path):
-    bundle = unidentified[1]
-    folder = tmp_path / "study"
-    folder.mkdir()
-    shutil.copy(get_testdata_file("CT_small.dcm", download=False), folder / "ct.dcm")
-    out = tmp_path / "out"
-    res = CliRunner().invoke(cli, ["batch", str(folder), "--out", str(out), "--model", str(bundle),
-                                   "-q", "Describe.", "--max-tokens", "2"])
-    assert res.exit_code == 0, res.output
-    assert (out / CARD_NAME).read_bytes() == (bundle / CARD_NAME).read_bytes()
-    html = (out / "report.html").read_text()
+    html = batch_report(unidentified[1], tmp_path)
     assert f'<a href="{CARD_NAME}">Unidentified llava-qwen2 checkpoint</a>' in html
     assert "Not identified as a published checkpoint" in html
 
