@@ -52,3 +52,21 @@ def test_without_huatuo_the_import_says_what_to_call():
     proc = run("import sys; sys.modules['huatuo_cli.engine.cpu_backend'] = None\nimport llama_cpp; print('imported')")
     assert proc.returncode == 0 and "imported" in proc.stdout, proc.stderr
     assert "loads no CPU backend by itself" in proc.stderr and "ggml_backend_load" in proc.stderr
+
+
+def test_when_huatuo_cannot_choose_a_backend_the_import_says_what_to_call():
+    """The choice fails (here: a forced variant that does not exist; likewise a self-test that rules
+    out every variant): `import llama_cpp` still works and one stderr line says what to call."""
+    proc = run("import llama_cpp; print('imported')", HUATUO_CPU_VARIANT="no-such-level")
+    assert proc.returncode == 0 and "imported" in proc.stdout, proc.stderr
+    assert "llama_cpp: no CPU backend loaded (HUATUO_CPU_VARIANT=no-such-level" in proc.stderr
+    assert "huatuo doctor" in proc.stderr and "load_variant" in proc.stderr
+
+
+def test_the_self_test_childs_switch_is_honoured_by_huatuo_too():
+    """HUATUO_LLAMA_AUTOLOAD=0 (set for the self-test child) stops `autoload` itself, not only the
+    hook: a child that chose a backend would start a self-test child of its own, and so on."""
+    code = ("from huatuo_cli.engine import cpu_backend as b\nb.autoload()\n"
+            "print('active' if b._ACTIVE else 'none')")
+    assert run(code, HUATUO_LLAMA_AUTOLOAD="0").stdout.strip() == "none"
+    assert run(code).stdout.strip() == "active"  # the same call without the switch chooses one

@@ -44,6 +44,8 @@ from huatuo_cli.extras import require
 ENV_VARIANT = "HUATUO_CPU_VARIANT"
 ENV_REPACK = "HUATUO_CPU_REPACK"
 ENV_VARIANTS_DIR = "HUATUO_CPU_VARIANTS_DIR"
+#: "0": `import llama_cpp` (huatuo's build) loads no backend (IMPORT_HOOK in packaging/llama_wheel.py)
+ENV_AUTOLOAD = "HUATUO_LLAMA_AUTOLOAD"
 #: in the name of a variant library: libggml-cpu-<name>.so
 _VARIANT_FILE = re.compile(r"^libggml-cpu-(?P<name>[\w.-]+)\.so$")
 #: the name given to the one CPU backend of a build without variants (e.g. a native pip build)
@@ -142,7 +144,9 @@ def autoload() -> None:
     the portable build loads no CPU backend by itself, and `Llama(...)` would fail with "Failed to
     load model". Loads the backend `activate` chooses (self-tested once per machine and build);
     where that fails, says so and what to call instead of leaving a bare load failure for later."""
-    if _ACTIVE is not None or _ACTIVATING:
+    # HUATUO_LLAMA_AUTOLOAD=0 is checked by the hook too; here again because the self-test child
+    # relies on it: a child that chose a backend would run the self-test in a child of its own
+    if _ACTIVE is not None or _ACTIVATING or os.environ.get(ENV_AUTOLOAD) == "0":
         return
     try:
         activate(route_logs=False)
