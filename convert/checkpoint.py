@@ -52,6 +52,11 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+class PickleRefused(HuatuoError):
+    """Pickle weights without allow_pickle. The hint names no option: `convert gguf` and `convert all`
+    add their `--allow-pickle`; mmproj, vision, finetune and synth have none."""
+
+
 class TensorFiles:
     """Name -> file map over safetensors (or, when allowed, pickle) shards, opened lazily."""
 
@@ -80,10 +85,10 @@ class TensorFiles:
         pickles = sorted(folder.glob("pytorch_model*.bin")) + sorted(folder.glob("*.pt"))
         if pickles:
             if not allow_pickle:
-                raise HuatuoError(
+                raise PickleRefused(
                     f"{what} in {folder} holds only pickle weights ({pickles[0].name}); pickle files can run "
                     "arbitrary code when loaded",
-                    hint="convert them to safetensors first, or pass --allow-pickle if you trust their source",
+                    hint="convert them to safetensors first",
                 )
             return PickleTensorFiles(pickles)
         raise HuatuoError(f"no weights found in {folder} (looked for *.safetensors and pytorch_model*.bin)")

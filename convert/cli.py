@@ -6,9 +6,27 @@ workstation; each command imports what it needs through `huatuo_cli.extras.requi
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
+
+from huatuo_cli.errors import HuatuoError
+
+#: what `convert gguf` and `convert all` add to the hint of refused pickle weights
+ALLOW_PICKLE = "--allow-pickle accepts them if you trust their source"
+
+
+@contextmanager
+def _offering(error: type[HuatuoError], remedy: str) -> Iterator[None]:
+    """Add this command's own option to the hint of `error` raised in the block. Modules that several
+    commands reach name no option in their hints: only the command knows which ones it has."""
+    try:
+        yield
+    except error as exc:
+        exc.hint = f"{exc.hint}; {remedy}" if exc.hint else remedy
+        raise
 
 
 @click.group()
@@ -106,15 +124,13 @@ def gguf(src: Path, out: Path, quant: str, force: bool, allow_pickle: bool, no_v
       huatuo convert gguf /models/HuatuoGPT-Vision-7B hgv7b-f16.gguf --quant f16
       huatuo convert gguf /models/HuatuoGPT-Vision-7B hgv7b-q4km.gguf --quant q4_k_m --force
     """
-    from huatuo_convert.checkpoint import LlavaCheckpoint
+    from huatuo_convert.checkpoint import LlavaCheckpoint, PickleRefused
     from huatuo_convert.gguf_verify import FidelityGateFailed, tokenizer_report
     from huatuo_convert.llm_gguf import fidelity_path, write_llm_gguf
 
-    ckpt = LlavaCheckpoint.open(src, allow_pickle=allow_pickle)
-    try:
+    with _offering(PickleRefused, ALLOW_PICKLE), _offering(FidelityGateFailed, "--no-verify skips this check (not recommended)"):
+        ckpt = LlavaCheckpoint.open(src, allow_pickle=allow_pickle)
         path, fidelity = write_llm_gguf(ckpt, out, quant, force=force, verify=not no_verify, name=name, threads=threads)
-    except FidelityGateFailed as exc:
-        raise FidelityGateFailed(exc.args[0], hint=f"{exc.hint}; --no-verify skips this check (not recommended)") from None
     click.echo(f"wrote {path} ({quant}, {path.stat().st_size / 2**20:.1f} MiB)")
     if fidelity is not None:
         tok, logits = fidelity["tokenizer"], fidelity["logits"]
@@ -203,9 +219,11 @@ def all_(src: Path, out: Path, quant: str, no_mmproj: bool, force: bool, allow_p
       huatuo convert all /models/HuatuoGPT-Vision-7B /bundles/huatuo-7b-q4_k_m --quant q4_k_m
     """
     from huatuo_convert.bundle_build import build_bundle, summary
+    from huatuo_convert.checkpoint import PickleRefused
 
-    manifest = build_bundle(src, out, quant, force=force, with_mmproj=not no_mmproj, allow_pickle=allow_pickle,
-                            threads=threads, log=lambda msg: click.echo(f"- {msg}", err=True))
+    with _offering(PickleRefused, ALLOW_PICKLE):
+        manifest = build_bundle(src, out, quant, force=force, with_mmproj=not no_mmproj, allow_pickle=allow_pickle,
+                                threads=threads, log=lambda msg: click.echo(f"- {msg}", err=True))
     click.echo(summary(manifest))
     click.echo(f"wrote bundle {out}")
 

@@ -57,7 +57,7 @@ def llama_quantize(src: Path, dst: Path, quant: str, *, threads: int | None = No
         raise
     if child.exitcode != 0:
         raise HuatuoError(f"llama.cpp's quantizer failed to make {quant} (exit {child.exitcode})",
-                          hint=f"check free disk space in {dst.parent}; run with --verbose for llama.cpp's log")
+                          hint=f"check free disk space in {dst.parent}; run again as `huatuo --verbose convert ...` for llama.cpp's log")
 
 
 def _quantize_child(src: str, dst: str, quant: str, threads: int, verbose: bool) -> None:

@@ -165,7 +165,7 @@ def bundle_checks() -> list[Check]:
 
     paths = list(installed_bundles())
     try:
-        chosen = find_bundle(None)
+        chosen = find_bundle(None, option=None)  # doctor takes no bundle: its hint names none
         if chosen not in paths:
             paths.insert(0, chosen)
     except HuatuoError as exc:

@@ -17,7 +17,7 @@ from huatuo_cli.errors import HuatuoError
 ENV_MODEL = "HUATUO_MODEL"
 INSTALL_HINT = (
     "make a bundle on the conversion server with `huatuo convert all SRC OUT`, then copy it to "
-    "{user} (or {site} for all users), or pass --model BUNDLE / set HUATUO_MODEL"
+    "{user} (or {site} for all users), or {choose}set HUATUO_MODEL"
 )
 
 
@@ -51,14 +51,19 @@ def _configured_model() -> str | None:
     return str(model) if model else None
 
 
-def find_bundle(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """The bundle folder to use, or a HuatuoError that says how to get one."""
-    for candidate, origin in ((explicit, "--model"), (os.environ.get(ENV_MODEL), ENV_MODEL), (_configured_model(), str(config_file()))):
+def find_bundle(explicit: str | os.PathLike[str] | None = None, *, option: str | None = "--model") -> Path:
+    """The bundle folder to use, or a HuatuoError that says how to get one.
+
+    `option`: how the calling command takes a bundle (`--model`; `BUNDLE` for an argument; None
+    where it takes none, as `doctor`): the messages name only that, never another command's option.
+    """
+    for candidate, origin in ((explicit, option or "the command line"), (os.environ.get(ENV_MODEL), ENV_MODEL),
+                              (_configured_model(), str(config_file()))):
         if candidate:
             path = Path(candidate).expanduser()
             if not (path / MANIFEST_NAME).is_file():
                 raise HuatuoError(f"{path} (from {origin}) is not a model bundle: no {MANIFEST_NAME}",
-                                  hint=_hint())
+                                  hint=_hint(option))
             return path
     bundles = installed_bundles()
     if len(bundles) == 1:
@@ -66,10 +71,17 @@ def find_bundle(explicit: str | os.PathLike[str] | None = None) -> Path:
     if len(bundles) > 1:
         names = ", ".join(str(b) for b in bundles)
         raise HuatuoError(f"several model bundles are installed ({names}); choose one",
-                          hint=f"pass --model, set {ENV_MODEL}, or put `model = \"...\"` in {config_file()}")
-    raise HuatuoError("no model bundle found", hint=_hint())
+                          hint=f"{_choose(option)}set {ENV_MODEL}, or put `model = \"...\"` in {config_file()}")
+    raise HuatuoError("no model bundle found", hint=_hint(option))
 
 
-def _hint() -> str:
+def _choose(option: str | None) -> str:
+    """'pass --model BUNDLE, ': how to name a bundle on the calling command ('' where it has no way)."""
+    if option is None:
+        return ""
+    return f"pass {option} BUNDLE, " if option.startswith("--") else f"give the bundle folder as {option}, "
+
+
+def _hint(option: str | None) -> str:
     user, site = models_dirs()
-    return INSTALL_HINT.format(user=user, site=site)
+    return INSTALL_HINT.format(user=user, site=site, choose=_choose(option))

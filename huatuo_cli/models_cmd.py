@@ -65,7 +65,7 @@ def info(bundle: str | None, as_json: bool) -> None:
     Example:
       huatuo models info /srv/bundles/huatuo-7b-q4_k_m --json
     """
-    path = find_bundle(bundle)
+    path = find_bundle(bundle, option="BUNDLE")
     manifest, digest = read_manifest(path)
     contradictions = check_metadata(path, manifest)  # nothing the LLM file contradicts is shown as fact
     if contradictions:
@@ -97,7 +97,7 @@ def verify(bundle: str | None) -> None:
     Example:
       huatuo models verify /srv/bundles/huatuo-7b-q4_k_m
     """
-    path = find_bundle(bundle)
+    path = find_bundle(bundle, option="BUNDLE")
     manifest, digest = read_manifest(path)
     signed_by = verify_signature(path, digest)
     problems = verify_files(path, manifest, VerifiedCache(trust=False))  # always a full re-hash

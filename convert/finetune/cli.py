@@ -76,6 +76,9 @@ def finetune(ctx: click.Context, /, model: Path | None, data: Path | None, out: 
     missing = [name for name, value in (("--model", model), ("--data", data), ("--out", out)) if value is None]
     if missing:
         raise click.UsageError(f"missing {', '.join(missing)} (or use `huatuo finetune merge OUT MERGED`)")
+    if merge_to is not None and merge_to.exists():  # found now, not after hours of training (finetune has no --force)
+        raise click.UsageError(f"--merge {merge_to} already exists; give a new folder "
+                               "(`huatuo finetune merge OUT MERGED --force` replaces one after training)")
     require("peft"), require("accelerate")  # say which extra is missing before any work
     from huatuo_convert.finetune.loop import Settings, train
 

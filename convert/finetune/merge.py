@@ -48,7 +48,8 @@ def merge_run(run_dir: Path, merged: Path, *, base: Path | None = None, force: b
     result_path = run_dir / RESULT_FILE
     if not result_path.is_file():
         raise HuatuoError(f"{run_dir} holds no finished fine-tuning run (no {RESULT_FILE})",
-                          hint="run `huatuo finetune ... --out` to the end first (or --resume it)")
+                          hint="run `huatuo finetune ... --out OUT` to the end first "
+                               "(`huatuo finetune ... --out OUT --resume` continues a stopped run)")
     result = json.loads(result_path.read_text())
     if merged.exists() and not force:
         raise HuatuoError(f"{merged} already exists", hint="pass --force to replace it")

@@ -52,7 +52,7 @@ def _retrieve(from_pacs: str, study_uids: tuple[str, ...], since: Any) -> Path:
     from huatuo_cli.send.destination import resolve
     from huatuo_cli.send.retrieve import retrieve
 
-    fetched = retrieve(resolve(from_pacs), studies=list(study_uids), since=since.date() if since else None)
+    fetched = retrieve(resolve(from_pacs, option="--from"), studies=list(study_uids), since=since.date() if since else None)
     click.echo(f"retrieved {fetched.instances} instances of {fetched.studies} studies from {from_pacs}", err=True)
     return fetched.folder.resolve()
 
@@ -66,7 +66,7 @@ def _sender(send_to: str | None, write_srs: bool) -> Sender | None:
     from huatuo_cli.send.destination import resolve
     from huatuo_cli.send.sender import Sender
 
-    return Sender(resolve(send_to))
+    return Sender(resolve(send_to, option="--send"))
 
 
 @click.command()

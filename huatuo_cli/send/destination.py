@@ -69,21 +69,25 @@ class Destination:
         return f"{slug}-{hashlib.sha256(self.address.encode()).hexdigest()[:12]}.jsonl"
 
 
-def resolve(spec: str, *, ae_title: str | None = None) -> Destination:
-    """The destination `--to SPEC` names: URL, AET@HOST:PORT, or a `[pacs.NAME]` table."""
+def resolve(spec: str, *, ae_title: str | None = None, option: str = "--to") -> Destination:
+    """The destination `--to SPEC` names: URL, AET@HOST:PORT, or a `[pacs.NAME]` table.
+
+    `option`: the calling command's option that gave SPEC (`send --to`, `batch --send` / `--from`);
+    the messages name that one only.
+    """
     spec = spec.strip()
     if spec.lower().startswith(("http://", "https://")):
-        return Destination(name=_url_name(spec), url=_check_url(spec, "--to"),
+        return Destination(name=_url_name(spec), url=_check_url(spec, option),
                            tls=Tls() if spec.lower().startswith("https://") else None)
     match = _AD_HOC.match(spec)
     if match:
         return Destination(name=spec, ae_title=_check_aet(ae_title or DEFAULT_AE_TITLE, "--ae-title"),
-                           called_ae=_check_aet(match["aet"], "--to"), host=match["host"].strip("[]"),
-                           port=_check_port(int(match["port"]), "--to"))
+                           called_ae=_check_aet(match["aet"], option), host=match["host"].strip("[]"),
+                           port=_check_port(int(match["port"]), option))
     if "@" in spec or ":" in spec or "/" in spec:
-        raise HuatuoError(f"--to {spec!r} is neither AET@HOST:PORT, an http(s):// URL, nor a PACS name",
-                          hint="e.g. --to ORTHANC@pacs.example.org:104, --to https://pacs/dicom-web, --to main")
-    return configured(spec, ae_title=ae_title)
+        raise HuatuoError(f"{option} {spec!r} is neither AET@HOST:PORT, an http(s):// URL, nor a PACS name",
+                          hint=f"e.g. {option} ORTHANC@pacs.example.org:104, {option} https://pacs/dicom-web, {option} main")
+    return configured(spec, ae_title=ae_title, option=option)
 
 
 def read_config(path: Path | None = None) -> dict[str, Any]:
@@ -97,8 +101,8 @@ def read_config(path: Path | None = None) -> dict[str, Any]:
         raise HuatuoError(f"config file {path} is not valid TOML: {exc}") from None
 
 
-def configured(name: str, *, ae_title: str | None = None, path: Path | None = None) -> Destination:
-    """The `[pacs.NAME]` table of the config file, checked."""
+def configured(name: str, *, ae_title: str | None = None, path: Path | None = None, option: str = "--to") -> Destination:
+    """The `[pacs.NAME]` table of the config file, checked (`option`: as for `resolve`)."""
     path = path or config_file()
     pacs = read_config(path).get("pacs", {})
     if not isinstance(pacs, dict) or not all(isinstance(v, dict) for v in pacs.values()):
@@ -107,7 +111,7 @@ def configured(name: str, *, ae_title: str | None = None, path: Path | None = No
         known = ", ".join(sorted(pacs)) or "none"
         raise HuatuoError(f"no PACS named {name!r} in {path} (configured: {known})",
                           hint=f"add a [pacs.{name}] table with called_ae, host and port (or url), "
-                               "or pass --to AET@HOST:PORT")
+                               f"or pass {option} AET@HOST:PORT")
     return _from_table(name, pacs[name], where=f"{path} [pacs.{name}]", ae_title=ae_title)
 
 
