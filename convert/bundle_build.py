@@ -18,12 +18,11 @@ from typing import Any
 from huatuo_cli.bundle import Manifest, apply_bundle_modes, describe_files, write_manifest
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.model_card import CARD_NAME, CARD_ROLE, MANIFEST_KEY
-from huatuo_cli.prompt import PROMPT_FORMAT
 from huatuo_convert.atomic import atomic_folder
 from huatuo_convert.bundle_card import render_bundle_card, render_unidentified_card
 from huatuo_convert.checkpoint import LlavaCheckpoint
 from huatuo_convert.gguf_verify import tokenizer_report
-from huatuo_convert.model_cards import identify
+from huatuo_convert.model_cards import CardMatch, identify
 
 #: file names inside a bundle, by role
 LLM_NAME = "llm-{quant}.gguf"
@@ -136,51 +135,67 @@ def build_bundle(
                 f"end-to-end check failed: the bundle's greedy answer diverges from the reference at token "
                 f"{e2e['first_divergence']}", hint="this is a converter bug; please report it with the manifest figures")
         roles = {llm_file: "llm", **roles}
-        manifest = Manifest(
-            bundle_name=out.name,
-            created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            architecture=ckpt.arch,
-            source={
-                "checkpoint": Path(src).resolve().name,
-                "hf_architecture": ckpt.hf_architecture,
-                "config_sha256": ckpt.config_sha256,
-                "vision_layout": ckpt.vision.source,
-                "layout": ckpt.layout,  # "llava" or "llava-hf" (transformers' LlavaForConditionalGeneration files)
-            },
-            prompt_format=PROMPT_FORMAT,
-            quantization=quant,
-            files=describe_files(work, roles),
-            fidelity=fidelity,
-            vision={
-                "select_layer": ckpt.select_layer,
-                "select_feature": ckpt.select_feature,
-                "image_size": ckpt.vision.config["image_size"],
-                "tokens_per_image": (ckpt.vision.config["image_size"] // ckpt.vision.config["patch_size"]) ** 2,
-                "image_aspect_ratio": ckpt.config.get("image_aspect_ratio", "pad"),
-            },
-            llm={
-                "family": ckpt.llm_family,
-                "prompt_markers": ref.tokenizer.markers,  # also in the GGUF (huatuo.tokenizer.markers)
-                "hidden_size": ckpt.config["hidden_size"],
-                "layers": ckpt.config["num_hidden_layers"],
-                "context_length": ckpt.config.get("max_position_embeddings"),
-            },
-            tools=tool_versions(),
-            extra={MANIFEST_KEY: card_match.manifest_entry()},
-        )
-        measured = "\n".join(line for line in summary(manifest).split("\n")[1:] if "model card:" not in line)
-        if card_match.card is not None:
-            card = render_bundle_card(card_match, bundle_name=manifest.bundle_name, quantization=quant,
-                                      created=manifest.created, measured=measured)
-        else:  # an unknown fine-tune or derivative: a card that says so
-            card = render_unidentified_card(card_match, bundle_name=manifest.bundle_name, quantization=quant,
-                                            created=manifest.created, measured=measured, architecture=ckpt.arch,
-                                            hf_architecture=ckpt.hf_architecture, config_sha256=ckpt.config_sha256)
+        manifest = _manifest(ckpt, Path(src), out.name, quant, describe_files(work, roles), fidelity, ref.tokenizer.markers,
+                             card_match)
+        card = _card(manifest, card_match, ckpt)
         (work / CARD_NAME).write_text(card, encoding="utf-8")
         manifest.files += describe_files(work, {CARD_NAME: CARD_ROLE})
         write_manifest(work, manifest)
         apply_bundle_modes(work)
     return manifest
+
+
+def _manifest(ckpt: LlavaCheckpoint, src: Path, bundle_name: str, quant: str, files: list, fidelity: dict[str, Any],
+              markers: str, card_match: CardMatch) -> Manifest:
+    """What a workstation reads: the source, and what the runtime needs of the checkpoint's family
+    (prompt format, positions, preprocessing, image size, tokens per image) so that it never
+    assumes one."""
+    family = ckpt.family
+    return Manifest(
+        bundle_name=bundle_name,
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        architecture=ckpt.arch,
+        source={
+            "checkpoint": src.resolve().name,
+            "hf_architecture": ckpt.hf_architecture,
+            "config_sha256": ckpt.config_sha256,
+            "vision_layout": ckpt.vision.source,
+            "layout": ckpt.layout,  # "llava" or "llava-hf" (transformers' LlavaForConditionalGeneration files)
+        },
+        prompt_format=family.prompt_format,
+        quantization=quant,
+        files=files,
+        fidelity=fidelity,
+        vision={
+            "select_layer": ckpt.select_layer,
+            "select_feature": ckpt.select_feature,
+            "image_size": ckpt.vision.config["image_size"],
+            "tokens_per_image": family.vision.tokens_per_image(ckpt.vision.config),
+            "preprocess": family.vision.preprocess,
+            "image_aspect_ratio": ckpt.config.get("image_aspect_ratio", "pad"),
+        },
+        llm={
+            "family": ckpt.llm_family,
+            "positions": family.positions,
+            "prompt_markers": markers,  # also in the GGUF (huatuo.tokenizer.markers)
+            "hidden_size": ckpt.config["hidden_size"],
+            "layers": ckpt.config["num_hidden_layers"],
+            "context_length": ckpt.config.get("max_position_embeddings"),
+        },
+        tools=tool_versions(),
+        extra={MANIFEST_KEY: card_match.manifest_entry()},
+    )
+
+
+def _card(manifest: Manifest, card_match: CardMatch, ckpt: LlavaCheckpoint) -> str:
+    """MODEL_CARD.md: the identified card with the measured figures, or one that says no card applies."""
+    measured = "\n".join(line for line in summary(manifest).split("\n")[1:] if "model card:" not in line)
+    if card_match.card is not None:
+        return render_bundle_card(card_match, bundle_name=manifest.bundle_name, quantization=manifest.quantization,
+                                  created=manifest.created, measured=measured)
+    return render_unidentified_card(card_match, bundle_name=manifest.bundle_name, quantization=manifest.quantization,
+                                    created=manifest.created, measured=measured, architecture=ckpt.arch,
+                                    hf_architecture=ckpt.hf_architecture, config_sha256=ckpt.config_sha256)
 
 
 def _vision_role(name: str) -> str | None:

@@ -19,15 +19,9 @@ from typing import Any
 
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.extras import require
+from huatuo_convert.families import family_for_architecture
+from huatuo_convert.families.base import ModelFamily
 
-#: HF architecture name -> (huatuo arch id, language-model family)
-ARCHITECTURES: dict[str, tuple[str, str]] = {
-    "LlavaQwen2ForCausalLM": ("llava-qwen2", "qwen2"),
-    "LlavaLlamaForCausalLM": ("llava-llama", "llama"),
-    # Plain language models (no vision): used by the LLM-only benchmark and tests.
-    "Qwen2ForCausalLM": ("qwen2", "qwen2"),
-    "LlamaForCausalLM": ("llama", "llama"),
-}
 EMBEDDED_TOWER_PREFIX = "model.vision_tower.vision_tower."
 PROJECTOR_PREFIX = "model.mm_projector."
 #: first name parts of a CLIP vision tower's tensors stored without `vision_model.` (transformers 5)
@@ -240,12 +234,8 @@ class LlavaCheckpoint:
         if not config_path.is_file():
             raise HuatuoError(f"{root} is not a model folder: no config.json")
         config, layout, vision_config = read_config(config_path)
-        archs = config.get("architectures") or []
-        if not archs or archs[0] not in ARCHITECTURES:
-            raise HuatuoError(
-                f"unknown architecture {archs[0] if archs else '(none)'} in {config_path.name}",
-                hint=f"supported: {', '.join(ARCHITECTURES)}, and LlavaForConditionalGeneration (the -hf layout) of these",
-            )
+        archs = config.get("architectures") or ["(none)"]
+        family_for_architecture(str(archs[0]))  # an unknown architecture: one line naming the supported ones
         tensors = TensorFiles.from_folder(root, allow_pickle=allow_pickle)
         if vision_config is not None:
             from huatuo_convert.llava_hf import rename_tensors
@@ -260,12 +250,20 @@ class LlavaCheckpoint:
         return self.config["architectures"][0]
 
     @property
+    def family(self) -> ModelFamily:
+        """The model family that converts this checkpoint (`huatuo_convert.families`)."""
+        return family_for_architecture(self.hf_architecture)
+
+    @property
     def arch(self) -> str:
-        return ARCHITECTURES[self.hf_architecture][0]
+        """huatuo's id: the family's, or the language model's type for a checkpoint without vision
+        (the LLM-only benchmark and tests)."""
+        return self.family.name if self.has_vision else self.family.text_model_type
 
     @property
     def llm_family(self) -> str:
-        return ARCHITECTURES[self.hf_architecture][1]
+        """The language model's GGUF architecture (`general.architecture`)."""
+        return self.family.llm.gguf_arch
 
     @cached_property
     def config_sha256(self) -> str:
@@ -273,7 +271,7 @@ class LlavaCheckpoint:
 
     @property
     def has_vision(self) -> bool:
-        return self.hf_architecture.startswith("Llava")
+        return self.hf_architecture == self.family.hf_architecture
 
     # -- language model hyper-parameters -----------------------------------------------------
     @property

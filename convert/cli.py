@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from huatuo_cli.errors import HuatuoError
+from huatuo_convert.families import all_families, default_family, family_names
 
 #: what `convert gguf` and `convert all` add to the hint of refused pickle weights
 ALLOW_PICKLE = "--allow-pickle accepts them if you trust their source"
@@ -35,7 +36,7 @@ def convert() -> None:
 
     \b
     Examples:
-      huatuo convert synth /tmp/tiny --arch llava-qwen2 --vision-layout folder
+      huatuo convert synth /tmp/tiny --vision-layout folder
       huatuo convert gguf /tmp/tiny /tmp/tiny-f16.gguf --quant f16
       huatuo convert vision /tmp/tiny /tmp/tiny-bundle/vision
       huatuo convert mmproj /tmp/tiny /tmp/tiny-bundle/mmproj-f16.gguf
@@ -44,8 +45,8 @@ def convert() -> None:
 
 @convert.command()
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--arch", type=click.Choice(["llava-qwen2", "llava-llama"]), default="llava-qwen2", show_default=True,
-              help="llava-qwen2 = HuatuoGPT-Vision-7B layout, llava-llama = -34B (Yi) layout.")
+@click.option("--arch", type=click.Choice(family_names()), default=default_family().name, show_default=True,
+              help="The model family: " + "; ".join(f"{f.name} = {f.summary}" for f in all_families()) + ".")
 @click.option("--vision-layout", type=click.Choice(["embedded", "folder"]), default="embedded", show_default=True,
               help="Vision tower inside the main safetensors, or as a CLIP folder named by mm_vision_tower.")
 @click.option("--shards", type=int, default=2, show_default=True)
@@ -63,10 +64,10 @@ def convert() -> None:
 @click.option("--image-size", type=int, default=56, show_default=True)
 @click.option("--patch-size", type=int, default=14, show_default=True)
 @click.option("--markers", type=click.Choice(["text", "tokens"]), default="text", show_default=True,
-              help="The chat markers <|user|>/<|assistant|> as plain text (base Qwen2) or as added tokens.")
+              help="The chat markers <|user|>/<|assistant|> as plain text (not in the vocabulary) or as added tokens.")
 @click.option("--vocab-from", type=str, default=None, metavar="GGUF",
               help="Build the tokenizer from a real vocabulary: a llama.cpp vocab-only GGUF "
-                   "(ggml-vocab-qwen2.gguf for llava-qwen2, ggml-vocab-llama-spm.gguf for llava-llama).")
+                   "(" + ", ".join(f"{f.synth.real_vocab} for {f.name}" for f in all_families()) + ").")
 @click.option("--padded-vocab-size", type=int, default=None,
               help="Embedding rows beyond the tokenizer (HuatuoGPT-Vision-7B: 152064).")
 @click.option("--layout", type=click.Choice(["llava", "hf", "hf-v5"]), default="llava", show_default=True,

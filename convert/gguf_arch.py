@@ -1,23 +1,20 @@
-"""Declarative per-architecture tables: HF tensor names and hyper-parameters -> GGUF.
+"""Declarative language-model tables: HF tensor names and hyper-parameters -> GGUF.
 
-One `LlmArch` per language-model family, registered under every HF architecture name that
-carries it (llama.cpp's converter does the same with a decorator). The table is the whole truth:
-a checkpoint tensor that no row names is an error, and so is a row the checkpoint lacks, so a
-silently dropped or misnamed weight can never reach a GGUF.
+Each model family (`huatuo_convert.families`) declares one `LlmArch`, as llama.cpp's converter
+declares one per architecture. The table is the whole truth: a checkpoint tensor that no row
+names is an error, and so is a row the checkpoint lacks, so a silently dropped or misnamed
+weight can never reach a GGUF.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from huatuo_cli.errors import HuatuoError
-from huatuo_convert.checkpoint import LlavaCheckpoint
+if TYPE_CHECKING:
+    from huatuo_convert.checkpoint import LlavaCheckpoint
 
-#: HF architecture name -> its language-model table
-_REGISTRY: dict[str, LlmArch] = {}
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 
 
@@ -28,8 +25,8 @@ class LlmArch:
     gguf_arch: str  # general.architecture
     global_tensors: dict[str, str]  # HF name -> GGUF name, outside the layers
     layer_tensors: dict[str, str]  # suffix after `model.layers.{i}.` -> GGUF name with {i}
-    #: Tensors whose rows llama.cpp wants in its own rotary order (llama's q/k: HF rotates halves,
-    #: ggml's llama graph rotates adjacent pairs; Qwen2 uses the NEOX order and needs nothing).
+    #: Tensors whose rows llama.cpp wants in its own rotary order (where HF rotates halves and the
+    #: ggml graph of `gguf_arch` rotates adjacent pairs; a NEOX-order graph needs none).
     permuted: frozenset[str] = frozenset()
     #: Checkpoint tensors that are derived buffers, not weights (older checkpoints store them).
     ignored_layer_suffixes: tuple[str, ...] = ("self_attn.rotary_emb.inv_freq",)
@@ -73,32 +70,19 @@ class LlmArch:
         }
 
 
-def register(*hf_architectures: str) -> Callable[[Callable[[], LlmArch]], Callable[[], LlmArch]]:
-    """Register the table a factory returns under each HF architecture name."""
-
-    def wrap(factory: Callable[[], LlmArch]) -> Callable[[], LlmArch]:
-        arch = factory()
-        for name in hf_architectures:
-            _REGISTRY[name] = arch
-        return factory
-
-    return wrap
-
-
 def arch_for(ckpt: LlavaCheckpoint) -> LlmArch:
-    """The table of a checkpoint's architecture, or a HuatuoError naming the supported ones."""
-    name = ckpt.hf_architecture
-    if name not in _REGISTRY:
-        raise HuatuoError(f"no GGUF conversion for architecture {name}", hint=f"supported: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]
+    """The table of a checkpoint's family."""
+    return ckpt.family.llm
 
 
-_GLOBAL = {
+#: The tensors every llama-style decoder has (embeddings, final norm, head) ...
+DECODER_GLOBAL_TENSORS = {
     "model.embed_tokens.weight": "token_embd.weight",
     "model.norm.weight": "output_norm.weight",
     "lm_head.weight": "output.weight",
 }
-_LAYER_COMMON = {
+#: ... and in each layer (attention without biases, gated MLP, two RMS norms).
+DECODER_LAYER_TENSORS = {
     "input_layernorm.weight": "blk.{i}.attn_norm.weight",
     "self_attn.q_proj.weight": "blk.{i}.attn_q.weight",
     "self_attn.k_proj.weight": "blk.{i}.attn_k.weight",
@@ -110,28 +94,3 @@ _LAYER_COMMON = {
     "mlp.down_proj.weight": "blk.{i}.ffn_down.weight",
 }
 
-
-@register("LlavaQwen2ForCausalLM", "Qwen2ForCausalLM")
-def qwen2() -> LlmArch:
-    """Qwen2 (HuatuoGPT-Vision-7B): biases on q, k, v; NEOX rotary order, no permutation."""
-    return LlmArch(
-        gguf_arch="qwen2",
-        global_tensors=_GLOBAL,
-        layer_tensors={
-            **_LAYER_COMMON,
-            "self_attn.q_proj.bias": "blk.{i}.attn_q.bias",
-            "self_attn.k_proj.bias": "blk.{i}.attn_k.bias",
-            "self_attn.v_proj.bias": "blk.{i}.attn_v.bias",
-        },
-    )
-
-
-@register("LlavaLlamaForCausalLM", "LlamaForCausalLM")
-def llama() -> LlmArch:
-    """Llama / Yi-1.5 (HuatuoGPT-Vision-34B): no biases; q and k rows permuted for ggml's rotary."""
-    return LlmArch(
-        gguf_arch="llama",
-        global_tensors=_GLOBAL,
-        layer_tensors=dict(_LAYER_COMMON),
-        permuted=frozenset({"self_attn.q_proj.weight", "self_attn.k_proj.weight"}),
-    )

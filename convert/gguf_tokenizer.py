@@ -1,9 +1,9 @@
 """The checkpoint's tokenizer as GGUF vocabulary metadata, in the form llama.cpp tokenizes with.
 
-Qwen2 (7B): byte-level BPE as `tokenizer.ggml.model = gpt2` with `pre = qwen2` (llama.cpp then
-applies Qwen2's split regex), tokens, types and merges. Llama / Yi (34B): sentencepiece as
-`tokenizer.ggml.model = llama` with scores and the piece types straight from `tokenizer.model`;
-its dummy-prefix space becomes `huatuo.tokenizer.chunk_prefix` (see huatuo_cli.gguf_tokens). In both,
+A byte-level BPE (`bpe_vocab`) as `tokenizer.ggml.model = gpt2` with the family's `pre` (llama.cpp
+then applies that model's split regex), tokens, types and merges. A sentencepiece model
+(`spm_vocab`) as `tokenizer.ggml.model = llama` with scores and the piece types straight from
+`tokenizer.model`; its dummy-prefix space becomes `huatuo.tokenizer.chunk_prefix` (see huatuo_cli.gguf_tokens). In both,
 `huatuo.tokenizer.markers` records whether the chat markers are tokens of the checkpoint's tokenizer
 or plain text, and `add_bos_token` is false: HuatuoGPT-Vision's own code adds no BOS (docs/model.md
 "Tokenization"). The token list is padded with `[PAD{i}]` rows up to the config's `vocab_size`,
@@ -75,13 +75,13 @@ def _special_ids(ckpt: LlavaCheckpoint, n_vocab: int, *, merges: bool) -> tuple[
 
 def _fast_tokenizer_json(ckpt: LlavaCheckpoint) -> dict:
     """The checkpoint's fast tokenizer as `tokenizer.json` data: the file itself, or what transformers
-    builds from `vocab.json` + `merges.txt` (+ `added_tokens.json`), as some Qwen2 repositories ship."""
+    builds from `vocab.json` + `merges.txt` (+ `added_tokens.json`), as some repositories ship."""
     path = ckpt.root / "tokenizer.json"
     if path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))
     if not ((ckpt.root / "vocab.json").is_file() and (ckpt.root / "merges.txt").is_file()):
         found = ", ".join(sorted(p.name for p in ckpt.root.iterdir() if "token" in p.name or p.suffix == ".txt")) or "none"
-        raise HuatuoError(f"no Qwen2 tokenizer in {ckpt.root}: looked for tokenizer.json, or vocab.json with merges.txt "
+        raise HuatuoError(f"no byte-level BPE tokenizer in {ckpt.root}: looked for tokenizer.json, or vocab.json with merges.txt "
                           f"(tokenizer files found: {found})",
                           hint="copy the tokenizer files of the original checkpoint next to config.json")
     transformers = require("transformers")
@@ -89,11 +89,12 @@ def _fast_tokenizer_json(ckpt: LlavaCheckpoint) -> dict:
     return json.loads(transformers.AutoTokenizer.from_pretrained(str(ckpt.root)).backend_tokenizer.to_str())
 
 
-def qwen2_vocab(ckpt: LlavaCheckpoint, n_vocab: int) -> GgufVocab:
+def bpe_vocab(ckpt: LlavaCheckpoint, n_vocab: int, *, pre: str) -> GgufVocab:
+    """A byte-level BPE tokenizer's vocabulary; `pre` names llama.cpp's pre-tokenizer for it."""
     gguf = require("gguf")
     data = _fast_tokenizer_json(ckpt)
     if data.get("model", {}).get("type") != "BPE":
-        raise HuatuoError("tokenizer.json is not a byte-level BPE tokenizer, as Qwen2's is")
+        raise HuatuoError(f"tokenizer.json is not a byte-level BPE tokenizer, as {ckpt.family.name}'s is")
     size = max([*data["model"]["vocab"].values(), *(t["id"] for t in data.get("added_tokens", []))]) + 1
     tokens: list[str | None] = [None] * size
     types = [int(gguf.TokenType.NORMAL)] * size
@@ -109,17 +110,18 @@ def qwen2_vocab(ckpt: LlavaCheckpoint, n_vocab: int) -> GgufVocab:
     if not merges:
         raise HuatuoError("the tokenizer has no merges (tokenizer.json or merges.txt); llama.cpp's BPE needs them")
     ref = load_reference_tokenizer(ckpt.root)
-    return GgufVocab(model="gpt2", pre="qwen2", tokens=padded, types=padded_types, scores=None, merges=merges,
+    return GgufVocab(model="gpt2", pre=pre, tokens=padded, types=padded_types, scores=None, merges=merges,
                      add_space_prefix=None, special_ids=ids, markers=ref.markers)
 
 
-def llama_vocab(ckpt: LlavaCheckpoint, n_vocab: int) -> GgufVocab:
+def spm_vocab(ckpt: LlavaCheckpoint, n_vocab: int) -> GgufVocab:
+    """A sentencepiece tokenizer's vocabulary (`tokenizer.model`, + `added_tokens.json`)."""
     require("sentencepiece")
     from sentencepiece import sentencepiece_model_pb2 as model_pb2
 
     path = ckpt.root / "tokenizer.model"
     if not path.is_file():
-        raise HuatuoError(f"no tokenizer.model in {ckpt.root} (a Yi / llama checkpoint ships one)")
+        raise HuatuoError(f"no tokenizer.model in {ckpt.root} (a sentencepiece checkpoint ships one)")
     proto = model_pb2.ModelProto()
     proto.ParseFromString(path.read_bytes())
     # sentencepiece's piece types use the same numbers as gguf.TokenType (NORMAL=1 ... BYTE=6).
@@ -154,10 +156,8 @@ def llama_vocab(ckpt: LlavaCheckpoint, n_vocab: int) -> GgufVocab:
 
 
 def vocab_for(ckpt: LlavaCheckpoint) -> GgufVocab:
-    n_vocab = int(ckpt.config["vocab_size"])
-    if ckpt.llm_family == "qwen2":
-        return qwen2_vocab(ckpt, n_vocab)
-    return llama_vocab(ckpt, n_vocab)
+    """The vocabulary the checkpoint's family writes, one token per embedding row."""
+    return ckpt.family.vocab(ckpt, int(ckpt.config["vocab_size"]))
 
 
 def add_vocab(writer, vocab: GgufVocab) -> None:

@@ -17,7 +17,6 @@ from typing import Any
 
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.extras import require
-from huatuo_cli.prompt import PROMPT_FORMAT
 from huatuo_convert.checkpoint import LlavaCheckpoint
 from huatuo_convert.gguf_arch import LlmArch, arch_for
 from huatuo_convert.gguf_tokenizer import add_vocab, vocab_for
@@ -135,7 +134,8 @@ def provenance(ckpt: LlavaCheckpoint, quant: str) -> dict[str, Any]:
     keys: dict[str, Any] = {
         "huatuo.source.config_sha256": ckpt.config_sha256,
         "huatuo.source.architecture": ckpt.hf_architecture,
-        "huatuo.prompt_format": PROMPT_FORMAT,
+        "huatuo.architecture": ckpt.arch,  # huatuo's id of the family (the manifest's `architecture`)
+        "huatuo.prompt_format": ckpt.family.prompt_format,
         "huatuo.quantization": quant,
     }
     if ckpt.has_vision:

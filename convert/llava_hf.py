@@ -8,7 +8,8 @@ presents the same view as the original layout, so that nothing downstream change
 - the config: `text_config` (with transformers' defaults for what it leaves out, as
   `from_pretrained` would see it) flattened to the top level, the `mm_*` keys of LLaVA-1.5 derived
   from `vision_feature_layer`, `vision_feature_select_strategy` and `projector_hidden_act`, and the
-  original architecture (`LlavaQwen2ForCausalLM` / `LlavaLlamaForCausalLM`) and model type;
+  original architecture and model type of the family whose language model it holds
+  (`huatuo_convert.families`);
 - the tensors: stored names mapped onto the original ones (`model.layers.*`, `lm_head.weight`,
   `model.mm_projector.0/2.*`, `model.vision_tower.vision_tower.vision_model.*`), for transformers
   4.x's keys (`language_model.model.*`, `vision_tower.vision_model.*`, `multi_modal_projector.*`)
@@ -28,14 +29,15 @@ from typing import Any
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.extras import require
 from huatuo_convert.checkpoint import BARE_TOWER_ROOTS, EMBEDDED_TOWER_PREFIX, PROJECTOR_PREFIX, TensorFiles
+from huatuo_convert.families import all_families, family_for_text_model
 
 #: `architectures[0]` of transformers' LLaVA checkpoints
 HF_ARCHITECTURE = "LlavaForConditionalGeneration"
 #: `LlavaCheckpoint.layout` of each layout (also the manifest's `source.layout`)
 LAYOUT_ORIGINAL = "llava"
 LAYOUT_HF = "llava-hf"
-#: text_config.model_type -> the original checkpoint's (architecture, model_type)
-TEXT_MODELS = {"qwen2": ("LlavaQwen2ForCausalLM", "llava_qwen2"), "llama": ("LlavaLlamaForCausalLM", "llava_llama")}
+#: text_config.model_type when the config leaves it out (LlavaConfig's default text model)
+DEFAULT_TEXT_MODEL = "llama"
 VISION_MODEL = "clip_vision_model"
 #: vision_feature_select_strategy -> mm_vision_select_feature (transformers' "default" drops the CLS token)
 SELECT_FEATURE = {"default": "patch", "full": "cls_patch"}
@@ -71,10 +73,12 @@ def _refuse(config_path: Path, what: str, hint: str) -> HuatuoError:
 
 def normalise_config(raw: dict[str, Any], config_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(the original layout's config, CLIPVisionConfig fields) of a `LlavaForConditionalGeneration` config."""
-    text_type = (raw.get("text_config") or {}).get("model_type", "llama")  # LlavaConfig's default text model
-    if text_type not in TEXT_MODELS:
+    text_type = (raw.get("text_config") or {}).get("model_type", DEFAULT_TEXT_MODEL)
+    family = family_for_text_model(text_type)
+    if family is None:
+        known = " or ".join(f.text_model_type for f in all_families())
         raise _refuse(config_path, f"a {text_type} language model (text_config.model_type)",
-                      f"HuatuoGPT-Vision's -hf checkpoints have text_config.model_type {' or '.join(TEXT_MODELS)}")
+                      f"HuatuoGPT-Vision's -hf checkpoints have text_config.model_type {known}")
     vision_type = (raw.get("vision_config") or {}).get("model_type", VISION_MODEL)
     if vision_type != VISION_MODEL:
         raise _refuse(config_path, f"a {vision_type} vision tower (vision_config.model_type)",
@@ -97,10 +101,9 @@ def normalise_config(raw: dict[str, Any], config_path: Path) -> tuple[dict[str, 
                           hint="fix the file or copy it again from the original checkpoint") from None
     text, vision = full["text_config"], full["vision_config"]
     view = {k: v for k, v in text.items() if v is not None and k not in ("architectures", "model_type", "_name_or_path")}
-    architecture, model_type = TEXT_MODELS[text_type]
     view.update({
-        "architectures": [architecture],
-        "model_type": model_type,
+        "architectures": [family.hf_architecture],
+        "model_type": family.model_type,
         "tie_word_embeddings": bool(full.get("tie_word_embeddings") or text.get("tie_word_embeddings")),
         "mm_projector_type": PROJECTOR_TYPE[act],
         "mm_hidden_size": vision["hidden_size"],

@@ -6,7 +6,7 @@ has them. A card's `[identify]` front matter names the architecture, the config 
 LLaVA semantics, and the published checkpoint's dimensions; a config in transformers' -hf layout is
 judged in the original layout's keys (`checkpoint.read_config`). Identification answers, in order:
 
-- a card whose status is not "supported" (Qwen2.5-VL): stop, naming the card;
+- a card whose status is not "supported" (a checkpoint huatuo cannot convert yet): stop, naming the card;
 - `huatuo_finetune.json` present: a fine-tune of the card with that architecture (validated);
 - architecture, config keys and dimensions equal: the card applies (the weights are not compared:
   a fine-tune made elsewhere that kept the config looks the same, docs/model-cards.md);

@@ -31,10 +31,6 @@ from huatuo_convert.reference import VisionEncoder, build_vision
 OPSET = 17
 FIDELITY_NAME = "vision.fidelity.json"
 OUTPUT_NAME = "image_embeds"
-#: Measured on the synthetic towers and a random CLIP-L/336-shaped one (README "Vision"): fp32
-#: cosine 0.9999999999, max abs 1.5e-5; fp16 0.99999996, max abs 5.4e-3. Real CLIP weights have
-#: larger activations than random ones, so fp16 gets two orders of magnitude of room, fp32 five.
-TOLERANCES = {"fp32": Tolerance(min_cosine=0.99999), "fp16": Tolerance(min_cosine=0.999)}
 
 
 @dataclass
@@ -125,7 +121,8 @@ def export_vision(
         raise HuatuoError(f"output {out} already exists", hint="choose a new folder or remove it")
     ckpt = src if isinstance(src, LlavaCheckpoint) else LlavaCheckpoint.open(src)
     tower = ckpt.vision  # raises a HuatuoError naming what was looked for
-    tolerances = {**TOLERANCES, **(tolerances or {})}
+    tolerances = {**{graph: Tolerance(min_cosine=cosine) for graph, cosine in ckpt.family.vision_tolerances.items()},
+                  **(tolerances or {})}
     image_size = int(tower.config["image_size"])
     preprocessor = ckpt.preprocessor_config
 

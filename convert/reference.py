@@ -36,10 +36,7 @@ def llm_config(ckpt: LlavaCheckpoint):
         tie_word_embeddings=c.get("tie_word_embeddings", False),
         hidden_act=c.get("hidden_act", "silu"),
     )
-    if ckpt.llm_family == "qwen2":
-        cfg = transformers.Qwen2Config(**common, use_sliding_window=False)
-    else:
-        cfg = transformers.LlamaConfig(**common, attention_bias=c.get("attention_bias", False))
+    cfg = ckpt.family.reference_config(transformers, common, c)
     cfg._attn_implementation = "eager"
     return cfg
 
@@ -50,7 +47,7 @@ def build_llm(ckpt: LlavaCheckpoint, dtype=None):
     transformers = require("transformers")
     dtype = dtype or torch.float32
     cfg = llm_config(ckpt)
-    cls = transformers.Qwen2ForCausalLM if ckpt.llm_family == "qwen2" else transformers.LlamaForCausalLM
+    cls = getattr(transformers, ckpt.family.reference_class)
     with torch.device("meta"):
         model = cls(cfg)
     state = {name: ckpt.get(name).to(dtype) for name in ckpt.llm_tensor_names()}

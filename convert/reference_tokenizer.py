@@ -1,8 +1,8 @@
 """The tokenizer behaviour the official HuatuoGPT-Vision code had, as the parity reference.
 
-Qwen2 (7B): the checkpoint's own tokenizer through transformers (`tokenizer.json`, or the
-`vocab.json` + `merges.txt` pair that transformers builds the same fast tokenizer from).
-Yi / llama (34B): the official code ran transformers 4.x's slow `LlamaTokenizer` (legacy mode),
+A byte-level BPE (the 7B): the checkpoint's own tokenizer through transformers (`tokenizer.json`, or
+the `vocab.json` + `merges.txt` pair that transformers builds the same fast tokenizer from).
+A sentencepiece `LlamaTokenizer` (the 34B): the official code ran transformers 4.x's slow one (legacy mode),
 which is sentencepiece itself on each text; transformers 5 converts `tokenizer.model` to a fast
 tokenizer that differs on whitespace runs, so sentencepiece is used directly here.
 
@@ -78,7 +78,7 @@ def load_reference_tokenizer(root: Path) -> ReferenceTokenizer:
             markers=marker_style(lambda marker: marker in added),
         )
     transformers = require("transformers")
-    transformers.logging.set_verbosity_error()  # it warns that `llava_qwen2` is not a model type it knows
+    transformers.logging.set_verbosity_error()  # it warns that the LLaVA model type is not one it knows
     tok = transformers.AutoTokenizer.from_pretrained(str(root))
     added = tok.get_added_vocab()
     return ReferenceTokenizer(

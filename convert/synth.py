@@ -11,19 +11,16 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.extras import require
 from huatuo_cli.gguf_tokens import MARKER_STYLES, MARKERS_AS_TEXT
 from huatuo_convert.checkpoint import CLIP_HEAD_DIM  # the embedded layout carries no vision config
-from huatuo_convert.synth_tokenizers import write_qwen2_tokenizer, write_yi_tokenizer
+from huatuo_convert.families import default_family, family_named
+from huatuo_convert.families.base import ModelFamily
 
-ARCHITECTURES = {
-    "llava-qwen2": {"architectures": ["LlavaQwen2ForCausalLM"], "model_type": "llava_qwen2"},
-    "llava-llama": {"architectures": ["LlavaLlamaForCausalLM"], "model_type": "llava_llama"},
-}
 VISION_LAYOUTS = ("embedded", "folder")
 DTYPES = ("bf16", "f16", "f32")
 #: Where the folder layout keeps its CLIP tower, relative to the model folder.
@@ -38,7 +35,8 @@ CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 class SynthSpec:
     """Everything that determines a synthetic checkpoint; the same spec and seed give the same bytes."""
 
-    arch: str = "llava-qwen2"
+    #: the model family (`huatuo_convert.families`); the default family when not given
+    arch: str = field(default_factory=lambda: default_family().name)
     vision_layout: str = "embedded"
     shards: int = 2
     dtype: str = "bf16"
@@ -58,25 +56,24 @@ class SynthSpec:
     image_size: int = 56
     patch_size: int = 14
     vision_projection_dim: int = 64
-    #: Embedding rows when larger than the tokenizer needs (benchmarks: Qwen2's real 151936).
+    #: Embedding rows when larger than the tokenizer needs (benchmarks: the published vocabulary's).
     padded_vocab_size: int | None = None
-    #: The chat markers as added tokens (`tokens`) or plain text (`text`, as in base Qwen2).
+    #: The chat markers as added tokens (`tokens`) or plain text (`text`, not in the vocabulary).
     markers: str = MARKERS_AS_TEXT
     #: A llama.cpp vocab-only GGUF whose real vocabulary the tokenizer is built from (then
-    #: `vocab_size` is ignored): ggml-vocab-qwen2.gguf for llava-qwen2, ggml-vocab-llama-spm.gguf for llava-llama.
+    #: `vocab_size` is ignored): the family's `synth.real_vocab`.
     vocab_from: str | None = None
 
     def validate(self) -> None:
-        if self.arch not in ARCHITECTURES:
-            raise HuatuoError(f"unknown architecture '{self.arch}'", hint=f"one of {sorted(ARCHITECTURES)}")
+        family_named(self.arch)  # an unknown one: a HuatuoError naming the registered families
         if self.vision_layout not in VISION_LAYOUTS:
             raise HuatuoError(f"unknown vision layout '{self.vision_layout}'", hint=f"one of {VISION_LAYOUTS}")
         if self.markers not in MARKER_STYLES:
             raise HuatuoError(f"unknown marker style '{self.markers}'", hint=f"one of {MARKER_STYLES}")
         if self.vocab_from is not None and not Path(self.vocab_from).is_file():
             raise HuatuoError(f"vocabulary file {self.vocab_from} not found",
-                              hint="a llama.cpp vocab-only GGUF, e.g. vendor/llama.cpp/models/ggml-vocab-qwen2.gguf "
-                                   "of the llama-cpp-python sdist")
+                              hint=f"a llama.cpp vocab-only GGUF, e.g. vendor/llama.cpp/models/"
+                                   f"{family_named(self.arch).synth.real_vocab} of the llama-cpp-python sdist")
         if self.dtype not in DTYPES:
             raise HuatuoError(f"unknown dtype '{self.dtype}'", hint=f"one of {DTYPES}")
         if self.shards < 1:
@@ -91,21 +88,27 @@ class SynthSpec:
             raise HuatuoError("the vision tower needs at least 2 layers (select layer -2)")
 
     @property
+    def family(self) -> ModelFamily:
+        return family_named(self.arch)
+
+    @property
     def vision_heads(self) -> int:
         return self.vision_hidden_size // CLIP_HEAD_DIM
 
 
 def _llm_config(spec: SynthSpec, vocab: dict) -> dict:
     """config.json of the LLaVA model, in the transformers 4.x style real checkpoints use."""
-    is_qwen = spec.arch == "llava-qwen2"
-    # Qwen2 pads the embedding matrix beyond the tokenizer; Yi's is exactly the vocabulary.
-    vocab_size = int(math.ceil(vocab["size"] / 64) * 64) if is_qwen else vocab["size"]
+    family = spec.family
+    # some families pad the embedding matrix beyond the tokenizer, others have exactly the vocabulary
+    multiple = family.synth.vocab_multiple
+    vocab_size = int(math.ceil(vocab["size"] / multiple) * multiple) if multiple else vocab["size"]
     if spec.padded_vocab_size is not None:
         if spec.padded_vocab_size < vocab["size"]:
             raise HuatuoError(f"padded vocab size {spec.padded_vocab_size} is below the tokenizer's {vocab['size']}")
         vocab_size = spec.padded_vocab_size
     config = {
-        **ARCHITECTURES[spec.arch],
+        "architectures": [family.hf_architecture],
+        "model_type": family.model_type,
         "hidden_size": spec.hidden_size,
         "intermediate_size": spec.intermediate_size,
         "num_hidden_layers": spec.num_layers,
@@ -136,10 +139,7 @@ def _llm_config(spec: SynthSpec, vocab: dict) -> dict:
         # not in real checkpoints: tells model-card identification this is a test model (convert/model_cards.py)
         "huatuo_synthetic": True,
     }
-    if is_qwen:
-        config.update({"use_sliding_window": False, "sliding_window": 4096, "max_window_layers": spec.num_layers})
-    else:
-        config.update({"attention_bias": False, "pretraining_tp": 1, "rope_scaling": None})
+    config.update(family.synth.config(spec.num_layers))
     return config
 
 
@@ -185,7 +185,7 @@ def _llm_tensor_shapes(spec: SynthSpec, vocab_size: int) -> Iterator[tuple[str, 
         yield p + "self_attn.q_proj.weight", (h, h)
         yield p + "self_attn.k_proj.weight", (kv, h)
         yield p + "self_attn.v_proj.weight", (kv, h)
-        if spec.arch == "llava-qwen2":  # Qwen2 has biases on q, k, v
+        if "self_attn.q_proj.bias" in spec.family.llm.layer_tensors:  # the family's table has q, k, v biases
             yield p + "self_attn.q_proj.bias", (h,)
             yield p + "self_attn.k_proj.bias", (kv,)
             yield p + "self_attn.v_proj.bias", (kv,)
@@ -272,7 +272,7 @@ def _write_safetensors(
         fname = "model.safetensors" if len(groups) == 1 else f"model-{k + 1:05d}-of-{len(groups):05d}.safetensors"
         chunk = {tensors[i][0]: _random_tensor(torch, tensors[i][0], tensors[i][1], generator, dtype) for i in group}
         if real_vocab is not None and "lm_head.weight" in chunk:
-            # Rows past the tokenizer pad the matrix (as in Qwen2); they must never win the argmax.
+            # Rows past the tokenizer pad the matrix (vocab_multiple); they must never win the argmax.
             chunk["lm_head.weight"][real_vocab:] = 0
         save_file(chunk, str(out / fname), metadata={"format": "pt"})
         weight_map.update({name: fname for name in chunk})
@@ -291,8 +291,7 @@ def write_synthetic_checkpoint(out: Path, spec: SynthSpec) -> Path:
     if out.exists() and any(out.iterdir()):
         raise HuatuoError(f"output folder {out} exists and is not empty")
     out.mkdir(parents=True, exist_ok=True)
-    writer = write_qwen2_tokenizer if spec.arch == "llava-qwen2" else write_yi_tokenizer
-    vocab = writer(out, spec.vocab_size, spec.markers, Path(spec.vocab_from) if spec.vocab_from else None)
+    vocab = spec.family.synth.write_tokenizer(out, spec.vocab_size, spec.markers, Path(spec.vocab_from) if spec.vocab_from else None)
     config = _llm_config(spec, vocab)
     (out / "config.json").write_text(json.dumps(config, indent=2))
     (out / "generation_config.json").write_text(

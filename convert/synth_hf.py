@@ -6,7 +6,7 @@ must convert to the same bundle. What is written follows transformers' own code 
 `LlavaForConditionalGeneration`'s module names, `convert_llava_weights_to_hf.py`'s key mapping):
 
 - config.json: `architectures: [LlavaForConditionalGeneration]`, `model_type: llava`, the language
-  model's keys under `text_config` (model type qwen2 or llama), the CLIP tower's under
+  model's keys under `text_config` (the family's text model type), the CLIP tower's under
   `vision_config`, `vision_feature_layer`, `vision_feature_select_strategy: default`,
   `projector_hidden_act: gelu`, `image_token_index`;
 - tensors with transformers 4.x's names (`language_model.model.*`, `language_model.lm_head.weight`,
@@ -14,9 +14,10 @@ must convert to the same bundle. What is written follows transformers' own code 
   transformers >= 4.52 and 5.x (`model.language_model.*`, `lm_head.weight`, `model.vision_tower.*`
   without `vision_model.`, `model.multi_modal_projector.*`), in as many shards as the source had;
 - the tokenizer with `<image>` as an added special token at the first id past its vocabulary, as
-  transformers' conversion adds it. Where the embedding has no row for it (Yi/llama: rows = tokens)
-  rows are appended up to a multiple of 64 (as the conversion pads): embedding rows the mean of the
-  others, head rows zero (synthetic choice: they never win). Qwen2's padding rows already hold it.
+  transformers' conversion adds it. Where the embedding has no row for it (a family whose rows are
+  exactly its tokens) rows are appended up to a multiple of 64 (as the conversion pads): embedding
+  rows the mean of the others, head rows zero (synthetic choice: they never win). A family whose
+  matrix is padded beyond its tokenizer already has a row for it.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.extras import require
 from huatuo_convert.checkpoint import PROJECTOR_PREFIX, LlavaCheckpoint
+from huatuo_convert.families.base import ModelFamily
 from huatuo_convert.llava_hf import HF_ARCHITECTURE, LAYOUT_ORIGINAL, SELECT_FEATURE, VISION_MODEL
 
 #: `--layout` choices: transformers 4.x's tensor names, or those of transformers >= 4.52 and 5.x
@@ -37,7 +39,6 @@ HF_KEY_STYLES = ("hf", "hf-v5")
 IMAGE_TOKEN = "<image>"
 #: what the conversion pads the embedding rows to
 PAD_ROWS_TO = 64
-_TEXT_ARCH = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}
 #: original config keys that are LLaVA's, not the language model's
 _LLAVA_KEYS = ("architectures", "model_type", "image_aspect_ratio", "tokenizer_padding_side", "tokenizer_model_max_length",
                "huatuo_synthetic")
@@ -94,7 +95,7 @@ def _add_image_token(out: Path, token_id: int) -> None:
         config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
 
 
-def hf_config(config: dict[str, Any], vision: dict[str, Any], *, family: str, rows: int, image_token_index: int,
+def hf_config(config: dict[str, Any], vision: dict[str, Any], *, family: ModelFamily, rows: int, image_token_index: int,
               style: str) -> dict[str, Any]:
     """config.json of the -hf layout from an original config (and the tower's CLIP config)."""
     strategy = {feature: name for name, feature in SELECT_FEATURE.items()}[config.get("mm_vision_select_feature", "patch")]
@@ -102,7 +103,8 @@ def hf_config(config: dict[str, Any], vision: dict[str, Any], *, family: str, ro
     hf: dict[str, Any] = {
         "architectures": [HF_ARCHITECTURE],
         "model_type": "llava",
-        "text_config": {**text, "architectures": [_TEXT_ARCH[family]], "model_type": family, "vocab_size": rows},
+        "text_config": {**text, "architectures": [family.text_architecture], "model_type": family.text_model_type,
+                        "vocab_size": rows},
         "vision_config": {**vision, "model_type": VISION_MODEL},
         "vision_feature_layer": int(config.get("mm_vision_select_layer", -2)),
         "vision_feature_select_strategy": strategy,
@@ -177,7 +179,7 @@ def write_hf_checkpoint(src: Path, out: Path, *, style: str = "hf", image_token:
                 fill = old.float().mean(dim=0, keepdim=True) if "embed_tokens" in name else torch.zeros(1, old.shape[1])
                 tensors[name] = torch.cat([old, fill.to(old.dtype).expand(new_rows - rows, -1)])
             rows = new_rows
-    config = hf_config(ckpt.config, ckpt.vision.config, family=ckpt.llm_family, rows=rows, image_token_index=token_id,
+    config = hf_config(ckpt.config, ckpt.vision.config, family=ckpt.family, rows=rows, image_token_index=token_id,
                        style=style)
     (out / "config.json").write_text(json.dumps(config, indent=2))
     _save_shards(out, tensors, len(set(ckpt.tensors.files.values())))

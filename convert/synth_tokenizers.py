@@ -1,35 +1,50 @@
-"""Tokenizers in the real formats of HuatuoGPT-Vision's two language models, for test checkpoints.
+"""Tokenizers in the two real file formats of the families' language models, for test checkpoints.
 
-The 7B model (Qwen2) ships a byte-level BPE `tokenizer.json` with Qwen2's pre-tokenizer regex
-and special tokens appended after the learned vocabulary; the 34B model (Yi-1.5, llama
-architecture) ships a sentencepiece `tokenizer.model` with byte fallback. Converters and parity
-checks must handle both for real, so the factory trains small ones of each kind offline, or
-rebuilds a real vocabulary from one of llama.cpp's vocab-only GGUFs (`ggml-vocab-qwen2.gguf`:
-Qwen2's 151 643 BPE tokens and merges; `ggml-vocab-llama-spm.gguf`: LLaMA's 32 000 sentencepiece
-pieces), which ship in the llama-cpp-python sdist (docs/model.md "Tokenization").
+A byte-level BPE ships as `tokenizer.json` (+ `vocab.json`, `merges.txt`) with the model's
+pre-tokenizer split pattern and special tokens appended after the learned vocabulary; a
+sentencepiece model ships as `tokenizer.model` with byte fallback. Converters and parity checks
+must handle both for real, so the factory trains small ones of each kind offline, or rebuilds a
+real vocabulary from one of llama.cpp's vocab-only GGUFs in the llama-cpp-python sdist
+(docs/model.md "Tokenization"). What is particular to a family (split pattern, special tokens,
+tokenizer_config.json) is its `BpeStyle` / `SpmStyle`, declared in its family module.
 
-Whether the chat markers `<|user|>` / `<|assistant|>` are added tokens of the published tokenizer
-is not known (base Qwen2 defines none), so each writer takes the marker style: `tokens` (added
-tokens; sentencepiece user-defined pieces) or `text` (not in the vocabulary at all).
+Whether the chat markers `<|user|>` / `<|assistant|>` are added tokens of a published tokenizer
+is a property of that tokenizer, so each writer takes the marker style: `tokens` (added tokens;
+sentencepiece user-defined pieces) or `text` (not in the vocabulary at all).
 """
 
 from __future__ import annotations
 
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.extras import require
 from huatuo_cli.gguf_tokens import MARKERS_AS_TOKENS
 from huatuo_cli.prompt import ASSISTANT_MARKER, USER_MARKER
 
-#: Qwen2's pre-tokenizer split pattern (tokenizer.json of Qwen/Qwen2-7B).
-QWEN2_SPLIT_REGEX = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-QWEN2_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+@dataclass(frozen=True)
+class BpeStyle:
+    """What a family's byte-level BPE tokenizer files look like besides their vocabulary."""
+
+    split_regex: str  # the pre-tokenizer's split pattern (before the byte-level step)
+    special_tokens: tuple[str, ...]  # appended after the learned vocabulary, as CONTROL tokens
+    eos: str  # also the pad token
+    tokenizer_config: dict[str, Any]  # tokenizer_config.json without its token entries
+
+
+@dataclass(frozen=True)
+class SpmStyle:
+    """What a family's sentencepiece tokenizer files look like besides their pieces."""
+
+    bos: str  # BOS / EOS pieces of a trained tokenizer (a real vocabulary brings its own)
+    eos: str
+    tokenizer_config: dict[str, Any]  # tokenizer_config.json without its token entries
+
 #: HuatuoGPT's chat markers; added tokens in the `tokens` marker style, absent in `text`.
 CHAT_MARKERS = [USER_MARKER, ASSISTANT_MARKER]
 
@@ -56,14 +71,14 @@ def _corpus_lines(repeats: int = 30) -> list[str]:
     return lines * repeats
 
 
-def _qwen2_pipeline(tok) -> None:
-    """Qwen2's normaliser, pre-tokenizer and decoder (tokenizer.json of Qwen/Qwen2-7B)."""
+def _bpe_pipeline(tok, style: BpeStyle) -> None:
+    """The normaliser, pre-tokenizer (split pattern, then bytes) and decoder of a byte-level BPE."""
     from tokenizers import Regex, decoders, normalizers, pre_tokenizers
 
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(QWEN2_SPLIT_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.Split(Regex(style.split_regex), behavior="isolated", invert=False),
             pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
         ]
     )
@@ -86,10 +101,10 @@ def _gguf_list(reader, key: str) -> list:
     return list(field.contents()) if field is not None else []
 
 
-def real_qwen2_tokenizer(vocab_gguf: Path):
-    """Qwen2's real byte-level BPE (a `tokenizers.Tokenizer`) from llama.cpp's `ggml-vocab-qwen2.gguf`:
-    its NORMAL tokens and merges as the BPE model, its CONTROL tokens (`<|endoftext|>`,
-    `<|im_start|>`, `<|im_end|>`) as special added tokens with their own ids."""
+def real_bpe_tokenizer(vocab_gguf: Path, style: BpeStyle):
+    """A real byte-level BPE (a `tokenizers.Tokenizer`) from a llama.cpp vocab-only GGUF of model
+    `gpt2`: its NORMAL tokens and merges as the BPE model, its CONTROL tokens as special added
+    tokens with their own ids (they must follow the BPE vocabulary, as `style`'s special tokens do)."""
     from tokenizers import Tokenizer, models
 
     reader = _vocab_gguf(vocab_gguf, "gpt2")
@@ -98,52 +113,40 @@ def real_qwen2_tokenizer(vocab_gguf: Path):
     normal = {t: i for i, (t, kind) in enumerate(zip(tokens, types, strict=True)) if kind == 1}
     control = [(i, t) for i, (t, kind) in enumerate(zip(tokens, types, strict=True)) if kind == 3]
     if [i for i, _ in control] != list(range(len(normal), len(normal) + len(control))):
-        raise HuatuoError(f"{vocab_gguf}: the control tokens do not follow the BPE vocabulary, as Qwen2's do")
+        raise HuatuoError(f"{vocab_gguf}: the control tokens do not follow the BPE vocabulary")
     tok = Tokenizer(models.BPE(vocab=normal, merges=merges, unk_token=None, fuse_unk=False, byte_fallback=False))
-    _qwen2_pipeline(tok)
+    _bpe_pipeline(tok, style)
     tok.add_special_tokens([t for _, t in control])
     return tok
 
 
-def write_qwen2_tokenizer(out: Path, vocab_size: int, markers: str = MARKERS_AS_TOKENS,
-                          vocab_gguf: Path | None = None) -> dict:
-    """Write a byte-level BPE like Qwen2's as tokenizer.json, vocab.json, merges.txt: trained on a
-    small corpus, or Qwen2's real one from `vocab_gguf` (then `vocab_size` is ignored).
+def write_bpe_tokenizer(out: Path, vocab_size: int, markers: str = MARKERS_AS_TOKENS,
+                        vocab_gguf: Path | None = None, *, style: BpeStyle) -> dict:
+    """Write a byte-level BPE in `style` as tokenizer.json, vocab.json, merges.txt: trained on a
+    small corpus, or a real one from `vocab_gguf` (then `vocab_size` is ignored).
 
     Returns the token-id facts the model config needs (size, eos, pad).
     """
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     if vocab_gguf is not None:
-        tok = real_qwen2_tokenizer(vocab_gguf)
+        tok = real_bpe_tokenizer(vocab_gguf, style)
     else:
         tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
-        _qwen2_pipeline(tok)
+        _bpe_pipeline(tok, style)
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size,
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
             show_progress=False,
         )
         tok.train_from_iterator(_corpus_lines(), trainer=trainer)
-        # Qwen2 appends its special tokens after the learned vocabulary.
-        tok.add_special_tokens(QWEN2_SPECIAL_TOKENS)
+        tok.add_special_tokens(list(style.special_tokens))  # after the learned vocabulary
     if markers == MARKERS_AS_TOKENS:
         tok.add_special_tokens(CHAT_MARKERS)
     tok.save(str(out / "tokenizer.json"))
-    tok.model.save(str(out))  # vocab.json + merges.txt, as Qwen2 repositories carry them
-    eos = "<|endoftext|>"
-    config = {
-        "tokenizer_class": "Qwen2Tokenizer",
-        "bos_token": None,
-        "eos_token": eos,
-        "pad_token": eos,
-        "unk_token": None,
-        "add_prefix_space": False,
-        "clean_up_tokenization_spaces": False,
-        "errors": "replace",
-        "model_max_length": 32768,
-        "split_special_tokens": False,
-    }
+    tok.model.save(str(out))  # vocab.json + merges.txt, as such repositories carry them too
+    eos = style.eos
+    config = {**style.tokenizer_config, "bos_token": None, "eos_token": eos, "pad_token": eos, "unk_token": None}
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
     (out / "special_tokens_map.json").write_text(
         json.dumps({"eos_token": eos, "pad_token": eos}, indent=2)
@@ -156,11 +159,11 @@ def write_qwen2_tokenizer(out: Path, vocab_size: int, markers: str = MARKERS_AS_
     }
 
 
-def real_llama_spm_model(vocab_gguf: Path, markers: str) -> bytes:
-    """LLaMA's real sentencepiece model (serialised `ModelProto`) from llama.cpp's
-    `ggml-vocab-llama-spm.gguf`: its 32 000 pieces with their scores and types, BPE with byte
-    fallback, LLaMA's normaliser (identity, dummy prefix, whitespace kept); the chat markers appended
-    as user-defined pieces in the `tokens` style."""
+def real_spm_model(vocab_gguf: Path, markers: str) -> bytes:
+    """A real sentencepiece model (serialised `ModelProto`) from a llama.cpp vocab-only GGUF of
+    model `llama` (e.g. `ggml-vocab-llama-spm.gguf`: 32 000 pieces): its pieces with their scores
+    and types, BPE with byte fallback, an identity normaliser with dummy prefix and whitespace
+    kept; the chat markers appended as user-defined pieces in the `tokens` style."""
     from sentencepiece import sentencepiece_model_pb2 as model_pb2
 
     reader = _vocab_gguf(vocab_gguf, "llama")
@@ -186,41 +189,29 @@ def real_llama_spm_model(vocab_gguf: Path, markers: str) -> bytes:
     return proto.SerializeToString()
 
 
-def _write_llama_config(out: Path, bos: str, eos: str) -> None:
-    """tokenizer_config.json and special_tokens_map.json of a LLaMA-style (Yi) repository."""
-    config = {
-        "tokenizer_class": "LlamaTokenizer",
-        "add_bos_token": True,
-        "add_eos_token": False,
-        "bos_token": bos,
-        "eos_token": eos,
-        "unk_token": "<unk>",
-        "pad_token": "<unk>",
-        "legacy": True,
-        "clean_up_tokenization_spaces": False,
-        "sp_model_kwargs": {},
-        "model_max_length": 4096,
-    }
+def _write_spm_config(out: Path, style: SpmStyle, bos: str, eos: str) -> None:
+    """tokenizer_config.json and special_tokens_map.json beside a `tokenizer.model`."""
+    config = {**style.tokenizer_config, "bos_token": bos, "eos_token": eos, "unk_token": "<unk>", "pad_token": "<unk>"}
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
     (out / "special_tokens_map.json").write_text(
         json.dumps({"bos_token": bos, "eos_token": eos, "unk_token": "<unk>"}, indent=2))
 
 
-def write_yi_tokenizer(out: Path, vocab_size: int, markers: str = MARKERS_AS_TOKENS,
-                       vocab_gguf: Path | None = None) -> dict:
-    """Write a sentencepiece BPE like Yi-1.5's (byte fallback): trained on a small corpus with
-    <unk>/<|startoftext|>/<|endoftext|>, or LLaMA's real one (<unk>/<s>/</s>) from `vocab_gguf`.
+def write_spm_tokenizer(out: Path, vocab_size: int, markers: str = MARKERS_AS_TOKENS,
+                        vocab_gguf: Path | None = None, *, style: SpmStyle) -> dict:
+    """Write a sentencepiece BPE (byte fallback) in `style`: trained on a small corpus with
+    <unk> and the style's BOS/EOS pieces, or a real one (<unk>/<s>/</s>) from `vocab_gguf`.
 
     Only `tokenizer.model` is written, as the reference behaviour is sentencepiece's own (the
-    official code ran transformers 4.x's slow, sentencepiece-backed LlamaTokenizer).
+    official code ran transformers 4.x's slow, sentencepiece-backed tokenizer).
     """
     import sentencepiece as spm
 
     if vocab_gguf is not None:
-        proto = real_llama_spm_model(vocab_gguf, markers)
+        proto = real_spm_model(vocab_gguf, markers)
         (out / "tokenizer.model").write_bytes(proto)
         sp = spm.SentencePieceProcessor(model_proto=proto)
-        _write_llama_config(out, "<s>", "</s>")
+        _write_spm_config(out, style, "<s>", "</s>")
         return {"size": sp.get_piece_size(), "bos_token_id": sp.bos_id(), "eos_token_id": sp.eos_id(), "pad_token_id": 0}
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
@@ -239,15 +230,15 @@ def write_yi_tokenizer(out: Path, vocab_size: int, markers: str = MARKERS_AS_TOK
         eos_id=2,
         pad_id=-1,
         unk_piece="<unk>",
-        bos_piece="<|startoftext|>",
-        eos_piece="<|endoftext|>",
+        bos_piece=style.bos,
+        eos_piece=style.eos,
         user_defined_symbols=CHAT_MARKERS if markers == MARKERS_AS_TOKENS else [],
         hard_vocab_limit=False,
         minloglevel=2,
     )
     (out / "tokenizer.model").write_bytes(model.getvalue())
     sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
-    _write_llama_config(out, "<|startoftext|>", "<|endoftext|>")
+    _write_spm_config(out, style, style.bos, style.eos)
     return {
         "size": sp.get_piece_size(),
         "bos_token_id": sp.bos_id(),

@@ -267,7 +267,7 @@ def llm_metadata(path: Path) -> dict[str, str | None]:
         reader = gguf.GGUFReader(str(path), "r")
     except Exception as exc:  # gguf raises ValueError, struct errors... for a foreign or torn file
         raise HuatuoError(f"{path.name} is not a readable GGUF file ({exc.__class__.__name__})") from exc
-    keys = ("general.architecture", "huatuo.quantization", "huatuo.prompt_format",
+    keys = ("general.architecture", "huatuo.architecture", "huatuo.quantization", "huatuo.prompt_format",
             "huatuo.source.architecture", "huatuo.source.config_sha256", MARKERS_KEY)
     return {key: _gguf_string(reader, key) for key in keys}
 
@@ -282,6 +282,7 @@ def check_metadata(root: Path, manifest: Manifest) -> list[str]:
         return []
     family = meta["general.architecture"]
     claims = [
+        ("architecture", manifest.architecture, meta["huatuo.architecture"]),  # GGUFs before 0.1.x lack it
         ("quantization", manifest.quantization, meta["huatuo.quantization"]),
         ("prompt_format", manifest.prompt_format, meta["huatuo.prompt_format"]),
         ("source.hf_architecture", manifest.source.get("hf_architecture"), meta["huatuo.source.architecture"]),
@@ -291,8 +292,6 @@ def check_metadata(root: Path, manifest: Manifest) -> list[str]:
     ]
     problems = [f"manifest {name} {said!r} but the LLM file says {truth!r}"
                 for name, said, truth in claims if truth is not None and said != truth]
-    if family is not None and manifest.architecture not in (family, f"llava-{family}"):
-        problems.append(f"manifest architecture {manifest.architecture!r} but the LLM file is a {family!r} model")
     return problems
 
 

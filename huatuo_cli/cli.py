@@ -85,7 +85,7 @@ def cli(verbose: bool) -> None:
 
     \b
     Examples:
-      huatuo convert synth /tmp/tiny --arch llava-qwen2
+      huatuo convert synth /tmp/tiny
       huatuo convert gguf /tmp/tiny /tmp/tiny.gguf --quant f16
       huatuo inspect ~/exports/ct-chest --window lung --png /tmp/preview
     """

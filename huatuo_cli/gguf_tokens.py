@@ -13,8 +13,9 @@ the `<image>` placeholders), each piece is tokenized whole, and no BOS is added 
 - `tokens`: the checkpoint's tokenizer defines them as added tokens. Its tokenizer splits them out
   of the text first and tokenizes the pieces apart; here the chunk is cut at the markers, each
   marker becomes its one token and the pieces between are tokenized as text.
-- `text`: they are plain text (base Qwen2 defines no such tokens). The chunk is tokenized whole,
-  so Qwen2's pre-tokenizer joins `|>` with the newline after it, as the official code does.
+- `text`: they are plain text (the base model's tokenizer defines no such tokens). The chunk is
+  tokenized whole, so a byte-level BPE's pre-tokenizer may join `|>` with the newline after it, as
+  the official code does.
 
 GGUFs written before the key existed were converted only from checkpoints whose markers were
 tokens (the parity gate refused the others), so a missing key means `tokens`.
@@ -23,11 +24,10 @@ Everything but the template's markers, the user's question above all, is tokeniz
 `special=False`: `<|endoftext|>` typed in a question is text, never end-of-text (the official code
 would make it the control token: a deliberate difference, docs/model.md).
 
-Sentencepiece (Yi / llama) prepends its dummy-prefix space once per text, while llama.cpp's
+Sentencepiece prepends its dummy-prefix space once per text, while llama.cpp's
 `add_space_prefix` also inserts one after every special or user-defined token; so sentencepiece
 GGUFs are written with `add_space_prefix = false` and the converter records the prefix in
-`huatuo.tokenizer.chunk_prefix`, prepended here to each non-empty chunk. Byte-level BPE (Qwen2)
-has no prefix.
+`huatuo.tokenizer.chunk_prefix`, prepended here to each non-empty chunk. Byte-level BPE has no prefix.
 """
 
 from __future__ import annotations

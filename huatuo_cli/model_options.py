@@ -37,7 +37,8 @@ def device_option(command: F) -> F:
 def images_option(command: F) -> F:
     return click.option("--images", type=click.IntRange(1, MAX_IMAGES), default=MAX_IMAGES, show_default=True,
                         help="most images per study or question, from the given files and series folders "
-                             "(each costs 576 prompt positions)")(command)
+                             "(each costs the bundle's tokens per image in prompt positions: 576 for "
+                             "HuatuoGPT-Vision, `huatuo models info`)")(command)
 
 
 def make_sampling(*, max_tokens: int, temperature: float, top_p: float, repetition_penalty: float,

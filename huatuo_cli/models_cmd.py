@@ -79,6 +79,9 @@ def info(bundle: str | None, as_json: bool) -> None:
     click.echo(f"architecture:  {manifest.architecture}")
     click.echo(f"source:        {manifest.source}")
     click.echo(f"prompt format: {manifest.prompt_format}")
+    if "tokens_per_image" in manifest.vision:
+        click.echo(f"image:         {manifest.vision.get('image_size')} px, {manifest.vision['tokens_per_image']} "
+                   "prompt positions each")
     click.echo(f"quantization:  {manifest.quantization}")
     for line in summary_lines(read_bundle_card(path, manifest), manifest):
         click.echo(line)

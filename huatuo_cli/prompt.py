@@ -1,7 +1,9 @@
 """HuatuoGPT-Vision's prompt format, shared by the runtime and the PyTorch reference.
 
-One definition, so that what the workstation sends to llama.cpp is exactly what the fidelity
-checks were measured on (docs/model.md): per past turn `<|user|>\\n{h}\\n<|assistant|>\\n{answer} \\n`,
+A bundle's manifest names its prompt format; `prompt_format` turns the name into what the runtime
+renders and stops on, and refuses a name this huatuo does not know. One definition, so that what
+the workstation sends to llama.cpp is exactly what the fidelity checks were measured on
+(docs/model.md): per past turn `<|user|>\\n{h}\\n<|assistant|>\\n{answer} \\n`,
 the open turn ends with `<|user|>\\n{h}\\n<|assistant|>\\n`, images prepended as `<image>\\n`.
 """
 
@@ -81,6 +83,29 @@ def render(turns: list[Turn]) -> str:
         if turn.answer is not None:
             parts.append(f"{turn.answer} \n")
     return "".join(parts)
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """A prompt format the runtime can answer in, by the name a manifest gives (`prompt_format`)."""
+
+    name: str
+    render: Callable[[list[Turn]], str]  # the prompt text of a conversation whose last turn is open
+    max_images: int  # images one conversation may hold
+    stop_strings: tuple[str, ...]  # text that ends an answer (the next turn's marker)
+
+
+#: HuatuoGPT-Vision's own (`cli.py` of the official repository), for both published checkpoints.
+DEFAULT_FORMAT = PromptFormat(PROMPT_FORMAT, render, MAX_IMAGES, (USER_MARKER,))
+PROMPT_FORMATS = {f.name: f for f in (DEFAULT_FORMAT,)}
+
+
+def prompt_format(name: str) -> PromptFormat:
+    """The format a bundle names, or a HuatuoError saying which this huatuo knows."""
+    if name not in PROMPT_FORMATS:
+        raise HuatuoError(f"bundle prompt format '{name}' is not supported by this huatuo "
+                          f"({', '.join(PROMPT_FORMATS)})", hint="upgrade huatuo-cli or re-convert the bundle")
+    return PROMPT_FORMATS[name]
 
 
 def split_at_images(prompt: str) -> list[str]:

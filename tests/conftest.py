@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from huatuo_convert.synth import SynthSpec, write_synthetic_checkpoint
+from huatuo_convert.families import family_names
+from huatuo_convert.synth import VISION_LAYOUTS, SynthSpec, write_synthetic_checkpoint
 
-#: The checkpoints the suite uses: both architectures, both vision-tower layouts.
-LAYOUTS = [("llava-qwen2", "embedded"), ("llava-qwen2", "folder"), ("llava-llama", "embedded"), ("llava-llama", "folder")]
+#: The checkpoints the suite uses: every registered model family, both vision-tower layouts.
+LAYOUTS = [(family, layout) for family in family_names() for layout in VISION_LAYOUTS]
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,7 @@ def tiny_gguf(path: Path, *, quant: str = "f16", arch: str = "qwen2") -> Path:
 
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_string("huatuo.quantization", quant)
+    writer.add_string("huatuo.architecture", "llava-qwen2")
     writer.add_string("huatuo.prompt_format", "huatuo-v1")
     writer.add_string("huatuo.source.architecture", "LlavaQwen2ForCausalLM")
     writer.add_string("huatuo.source.config_sha256", CONFIG_SHA)

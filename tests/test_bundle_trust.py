@@ -77,7 +77,7 @@ def test_missing_preprocessor_entry_is_refused(tmp_path):
 
 @pytest.mark.parametrize("field,value,match", [
     ("quantization", "q8_0", "manifest quantization 'q8_0' but the LLM file says 'f16'"),
-    ("architecture", "llava-llama", "manifest architecture 'llava-llama' but the LLM file is a 'qwen2' model"),
+    ("architecture", "llava-llama", "manifest architecture 'llava-llama' but the LLM file says 'llava-qwen2'"),
     ("llm", {"family": "qwen2", "prompt_markers": "tokens"},
      "manifest llm.prompt_markers 'tokens' but the LLM file says 'text'"),
 ])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import shutil
@@ -13,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from huatuo_cli.cli import cli
 from huatuo_cli.errors import HuatuoError
-from huatuo_convert import gguf_verify, gguf_write
+from huatuo_convert import gguf_write
 from huatuo_convert.checkpoint import LlavaCheckpoint
 from huatuo_convert.llm_gguf import write_llm_gguf
 
@@ -103,7 +104,10 @@ def test_existing_output_needs_force(make_checkpoint, out_dir):
 def test_failed_verification_leaves_nothing_and_keeps_the_old_file(make_checkpoint, out_dir, monkeypatch):
     out = out_dir / "m.gguf"
     out.write_bytes(b"old")
-    monkeypatch.setitem(gguf_verify.TOLERANCES, "f16", {"max_rel_logit_delta": 1e-12, "top1_agreement_decisive": 1.0})
+    strict = {"f16": {"max_rel_logit_delta": 1e-12, "top1_agreement_decisive": 1.0}}  # the family's, tightened
+    declared = LlavaCheckpoint.family.fget
+    monkeypatch.setattr(LlavaCheckpoint, "family",
+                        property(lambda ckpt: dataclasses.replace(declared(ckpt), llm_tolerances=strict)))
     res = convert(make_checkpoint(), out, "--force")
     assert res.exit_code == 1 and "does not match the reference" in res.output
     assert leftovers(out_dir) == ["m.gguf"] and out.read_bytes() == b"old"

@@ -24,7 +24,7 @@ from huatuo_cli.bundle import load_bundle
 from huatuo_cli.cli import cli
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.model_card import CARD_NAME, CARD_ROLE, ModelCard, parse_card, read_bundle_card
-from huatuo_convert.checkpoint import ARCHITECTURES
+from huatuo_convert.families import family_for_architecture
 from huatuo_convert.finetune_record import FINETUNE_NAME, read_finetune_record
 from huatuo_convert.model_cards import cards_folder, identify, load_cards
 
@@ -113,7 +113,8 @@ def test_the_three_checkpoints_have_cards_and_only_they():
         assert card.supported
         # the card names an architecture the converter knows, as the same huatuo arch id
         arch = card.meta["identify"]["architecture"]
-        assert ARCHITECTURES[arch][0] == card.meta["architecture"]["huatuo_arch"]
+        family = family_for_architecture(arch)
+        assert family.name == card.meta["architecture"]["huatuo_arch"] and family.card == card_id
         assert card.meta["architecture"]["hf_architecture"] == arch
 
 

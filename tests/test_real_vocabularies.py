@@ -27,9 +27,10 @@ from huatuo_cli.engine.encoder import ImageEncoder
 from huatuo_cli.engine.preprocess import preprocess
 from huatuo_cli.gguf_tokens import MARKERS_KEY, encode_chunks
 from huatuo_cli.prompt import Turn, encode_prompt, render, tokenizer_calls
+from huatuo_convert.families.llava_qwen2 import QWEN2_TOKENIZER
 from huatuo_convert.reference import LlavaReference
 from huatuo_convert.reference_tokenizer import load_reference_tokenizer
-from huatuo_convert.synth_tokenizers import real_llama_spm_model, real_qwen2_tokenizer
+from huatuo_convert.synth_tokenizers import real_bpe_tokenizer, real_spm_model
 from tests.real_vocab import LLAMA_SPM, QWEN2, cases, vocab_dir
 
 #: HuatuoGPT-Vision-7B's config.json states 152 064 embedding rows (Qwen2-7B's padded vocabulary).
@@ -75,14 +76,14 @@ def real_bundles(real_checkpoint, tmp_path_factory):
 
 def test_rebuilt_qwen2_tokenizer_reproduces_the_original_cases(vocabs):
     """llama.cpp's `.out` ids were written by the original Qwen2 tokenizer; the rebuilt one gives them all."""
-    tok = real_qwen2_tokenizer(vocabs / QWEN2)
+    tok = real_bpe_tokenizer(vocabs / QWEN2, QWEN2_TOKENIZER)
     got = [(text, tok.encode(text, add_special_tokens=False).ids) for text, _ in cases(vocabs / QWEN2)]
     assert got == cases(vocabs / QWEN2)
     assert tok.get_vocab_size() == 151646 and tok.token_to_id("<|endoftext|>") == 151643
 
 
 def test_rebuilt_llama_spm_model_reproduces_the_original_cases(vocabs):
-    sp = spm.SentencePieceProcessor(model_proto=real_llama_spm_model(vocabs / LLAMA_SPM, "text"))
+    sp = spm.SentencePieceProcessor(model_proto=real_spm_model(vocabs / LLAMA_SPM, "text"))
     assert [(text, list(sp.encode(text))) for text, _ in cases(vocabs / LLAMA_SPM)] == cases(vocabs / LLAMA_SPM)
     assert sp.get_piece_size() == 32000
 

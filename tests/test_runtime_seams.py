@@ -85,3 +85,18 @@ def test_only_the_tui_package_imports_textual():
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert int(out.stdout) > 20 and "huatuo_cli.tui" not in out.stdout
+
+
+def test_every_package_folder_is_installed():
+    """pyproject lists packages by hand (`convert/` installs as `huatuo_convert`): a package folder
+    missing from the list would work in the editable checkout and be absent from the wheel."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    setuptools = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(setuptools["packages"])
+    for name, folder in setuptools["package-dir"].items():
+        for init in (root / folder).rglob("__init__.py"):
+            package = ".".join([name, *init.parent.relative_to(root / folder).parts])
+            assert package in listed, f"{package} ({init.parent.relative_to(root)}) is not in pyproject's packages"

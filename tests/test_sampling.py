@@ -35,6 +35,7 @@ def test_top_p_keeps_only_the_nucleus():
 def test_stop_prefix_is_held_back_while_streaming():
     from huatuo_cli.engine.llm import _pending_stop_prefix
 
-    assert _pending_stop_prefix("effusion <|us") == len("<|us")
-    assert _pending_stop_prefix("effusion <") == 1
-    assert _pending_stop_prefix("effusion.") == 0
+    stops = ("<|user|>",)
+    assert _pending_stop_prefix("effusion <|us", stops) == len("<|us")
+    assert _pending_stop_prefix("effusion <", stops) == 1
+    assert _pending_stop_prefix("effusion.", stops) == 0

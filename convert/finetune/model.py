@@ -21,7 +21,7 @@ from huatuo_convert.checkpoint import LlavaCheckpoint
 from huatuo_convert.finetune.encode import IMAGE_TOKEN
 from huatuo_convert.reference import VisionEncoder, build_llm, build_vision
 
-#: the language model's linear layers LoRA may adapt (Qwen2 and llama names)
+#: the language model's linear layers LoRA may adapt (the llama-style decoder's names, `gguf_arch`)
 LLM_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 #: module names of the wrapper, as peft and the merge see them
 LLM_PREFIX = "language_model."

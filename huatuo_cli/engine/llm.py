@@ -24,14 +24,16 @@ from huatuo_cli.engine import cpu_backend
 from huatuo_cli.engine.llama_handles import context_handle, model_handle
 from huatuo_cli.engine.threads import BusyElsewhere, default_threads, threads_for_now
 from huatuo_cli.errors import HuatuoError
-from huatuo_cli.prompt import USER_MARKER
+from huatuo_cli.prompt import DEFAULT_FORMAT
 
 #: One prompt segment: token ids (a text chunk) or an image's embeddings [tokens, n_embd].
 Segment = Union[list[int], np.ndarray]
 #: What a KV-cache position holds: a token id, or (digest of an image, row of its embeddings).
 PositionKey = Union[int, tuple[bytes, int]]
 #: Text that ends an answer even if the model forgets to emit end-of-generation.
-STOP_STRINGS = (USER_MARKER,)
+#: How prompt positions are numbered: one per prompt entry, text token or image row, in order.
+#: A bundle's manifest names its scheme (`llm.positions`); a scheme not listed here is refused.
+POSITION_SCHEMES = ("linear",)
 
 
 @dataclass(frozen=True)
@@ -97,9 +99,9 @@ def _position_keys(segments: Sequence[Segment]) -> list[PositionKey]:
     return keys
 
 
-def _pending_stop_prefix(text: str) -> int:
+def _pending_stop_prefix(text: str, stops: Sequence[str]) -> int:
     """Length of the longest end of `text` that could still grow into a stop string (held back)."""
-    return max((k for stop in STOP_STRINGS for k in range(1, len(stop)) if text.endswith(stop[:k])), default=0)
+    return max((k for stop in stops for k in range(1, len(stop)) if text.endswith(stop[:k])), default=0)
 
 
 class LlamaEngine:
@@ -113,7 +115,10 @@ class LlamaEngine:
         n_threads: int | None = None,
         n_batch: int = 512,
         n_gpu_layers: int | None = None,
+        stop_strings: Sequence[str] = DEFAULT_FORMAT.stop_strings,
     ) -> None:
+        #: text that ends an answer: the prompt format's next-turn marker (as a token or spelled out)
+        self.stop_strings = tuple(stop_strings)
         llama_cpp = cpu_backend.llama()
         self._lib = llama_cpp
         self.cpu_kernels = cpu_backend.describe()
@@ -301,17 +306,17 @@ class LlamaEngine:
         pos = n_prompt
         for _ in range(sampling.max_tokens):
             tok = choose_token(logits, tokens, sampling, rng)
-            if self.is_end(tok) or self.piece(tok, special=True).decode("utf-8", "replace") in STOP_STRINGS:
+            if self.is_end(tok) or self.piece(tok, special=True).decode("utf-8", "replace") in self.stop_strings:
                 stopped_by = "eog" if self.is_end(tok) else "stop-string"
                 break
             tokens.append(tok)
             text += decoder.decode(self.piece(tok))
-            stop = next((s for s in STOP_STRINGS if s in text), None)
+            stop = next((s for s in self.stop_strings if s in text), None)
             if stop:  # the marker spelled out in plain tokens
                 text = text[: text.index(stop)]
                 stopped_by = "stop-string"
                 break
-            safe = len(text) - _pending_stop_prefix(text)
+            safe = len(text) - _pending_stop_prefix(text, self.stop_strings)
             if on_text and safe > emitted:
                 on_text(text[emitted:safe])
                 emitted = safe

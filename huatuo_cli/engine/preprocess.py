@@ -22,6 +22,10 @@ from PIL import Image
 from huatuo_cli.errors import HuatuoError
 
 #: transformers' PILImageResampling values, as preprocessor_config.json stores them
+#: The preprocessing this module implements, by the name a bundle's manifest gives
+#: (`vision.preprocess`): "llava-pad" pads to square on the mean colour, resizes the shortest edge,
+#: centre-crops and normalises, as LLaVA-1.5's `image_aspect_ratio: pad` does.
+PREPROCESSING = ("llava-pad",)
 _RESAMPLE = {0: Image.Resampling.NEAREST, 1: Image.Resampling.LANCZOS, 2: Image.Resampling.BILINEAR,
              3: Image.Resampling.BICUBIC, 4: Image.Resampling.BOX, 5: Image.Resampling.HAMMING}
 

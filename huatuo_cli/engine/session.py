@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from huatuo_cli.bundle import Bundle, load_bundle
-from huatuo_cli.engine.llm import Generation, LlamaEngine, Sampling, Segment
+from huatuo_cli.bundle import Bundle, Manifest, load_bundle
+from huatuo_cli.engine.llm import POSITION_SCHEMES, Generation, LlamaEngine, Sampling, Segment
+from huatuo_cli.engine.preprocess import PREPROCESSING
 from huatuo_cli.errors import HuatuoError
-from huatuo_cli.prompt import MAX_IMAGES, PROMPT_FORMAT, Turn, render
+from huatuo_cli.prompt import Turn, prompt_format
 
 
 def interleave(token_chunks: Sequence[list[int]], image_embeds: Sequence[np.ndarray]) -> list[Segment]:
@@ -72,6 +73,18 @@ class BundleImageEncoder:
             self._mtmd.close()
 
 
+def check_runtime_fit(manifest: Manifest) -> None:
+    """Refuse a bundle whose family needs a position scheme or preprocessing this runtime lacks
+    (a bundle converted by a newer huatuo); bundles from before these keys mean the LLaVA-1.5 ones."""
+    positions = manifest.llm.get("positions", POSITION_SCHEMES[0])
+    preprocess = manifest.vision.get("preprocess", PREPROCESSING[0])
+    for what, value, known in (("position scheme", positions, POSITION_SCHEMES),
+                               ("image preprocessing", preprocess, PREPROCESSING)):
+        if value not in known:
+            raise HuatuoError(f"bundle {what} '{value}' is not supported by this huatuo ({', '.join(known)})",
+                              hint="upgrade huatuo-cli or re-convert the bundle")
+
+
 @dataclass
 class ModelInfo:
     """What a result records about the model and where it ran."""
@@ -101,11 +114,12 @@ class VisionLanguageModel:
     ) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         manifest = self.bundle.manifest
-        if manifest.prompt_format != PROMPT_FORMAT:
-            raise HuatuoError(f"bundle prompt format '{manifest.prompt_format}' is not supported by this huatuo "
-                              f"('{PROMPT_FORMAT}')", hint="upgrade huatuo-cli or re-convert the bundle")
+        #: what the bundle's family needs of the runtime, read from its manifest (never assumed)
+        self.prompt = prompt_format(manifest.prompt_format)
+        check_runtime_fit(manifest)
         self.encoder = BundleImageEncoder(self.bundle, vision=vision, device=device, threads=n_threads)
-        self.llm = LlamaEngine(self.bundle.path("llm"), n_ctx=n_ctx, n_threads=n_threads)
+        self.llm = LlamaEngine(self.bundle.path("llm"), n_ctx=n_ctx, n_threads=n_threads,
+                               stop_strings=self.prompt.stop_strings)
         self.info = ModelInfo(
             model_sha256=self.bundle.manifest_sha256,
             bundle=self.bundle.root.name,
@@ -122,13 +136,13 @@ class VisionLanguageModel:
         """One [tokens, n_embd] array per PIL image."""
         if not images:
             return []
-        if len(images) > MAX_IMAGES:
-            raise HuatuoError(f"{len(images)} images given; HuatuoGPT-Vision takes at most {MAX_IMAGES}")
+        if len(images) > self.prompt.max_images:
+            raise HuatuoError(f"{len(images)} images given; this model takes at most {self.prompt.max_images}")
         return list(self.encoder.encode(list(images)))
 
     def segments(self, turns: list[Turn], image_embeds: Sequence[np.ndarray]) -> list[Segment]:
         """Token chunks and image embeddings in prompt order."""
-        return interleave(self.llm.tokenize(render(turns)), image_embeds)
+        return interleave(self.llm.tokenize(self.prompt.render(turns)), image_embeds)
 
     def close(self) -> None:
         self.llm.close()

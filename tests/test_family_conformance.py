@@ -1,0 +1,164 @@
+"""Every registered model family, end to end: `convert synth` -> `convert all` -> `ask`, greedy tokens
+equal to the PyTorch reference's, and a manifest that tells the runtime what the family needs.
+
+A new family is a new module in `huatuo_convert.families`, its card, and nothing here: this suite
+runs it because the registry lists it (docs/architecture.md "How to add a model family").
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from huatuo_cli.bundle import load_bundle
+from huatuo_cli.cli import cli
+from huatuo_cli.engine.encoder import ImageEncoder
+from huatuo_cli.engine.llm import POSITION_SCHEMES
+from huatuo_cli.engine.preprocess import PREPROCESSING, preprocess
+from huatuo_cli.errors import HuatuoError
+from huatuo_cli.imaging import load_image
+from huatuo_cli.prompt import PROMPT_FORMATS, Turn, prompt_format, render
+from huatuo_convert.families import all_families
+from huatuo_convert.families.base import ModelFamily
+from huatuo_convert.model_cards import load_cards
+from huatuo_convert.reference import LlavaReference
+
+REPO = Path(__file__).resolve().parent.parent
+FAMILIES = all_families()
+QUESTION = "Is there a pleural effusion?"
+N_TOKENS = 10
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """family name -> (checkpoint, bundle), each made through the CLI as an admin would."""
+    built: dict[str, tuple[Path, Path]] = {}
+
+    def make(family: ModelFamily) -> tuple[Path, Path]:
+        if family.name not in built:
+            root = tmp_path_factory.mktemp(family.name)
+            src, bundle = root / "checkpoint", root / "bundle"
+            runner = CliRunner()
+            res = runner.invoke(cli, ["convert", "synth", str(src), "--arch", family.name, "--vision-layout", "folder"])
+            assert res.exit_code == 0, res.output
+            res = runner.invoke(cli, ["convert", "all", str(src), str(bundle), "--quant", "f16", "--no-mmproj"])
+            assert res.exit_code == 0, res.output
+            built[family.name] = src, bundle
+        return built[family.name]
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def scan(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("scan") / "scan.png"
+    Image.fromarray(np.random.default_rng(23).integers(0, 255, (72, 60), dtype=np.uint8)).save(path)
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.name)
+def test_synth_convert_ask_gives_the_reference_tokens(converted, scan, family):
+    src, bundle = converted(family)
+    ref = LlavaReference.load(src)
+    config = ImageEncoder.from_folder(bundle / "vision", device="cpu").config
+    pixels = torch.from_numpy(preprocess(load_image(scan).frames, config))
+    embeds, _ = ref.prompt_embeds(render([Turn(QUESTION, images=1)]), pixels)
+    expected = ref.greedy(embeds, N_TOKENS, repetition_penalty=1.2)
+    res = CliRunner().invoke(cli, ["ask", "--json", "--model", str(bundle), "--max-tokens", str(N_TOKENS),
+                                   str(scan), QUESTION])
+    assert res.exit_code == 0, res.output
+    record = json.loads(res.stdout)
+    assert record["prompt_tokens"] == embeds.shape[1]
+    assert record["answer"] == ref.tokenizer.decode(expected).strip()
+    assert record["tokens"] == len(expected)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.name)
+def test_the_manifest_carries_what_the_runtime_needs_of_the_family(converted, family):
+    src, bundle = converted(family)
+    manifest = load_bundle(bundle).manifest
+    tower = json.loads((src / "vit/clip_vit_large_patch14_336/config.json").read_text())["vision_config"]
+    assert manifest.architecture == family.name
+    assert manifest.source["hf_architecture"] == family.hf_architecture
+    assert manifest.prompt_format == family.prompt_format
+    assert manifest.llm["positions"] == family.positions and manifest.llm["family"] == family.llm.gguf_arch
+    assert manifest.vision["preprocess"] == family.vision.preprocess
+    assert manifest.vision["tokens_per_image"] == family.vision.tokens_per_image(tower) == (56 // 14) ** 2
+    assert manifest.extra["model_card"]["card"] == family.card
+    assert manifest.fidelity["llm"]["tolerances"] == dict(family.llm_tolerances["f16"])
+
+
+@pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.name)
+def test_the_runtime_supports_what_each_family_declares(family):
+    assert family.prompt_format in PROMPT_FORMATS
+    assert family.positions in POSITION_SCHEMES
+    assert family.vision.preprocess in PREPROCESSING
+    cards = {card.id: card for card in load_cards()}
+    assert family.card in cards and cards[family.card].supported
+    assert cards[family.card].meta["identify"]["architecture"] == family.hf_architecture
+
+
+def _modules_naming(pattern: str, flags: int = 0) -> list[str]:
+    found = []
+    for package in ("huatuo_cli", "convert"):
+        for path in sorted((REPO / package).rglob("*.py")):
+            if re.search(pattern, path.read_text(encoding="utf-8"), flags):
+                found.append(str(path.relative_to(REPO)))
+    return found
+
+
+@pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.name)
+def test_a_family_is_named_in_at_most_three_modules(family):
+    """Issue 20: no family string tested outside its declaration (a help example may name one)."""
+    names = (family.name, family.hf_architecture, family.model_type, family.text_architecture)
+    modules = _modules_naming("|".join(re.escape(n) for n in names))
+    assert f"convert/families/{family.name.replace('-', '_')}.py" in modules
+    assert len(modules) <= 3, modules
+
+
+def test_the_issue_check_for_the_7b_language_model():
+    """`grep -rliE 'qwen2' huatuo_cli convert --include='*.py'`: at most three modules."""
+    modules = _modules_naming("qwen2", re.IGNORECASE)
+    assert len(modules) <= 3, modules
+
+
+def test_old_bundles_without_the_family_keys_still_answer(tiny_bundle, tmp_path, scan):
+    """Bundles converted before the manifest named positions and preprocessing mean LLaVA-1.5's."""
+    old = tmp_path / "old"
+    shutil.copytree(tiny_bundle, old)
+    data = json.loads((old / "manifest.json").read_text())
+    del data["llm"]["positions"], data["vision"]["preprocess"]
+    (old / "manifest.json").write_text(json.dumps(data))
+    res = CliRunner().invoke(cli, ["ask", "--model", str(old), "--max-tokens", "4", str(scan), QUESTION])
+    assert res.exit_code == 0, res.output
+
+
+@pytest.mark.parametrize("section,key,value,message", [
+    ("llm", "positions", "mrope", "position scheme 'mrope' is not supported by this huatuo"),
+    ("vision", "preprocess", "dynamic-tiles", "image preprocessing 'dynamic-tiles' is not supported"),
+])
+def test_a_bundle_needing_what_this_runtime_lacks_is_refused(tiny_bundle, tmp_path, scan, section, key, value, message):
+    newer = tmp_path / "newer"
+    shutil.copytree(tiny_bundle, newer)
+    data = json.loads((newer / "manifest.json").read_text())
+    data[section][key] = value
+    (newer / "manifest.json").write_text(json.dumps(data))
+    res = CliRunner().invoke(cli, ["ask", "--model", str(newer), "--max-tokens", "4", str(scan), QUESTION])
+    assert res.exit_code == 1 and message in res.output and "upgrade huatuo-cli" in res.output
+    assert "Traceback" not in res.output
+
+
+def test_an_unknown_prompt_format_is_refused_by_name():
+    """(A manifest cannot claim another format than its GGUF's: `check_metadata` refuses that first.)"""
+    with pytest.raises(HuatuoError, match="prompt format 'chatml' is not supported by this huatuo"):
+        prompt_format("chatml")
