@@ -38,8 +38,8 @@ demo: install
 	rm -rf $(DEMO) && mkdir -p $(DEMO)
 	$(BIN)/huatuo convert synth $(DEMO)/checkpoint --arch llava-qwen2 --vision-layout folder
 	$(BIN)/huatuo convert all $(DEMO)/checkpoint $(DEMO)/bundle --quant q4_k_m
-	$(BIN)/huatuo ask --model $(DEMO)/bundle --max-tokens 48 "$$($(BIN)/python -m huatuo_cli.samples scan)" "Is there a pleural effusion?"
-	$(BIN)/python -m huatuo_cli.samples studies $(DEMO)/studies
+	$(BIN)/huatuo ask --model $(DEMO)/bundle --max-tokens 48 "$$($(BIN)/python -m demo.samples scan)" "Is there a pleural effusion?"
+	$(BIN)/python -m demo.samples studies $(DEMO)/studies
 	$(BIN)/huatuo batch $(DEMO)/studies --out $(DEMO)/batch --model $(DEMO)/bundle -q "Describe the findings." --max-tokens 48 --sr
 	@echo "demo done: see $(DEMO)/batch/report.html (a random tiny model: the words are noise, the pipeline is real)"
 

@@ -139,11 +139,11 @@ def top_overhead(profiler: cProfile.Profile, n: int) -> list[tuple[str, float, i
 
 
 #: runtime steps outside the engines, as (file suffix, function): their cumulative time in the profile
-STEPS = (("huatuo_cli/bundle.py", "load_bundle"), ("huatuo_cli/inputs.py", "jobs_from_folder"),
-         ("huatuo_cli/inputs.py", "render"), ("huatuo_cli/engine/preprocess.py", "preprocess"),
+STEPS = (("huatuo_cli/bundles/bundle.py", "load_bundle"), ("huatuo_cli/answering/inputs.py", "jobs_from_folder"),
+         ("huatuo_cli/answering/inputs.py", "render"), ("huatuo_cli/engine/preprocess.py", "preprocess"),
          ("huatuo_cli/engine/llm.py", "tokenize"), ("huatuo_cli/engine/llm.py", "choose_token"),
          ("huatuo_cli/engine/llm.py", "piece"), ("huatuo_cli/batch/report.py", "save_thumbnails"),
-         ("huatuo_cli/record.py", "build_record"), ("huatuo_cli/batch/results.py", "add_result"),
+         ("huatuo_cli/answering/record.py", "build_record"), ("huatuo_cli/batch/results.py", "add_result"),
          ("huatuo_cli/batch/runner.py", "_audit"), ("huatuo_cli/batch/report.py", "write_reports"))
 
 

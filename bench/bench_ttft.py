@@ -32,9 +32,9 @@ from _common import quantized_llm, qwen05b_bundle
 from pydicom.data import get_testdata_file
 
 from huatuo_cli.engine.llm import LlamaEngine, Sampling, choose_token
+from huatuo_cli.engine.prompt import Turn, render
 from huatuo_cli.engine.session import VisionLanguageModel
 from huatuo_cli.imaging import load_image
-from huatuo_cli.prompt import Turn, render
 
 QUESTION = "Is there a pleural effusion?"
 STAGES = ("encode", "prefill", "first token")

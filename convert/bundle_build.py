@@ -15,9 +15,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from huatuo_cli.bundle import Manifest, apply_bundle_modes, describe_files, write_manifest
+from huatuo_cli.bundles.bundle import Manifest, apply_bundle_modes, describe_files, write_manifest
+from huatuo_cli.bundles.model_card import CARD_NAME, CARD_ROLE, MANIFEST_KEY
 from huatuo_cli.errors import HuatuoError
-from huatuo_cli.model_card import CARD_NAME, CARD_ROLE, MANIFEST_KEY
 from huatuo_convert.atomic import atomic_folder
 from huatuo_convert.bundle_card import render_bundle_card, render_unidentified_card
 from huatuo_convert.checkpoint import LlavaCheckpoint
@@ -56,8 +56,8 @@ def end_to_end(bundle_dir: Path, llm_file: str, ref: Any) -> dict[str, Any]:
     from huatuo_cli.engine.encoder import ImageEncoder
     from huatuo_cli.engine.llm import LlamaEngine, Sampling
     from huatuo_cli.engine.preprocess import preprocess
+    from huatuo_cli.engine.prompt import Turn, render
     from huatuo_cli.engine.session import interleave
-    from huatuo_cli.prompt import Turn, render
     from huatuo_convert.onnx_validate import validation_images
     encoder = ImageEncoder.from_folder(bundle_dir / VISION_DIR, device="cpu")
     image = validation_images(encoder.image_size)[0][1]

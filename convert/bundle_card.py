@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from huatuo_cli.model_card import FENCE, UNIDENTIFIED
+from huatuo_cli.bundles.model_card import FENCE, UNIDENTIFIED
 from huatuo_convert.model_cards import CardMatch
 
 

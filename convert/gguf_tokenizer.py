@@ -3,12 +3,12 @@
 A byte-level BPE (`bpe_vocab`) as `tokenizer.ggml.model = gpt2` with the family's `pre` (llama.cpp
 then applies that model's split regex), tokens, types and merges. A sentencepiece model
 (`spm_vocab`) as `tokenizer.ggml.model = llama` with scores and the piece types straight from
-`tokenizer.model`; its dummy-prefix space becomes `huatuo.tokenizer.chunk_prefix` (see huatuo_cli.gguf_tokens). In both,
+`tokenizer.model`; its dummy-prefix space becomes `huatuo.tokenizer.chunk_prefix` (see huatuo_cli.engine.gguf_tokens). In both,
 `huatuo.tokenizer.markers` records whether the chat markers are tokens of the checkpoint's tokenizer
 or plain text, and `add_bos_token` is false: HuatuoGPT-Vision's own code adds no BOS (docs/model.md
 "Tokenization"). The token list is padded with `[PAD{i}]` rows up to the config's `vocab_size`,
 because llama.cpp requires one token per embedding row.
-The chat template is the jinja form of `huatuo_cli.prompt`'s format.
+The chat template is the jinja form of `huatuo_cli.engine.prompt`'s format.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from huatuo_cli.engine.gguf_tokens import CHUNK_PREFIX_KEY, MARKERS_KEY
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.extras import require
-from huatuo_cli.gguf_tokens import CHUNK_PREFIX_KEY, MARKERS_KEY
 from huatuo_convert.checkpoint import LlavaCheckpoint
 from huatuo_convert.reference_tokenizer import load_reference_tokenizer
 
@@ -44,9 +44,9 @@ class GgufVocab:
     merges: list[str]
     add_space_prefix: bool | None
     special_ids: dict[str, int]  # bos/eos/unk/pad -> id
-    #: `tokens` or `text` (huatuo_cli.gguf_tokens): how the checkpoint's tokenizer treats the chat markers
+    #: `tokens` or `text` (huatuo_cli.engine.gguf_tokens): how the checkpoint's tokenizer treats the chat markers
     markers: str
-    #: prepended by the runtime to each non-empty text chunk (huatuo_cli.gguf_tokens)
+    #: prepended by the runtime to each non-empty text chunk (huatuo_cli.engine.gguf_tokens)
     chunk_prefix: str = ""
 
 

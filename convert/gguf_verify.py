@@ -2,7 +2,7 @@
 
 Tokenizer: the reference tokenizer (what the official code ran) against the GGUF vocabulary in
 llama.cpp, on a fixed bilingual corpus and on the exact prompt chunks the runtime sends
-(`huatuo_cli.gguf_tokens.encode_chunks`), and whether both see the chat markers alike (tokens or
+(`huatuo_cli.engine.gguf_tokens.encode_chunks`), and whether both see the chat markers alike (tokens or
 text). Control tokens typed in user text are text for huatuo but control tokens for the official
 code: that deliberate difference is measured on its own line and never gates. Logits: the PyTorch reference (fp32) against llama.cpp
 on fixed prompts fed as token ids, every position. llama.cpp runs with an F32 KV cache here so
@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from huatuo_cli.engine.cpu_backend import llama
+from huatuo_cli.engine.gguf_tokens import encode_chunks, encode_text, marker_style
+from huatuo_cli.engine.prompt import Turn, render
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.extras import require
-from huatuo_cli.gguf_tokens import encode_chunks, encode_text, marker_style
-from huatuo_cli.prompt import Turn, render
 from huatuo_convert.reference import LlavaReference
 
 #: Tokenizer corpus: English, Chinese, numbers, medical terms, whitespace runs, chat markers.

@@ -22,8 +22,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from huatuo_cli.bundles.model_card import ModelCard, parse_card
 from huatuo_cli.errors import HuatuoError
-from huatuo_cli.model_card import ModelCard, parse_card
 from huatuo_convert.checkpoint import read_config
 from huatuo_convert.finetune_record import FinetuneRecord, read_finetune_record
 

@@ -19,10 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from huatuo_cli.engine.gguf_tokens import MARKERS_AS_TEXT, MARKERS_AS_TOKENS
+from huatuo_cli.engine.prompt import TEMPLATE_MARKERS, encode_prompt
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.extras import require
-from huatuo_cli.gguf_tokens import MARKERS_AS_TEXT, MARKERS_AS_TOKENS
-from huatuo_cli.prompt import TEMPLATE_MARKERS, encode_prompt
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """`huatuo convert keygen | sign`: IT's ed25519 key, and signatures on verified bundles.
 
 The private key stays on the conversion server (owner-only PEM); workstations get the one-line
-public key (`huatuo_cli.signing` reads it). A bundle is signed only after every file hashed right,
+public key (`huatuo_cli.bundles.signing` reads it). A bundle is signed only after every file hashed right,
 so a signature always vouches for a verified bundle.
 """
 
@@ -11,11 +11,11 @@ import base64
 import os
 from pathlib import Path
 
-from huatuo_cli.bundle import BUNDLE_FILE_MODE, MANIFEST_NAME, read_manifest, verify_files
+from huatuo_cli.bundles.bundle import BUNDLE_FILE_MODE, MANIFEST_NAME, read_manifest, verify_files
+from huatuo_cli.bundles.signing import KEY_TAG, SIG_NAME, key_id
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.extras import require
 from huatuo_cli.privacy import write_private
-from huatuo_cli.signing import KEY_TAG, SIG_NAME, key_id
 
 PRIVATE_NAME = "huatuo-signing.key"
 PUBLIC_NAME = "huatuo-signing.pub"

@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from huatuo_cli.engine.gguf_tokens import MARKER_STYLES, MARKERS_AS_TEXT
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.extras import require
-from huatuo_cli.gguf_tokens import MARKER_STYLES, MARKERS_AS_TEXT
 from huatuo_convert.checkpoint import CLIP_HEAD_DIM  # the embedded layout carries no vision config
 from huatuo_convert.families import default_family, family_named
 from huatuo_convert.families.base import ModelFamily

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from huatuo_cli.engine.gguf_tokens import MARKERS_AS_TOKENS
+from huatuo_cli.engine.prompt import ASSISTANT_MARKER, USER_MARKER
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.extras import require
-from huatuo_cli.gguf_tokens import MARKERS_AS_TOKENS
-from huatuo_cli.prompt import ASSISTANT_MARKER, USER_MARKER
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from demo.samples import write_sample_studies
 from huatuo_cli.engine.llm import Sampling
-from huatuo_cli.samples import write_sample_studies
 from huatuo_cli.tui.app import make_app
 
 

@@ -19,15 +19,15 @@ from huatuo_cli.extras import require
 
 #: subcommand name -> "module:attribute" of its click command
 SUBCOMMANDS: dict[str, str] = {
-    "convert": "huatuo_convert.cli:convert",
-    "finetune": "huatuo_convert.finetune.cli:finetune",
-    "models": "huatuo_cli.models_cmd:models",
-    "doctor": "huatuo_cli.doctor:doctor",
-    "ask": "huatuo_cli.ask_cmd:ask",
-    "batch": "huatuo_cli.batch.cmd:batch",
-    "inspect": "huatuo_cli.imaging.inspect_cmd:inspect",
-    "send": "huatuo_cli.send.cmd:send",
-    "tui": "huatuo_cli.tui.cmd:tui",
+    "convert": "huatuo_convert.commands.convert_cmd:convert",
+    "finetune": "huatuo_convert.commands.finetune_cmd:finetune",
+    "models": "huatuo_cli.commands.models_cmd:models",
+    "doctor": "huatuo_cli.commands.doctor_cmd:doctor",
+    "ask": "huatuo_cli.commands.ask_cmd:ask",
+    "batch": "huatuo_cli.commands.batch_cmd:batch",
+    "inspect": "huatuo_cli.commands.inspect_cmd:inspect",
+    "send": "huatuo_cli.commands.send_cmd:send",
+    "tui": "huatuo_cli.commands.tui_cmd:tui",
 }
 
 

@@ -19,8 +19,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import click
-
 from huatuo_cli.extras import install_hint
 from huatuo_cli.offline import ORT_TELEMETRY_DIR, no_network
 
@@ -159,9 +157,9 @@ def llama_check() -> list[Check]:
 
 
 def bundle_checks() -> list[Check]:
-    from huatuo_cli.bundle import load_bundle
+    from huatuo_cli.bundles.bundle import load_bundle
+    from huatuo_cli.bundles.locate import find_bundle, installed_bundles
     from huatuo_cli.errors import HuatuoError
-    from huatuo_cli.locate import find_bundle, installed_bundles
 
     paths = list(installed_bundles())
     try:
@@ -253,32 +251,3 @@ def offline_engine_checks() -> list[Check]:
 def run_checks() -> list[Check]:
     """Every check; engine imports and bundle loads run in a child process without network."""
     return [cpu_check(), memory_check(), gpu_check()] + offline_engine_checks()
-
-
-@click.command()
-@click.option("--json", "as_json", is_flag=True, help="Print the checks as one JSON object.")
-def doctor(as_json: bool) -> None:
-    """Check this machine: CPU, memory, GPUs, ONNX Runtime providers, llama.cpp, bundles, offline.
-
-    Exit code 1 when a check fails. Bundles are re-hashed, which takes a few seconds per GB.
-
-    \b
-    Examples:
-      huatuo doctor
-      huatuo doctor --json > doctor.json
-    """
-    checks = run_checks()
-    failed = any(c.status == "fail" for c in checks)
-    if as_json:
-        click.echo(json.dumps({"schema": SCHEMA, "ok": not failed, "checks": [asdict(c) for c in checks]}, indent=2))
-    else:
-        from rich.console import Console
-        from rich.table import Table
-
-        colours = {"ok": "green", "warn": "yellow", "fail": "red", "info": "cyan"}
-        table = Table("check", "status", "detail", title="huatuo doctor")
-        for c in checks:
-            table.add_row(c.name, f"[{colours[c.status]}]{c.status}[/]", c.detail)
-        Console().print(table)
-    if failed:
-        raise SystemExit(1)

@@ -31,7 +31,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from huatuo_cli.bundle import sha256_file
+from huatuo_cli.bundles.bundle import sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = ROOT / "packaging"

@@ -68,7 +68,7 @@ if [ -n "$trust_key" ]; then
   undo() { rm -rf "${prefix:?}/$version"; die "$1; nothing installed"; }
   "$venv/bin/python" - "$trust_key" <<'PY' || undo "--trust-key $trust_key is not a huatuo-ed25519 public key file"
 import sys
-from huatuo_cli.signing import parse_public_key
+from huatuo_cli.bundles.signing import parse_public_key
 lines = [line for line in open(sys.argv[1], encoding="utf-8") if line.strip() and not line.startswith("#")]
 assert lines, "no key in the file"
 for line in lines:
@@ -85,7 +85,7 @@ ln -sfn "$venv/bin/huatuo" "$prefix/bin/huatuo"
 
 # 3. bundles beside the ones already installed
 if [ -z "$models" ]; then
-  models="$("$venv/bin/python" -c 'from huatuo_cli.locate import models_dirs; print(models_dirs()[-1])')"
+  models="$("$venv/bin/python" -c 'from huatuo_cli.bundles.locate import models_dirs; print(models_dirs()[-1])')"
 fi
 mkdir -p "$models"
 installed=()

@@ -2,7 +2,7 @@
 
 The model is not the subject of the batch tests: `describe` answers from the pixels themselves
 (size and mean), which is deterministic and lets a test tell which images an answer was given for.
-Jobs come from the real scan (`huatuo_cli.inputs.jobs_from_folder`).
+Jobs come from the real scan (`huatuo_cli.answering.inputs.jobs_from_folder`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from pydicom.data import get_testdata_file
 
-from huatuo_cli.record import Answer
+from huatuo_cli.answering.record import Answer
 
 #: file name -> (PatientName, PatientID) of the pydicom test files the batch tests use
 SAMPLES = {

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from huatuo_cli.samples import sample_file
+from demo.samples import sample_file
 
 QUESTION = "Describe the abnormality."
 #: image file -> (window, answer); one question, so only the image tells the answers apart

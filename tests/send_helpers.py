@@ -13,9 +13,9 @@ from pydicom.data import get_testdata_file
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import generate_uid
 
+from huatuo_cli.answering.inputs import jobs_from_folder
 from huatuo_cli.batch.progress import PlainProgress
 from huatuo_cli.batch.runner import Summary, run_batch
-from huatuo_cli.inputs import jobs_from_folder
 from tests.batch_helpers import describe
 
 QUESTIONS = ["Describe the findings.", "Is there an effusion?"]

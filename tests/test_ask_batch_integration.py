@@ -22,12 +22,12 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from huatuo_cli import audit
+from huatuo_cli.answering.inputs import jobs_from_folder
 from huatuo_cli.batch.progress import PlainProgress
 from huatuo_cli.batch.results import ERRORS_NAME, RESULTS_NAME, read_jsonl
 from huatuo_cli.batch.runner import Job, run_batch
 from huatuo_cli.batch.sr import write_sr
 from huatuo_cli.cli import cli
-from huatuo_cli.inputs import jobs_from_folder
 from tests.batch_helpers import sample_folder
 from tests.test_batch_runner import ROOT, Counting, assert_no_phi
 
@@ -37,7 +37,7 @@ KILLED = """
 import sys
 from pathlib import Path
 from huatuo_cli.batch.runner import run_batch
-from huatuo_cli.inputs import jobs_from_folder
+from huatuo_cli.answering.inputs import jobs_from_folder
 from tests.batch_helpers import slow_describe
 root, out = Path(sys.argv[1]), Path(sys.argv[2])
 run_batch(jobs_from_folder(root), {questions!r}, out, lambda: (slow_describe(0.4), {{"model_sha256": "m" * 64}}), root=root)

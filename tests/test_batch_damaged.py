@@ -22,12 +22,12 @@ from pathlib import Path
 
 import pytest
 
+from huatuo_cli.answering.inputs import jobs_from_folder
 from huatuo_cli.batch.progress import PlainProgress
 from huatuo_cli.batch.results import ERRORS_NAME, RESULTS_NAME, read_jsonl
 from huatuo_cli.batch.runner import EXIT_SOME_FAILED, Job, run_batch
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.imaging.scan import scan
-from huatuo_cli.inputs import jobs_from_folder
 from tests.batch_helpers import sample_folder
 from tests.damaged_files import RESCALE_SLOPE, fresh_copy, good_copy, rle_panic, truncated_pixels, unknown_vr
 from tests.test_batch_runner import MODEL, QUESTIONS, ROOT, Counting
@@ -110,7 +110,7 @@ CRASHING_RUN = """
 import os, signal, sys, time
 from pathlib import Path
 from huatuo_cli.batch.runner import run_batch
-from huatuo_cli.inputs import jobs_from_folder
+from huatuo_cli.answering.inputs import jobs_from_folder
 from tests.batch_helpers import describe
 root, out, how = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 jobs = jobs_from_folder(root)

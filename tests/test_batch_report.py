@@ -8,9 +8,9 @@ from html.parser import HTMLParser
 
 from PIL import Image
 
+from huatuo_cli.answering.record import Answer, build_record
 from huatuo_cli.batch.report import render_markdown, save_thumbnails, write_reports
 from huatuo_cli.privacy import NOTICE
-from huatuo_cli.record import Answer, build_record
 
 EVIL = '<script>alert("x")</script><img src="http://example.org/t.png"> & <a href="https://x">x</a>'
 
@@ -74,9 +74,9 @@ def _batch(tmp_path, names, thumbnails="safe", fn=None):
 
     from pydicom.data import get_testdata_file
 
+    from huatuo_cli.answering.inputs import jobs_from_folder
     from huatuo_cli.batch.progress import PlainProgress
     from huatuo_cli.batch.runner import run_batch
-    from huatuo_cli.inputs import jobs_from_folder
     from tests.batch_helpers import describe
 
     root = tmp_path / "in"

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from huatuo_cli.answering.record import SCHEMA, Answer, build_record
 from huatuo_cli.batch.results import ERRORS_NAME, RESULTS_NAME, BatchState, read_jsonl
 from huatuo_cli.errors import HuatuoError
-from huatuo_cli.record import SCHEMA, Answer, build_record
 
 
 def record(study: str, question: str) -> dict:

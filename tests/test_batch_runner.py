@@ -20,11 +20,11 @@ import pydicom
 import pytest
 
 from huatuo_cli import audit
+from huatuo_cli.answering.inputs import jobs_from_folder
 from huatuo_cli.batch.progress import PlainProgress
 from huatuo_cli.batch.results import ERRORS_NAME, RESULTS_NAME, read_jsonl
 from huatuo_cli.batch.runner import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, SR_DIR, Job, run_batch
 from huatuo_cli.errors import HuatuoError
-from huatuo_cli.inputs import jobs_from_folder
 from tests.batch_helpers import SAMPLES, describe, sample_folder
 
 QUESTIONS = ["Describe the image.", "Any abnormality?"]
@@ -139,7 +139,7 @@ KILLED_RUN = """
 import sys
 from pathlib import Path
 from huatuo_cli.batch.runner import run_batch
-from huatuo_cli.inputs import jobs_from_folder
+from huatuo_cli.answering.inputs import jobs_from_folder
 from tests.batch_helpers import slow_describe
 root, out = Path(sys.argv[1]), Path(sys.argv[2])
 run_batch(jobs_from_folder(root), {questions!r}, out, lambda: (slow_describe(0.4), {{"model_sha256": "m" * 64}}), root=root)

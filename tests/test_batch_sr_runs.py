@@ -13,13 +13,13 @@ import pydicom
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
+from huatuo_cli.answering.inputs import jobs_from_folder
+from huatuo_cli.answering.record import Answer
 from huatuo_cli.batch.progress import PlainProgress
 from huatuo_cli.batch.results import ERRORS_NAME, read_jsonl
 from huatuo_cli.batch.runner import SR_DIR, run_batch
 from huatuo_cli.batch.sr import TRUNCATED_NOTE
 from huatuo_cli.imaging import load_image
-from huatuo_cli.inputs import jobs_from_folder
-from huatuo_cli.record import Answer
 from tests.batch_helpers import describe
 from tests.sr_checks import frames_referenced, groups, own_errors, text_of
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from huatuo_cli.bundle import Manifest, describe_files, load_bundle, write_manifest
+from huatuo_cli.bundles.bundle import Manifest, describe_files, load_bundle, write_manifest
+from huatuo_cli.bundles.locate import ENV_MODEL, config_file, find_bundle, models_dirs
 from huatuo_cli.cli import cli
 from huatuo_cli.errors import HuatuoError
-from huatuo_cli.locate import ENV_MODEL, config_file, find_bundle, models_dirs
 
 CONFIG_SHA = "0" * 64
 ROLES = {"llm.gguf": "llm", "vision/vision-fp32.onnx": "vision-fp32", "vision/preprocessor_config.json": "preprocessor"}
@@ -118,7 +118,7 @@ def test_cached_verification_still_catches_a_flipped_byte_with_mtime_restored(tm
     """A file unchanged since it hashed right is not re-read; any write to it is noticed anyway."""
     import os
 
-    from huatuo_cli.bundle import VerifiedCache
+    from huatuo_cli.bundles.bundle import VerifiedCache
 
     root = make_bundle(tmp_path / "b")
     load_bundle(root)  # full hash, remembered
@@ -137,7 +137,7 @@ def test_cached_verification_still_catches_a_flipped_byte_with_mtime_restored(tm
 
 
 def test_cache_is_not_trusted_by_models_verify(tmp_path, monkeypatch):
-    from huatuo_cli import bundle as bundle_mod
+    from huatuo_cli.bundles import bundle as bundle_mod
 
     root = make_bundle(tmp_path / "b")
     load_bundle(root)

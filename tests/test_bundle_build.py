@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from pydicom.data import get_testdata_file
 
-from huatuo_cli.bundle import load_bundle
+from huatuo_cli.bundles.bundle import load_bundle
 from huatuo_cli.cli import cli
 
 CT = get_testdata_file("CT_small.dcm", download=False)

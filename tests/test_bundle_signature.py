@@ -12,10 +12,10 @@ import cryptography  # noqa: E402,F401  # the convert extra installs it: a missi
 import pytest
 from click.testing import CliRunner
 
-from huatuo_cli.bundle import MANIFEST_NAME, load_bundle
+from huatuo_cli.bundles.bundle import MANIFEST_NAME, load_bundle
+from huatuo_cli.bundles.signing import ENV_KEYS, SIG_NAME
 from huatuo_cli.cli import cli
 from huatuo_cli.errors import HuatuoError
-from huatuo_cli.signing import ENV_KEYS, SIG_NAME
 from tests.test_bundle import make_bundle
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from huatuo_cli.bundle import MANIFEST_NAME, load_bundle, sha256_file
+from huatuo_cli.bundles.bundle import MANIFEST_NAME, load_bundle, sha256_file
 from huatuo_cli.cli import cli
 from huatuo_cli.errors import HuatuoError
 from tests.test_bundle import make_bundle
@@ -82,7 +82,7 @@ def test_missing_preprocessor_entry_is_refused(tmp_path):
      "manifest llm.prompt_markers 'tokens' but the LLM file says 'text'"),
 ])
 def test_edited_fields_are_checked_against_the_llm_file(tmp_path, field, value, match):
-    from huatuo_cli.locate import models_dirs
+    from huatuo_cli.bundles.locate import models_dirs
 
     root = make_bundle(models_dirs()[0] / "b")
     edit_manifest(root, lambda data: data.update({field: value}))

@@ -12,8 +12,8 @@ from PIL import Image
 from huatuo_cli.cli import cli
 from huatuo_cli.engine.llm import Sampling
 from huatuo_cli.engine.preprocess import preprocess
+from huatuo_cli.engine.prompt import Turn, render
 from huatuo_cli.engine.session import Conversation, VisionLanguageModel
-from huatuo_cli.prompt import Turn, render
 from huatuo_convert.reference import LlavaReference
 
 

@@ -8,8 +8,8 @@ import socket
 import pytest
 from click.testing import CliRunner
 
+from huatuo_cli.bundles.locate import models_dirs
 from huatuo_cli.cli import cli
-from huatuo_cli.locate import models_dirs
 from huatuo_cli.offline import NetworkBlocked, no_network
 from tests.test_bundle import make_bundle
 

@@ -14,9 +14,9 @@ from click.testing import CliRunner
 
 from huatuo_cli.cli import cli
 from huatuo_cli.engine.llm import LlamaEngine, Sampling
+from huatuo_cli.engine.prompt import Turn, render
 from huatuo_cli.engine.session import interleave
 from huatuo_cli.errors import HuatuoError
-from huatuo_cli.prompt import Turn, render
 from huatuo_convert.reference import LlavaReference
 from tests.conftest import LAYOUTS
 

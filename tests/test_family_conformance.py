@@ -18,14 +18,14 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from huatuo_cli.bundle import load_bundle
+from huatuo_cli.bundles.bundle import load_bundle
 from huatuo_cli.cli import cli
 from huatuo_cli.engine.encoder import ImageEncoder
 from huatuo_cli.engine.llm import POSITION_SCHEMES
 from huatuo_cli.engine.preprocess import PREPROCESSING, preprocess
+from huatuo_cli.engine.prompt import PROMPT_FORMATS, Turn, prompt_format, render
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.imaging import load_image
-from huatuo_cli.prompt import PROMPT_FORMATS, Turn, prompt_format, render
 from huatuo_convert.families import all_families
 from huatuo_convert.families.base import ModelFamily
 from huatuo_convert.model_cards import load_cards

@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from huatuo_cli.cli import cli
-from huatuo_cli.prompt import Turn, render
+from huatuo_cli.engine.prompt import Turn, render
 from tests.finetune_data import QUESTION, SAMPLES, record, write_dataset, write_images
 
 FAST = ["--lora-rank", "8", "--lora-alpha", "16", "--lora-dropout", "0", "--batch-size", "3", "--lr", "5e-3",

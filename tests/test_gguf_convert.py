@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from gguf import GGMLQuantizationType, GGUFReader
 
 from huatuo_cli.cli import cli
-from huatuo_cli.prompt import PROMPT_FORMAT, Turn, moderate, render
+from huatuo_cli.engine.prompt import PROMPT_FORMAT, Turn, moderate, render
 from huatuo_convert.checkpoint import LlavaCheckpoint
 from huatuo_convert.llm_gguf import fidelity_path
 from tests.conftest import LAYOUTS

@@ -3,7 +3,7 @@
 The case that went wrong: `convert all` told the user to pass `--no-verify`, an option only
 `convert gguf` has. Modules that several commands reach (checkpoint reading, bundle lookup, PACS
 destinations) therefore name no option of their own; the command adds its own (`convert gguf`,
-`convert all`: `_offering` in convert/cli.py) or passes the option it takes (`find_bundle(option=)`,
+`convert all`: `_offering` in convert/commands/convert_cmd.py) or passes the option it takes (`find_bundle(option=)`,
 `resolve(option=)`).
 
 Statically: every option named in a hint in the source is listed in `REACH` with the commands that
@@ -39,17 +39,17 @@ REACH: dict[tuple[str, str], set[tuple[str, ...]]] = {
     ("huatuo_cli/tui/talk.py", "--export-dir"): {TUI},
     ("huatuo_cli/engine/llm.py", "--max-tokens"): {ASK, BATCH, TUI},  # convert all's e2e check sizes n_ctx to fit
     ("huatuo_cli/engine/providers.py", "--device"): {ASK, BATCH, TUI},  # only for an asked-for --device cuda/tensorrt
-    ("huatuo_cli/inputs.py", "--frame"): {ASK, BATCH},  # render: inputs_from_paths (ask), jobs_from_folder (batch)
-    ("huatuo_cli/inputs.py", "--images"): {ASK},  # inputs_from_paths
+    ("huatuo_cli/answering/inputs.py", "--frame"): {ASK, BATCH},  # render: inputs_from_paths (ask), jobs_from_folder (batch)
+    ("huatuo_cli/answering/inputs.py", "--images"): {ASK},  # inputs_from_paths
     # llm_gguf's check_target/atomic_output (gguf; convert all writes into its new work folder);
     # convert vision and mmproj refuse an existing OUT first, with hints that name no option
     ("huatuo_cli/atomic.py", "--force"): {GGUF, ALL},
-    ("huatuo_cli/batch/cmd.py", "--questions"): {BATCH},
+    ("huatuo_cli/commands/batch_cmd.py", "--questions"): {BATCH},
     ("huatuo_cli/batch/results.py", "--out"): {BATCH},
     ("huatuo_cli/batch/runner.py", "--out"): {BATCH},
     ("huatuo_cli/batch/runner.py", "--allow-model-change"): {BATCH},
-    ("convert/cli.py", "--allow-pickle"): {GGUF, ALL},
-    ("convert/cli.py", "--no-verify"): {GGUF},
+    ("convert/commands/convert_cmd.py", "--allow-pickle"): {GGUF, ALL},
+    ("convert/commands/convert_cmd.py", "--no-verify"): {GGUF},
     ("convert/bundle_build.py", "--force"): {ALL},
     ("convert/finetune/loop.py", "--skip-bad"): {FINETUNE},
     ("convert/finetune/loop.py", "--resume"): {FINETUNE},
@@ -128,7 +128,7 @@ def source_hints() -> list[tuple[str, str]]:
 def test_every_option_named_in_a_hint_is_one_of_each_raising_commands_options():
     hints = source_hints()
     named = {(path, option) for path, text in hints for option in OPTION.findall(QUOTED_COMMAND.sub("", text))}
-    assert ("convert/cli.py", "--no-verify") in named and ("huatuo_cli/batch/results.py", "--out") in named, \
+    assert ("convert/commands/convert_cmd.py", "--no-verify") in named and ("huatuo_cli/batch/results.py", "--out") in named, \
         "the extraction no longer finds hints it found before"
     assert sorted(named - set(REACH)) == [], "a new hint names an option: add it to REACH with the commands that reach it"
     assert sorted(set(REACH) - named) == [], "REACH lists a hint that no longer names that option"

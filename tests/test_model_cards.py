@@ -20,10 +20,10 @@ import pytest
 from click.testing import CliRunner
 from pydicom.data import get_testdata_file
 
-from huatuo_cli.bundle import load_bundle
+from huatuo_cli.bundles.bundle import load_bundle
+from huatuo_cli.bundles.model_card import CARD_NAME, CARD_ROLE, ModelCard, parse_card, read_bundle_card
 from huatuo_cli.cli import cli
 from huatuo_cli.errors import HuatuoError
-from huatuo_cli.model_card import CARD_NAME, CARD_ROLE, ModelCard, parse_card, read_bundle_card
 from huatuo_convert.families import family_for_architecture
 from huatuo_convert.finetune_record import FINETUNE_NAME, read_finetune_record
 from huatuo_convert.model_cards import cards_folder, identify, load_cards

@@ -16,12 +16,12 @@ from click.testing import CliRunner
 from pydicom.data import get_testdata_file
 
 from huatuo_cli import audit
+from huatuo_cli.answering.inputs import jobs_from_folder
 from huatuo_cli.batch.progress import PlainProgress
 from huatuo_cli.batch.results import RESULTS_NAME, BatchState, read_jsonl
 from huatuo_cli.batch.runner import run_batch
-from huatuo_cli.bundle import MANIFEST_NAME, load_bundle
+from huatuo_cli.bundles.bundle import MANIFEST_NAME, load_bundle
 from huatuo_cli.cli import cli
-from huatuo_cli.inputs import jobs_from_folder
 from tests.batch_helpers import describe, sample_folder
 from tests.test_bundle import make_bundle
 

@@ -74,7 +74,7 @@ def test_install_with_no_network_then_ask_natively_and_on_an_older_cpu(artifact,
     (bundle,) = models.iterdir()
     huatuo = prefix / "bin" / "huatuo"
     python = huatuo.resolve().parent / "python"
-    scan = subprocess.run([str(python), "-m", "huatuo_cli.samples", "scan"], capture_output=True, text=True,
+    scan = subprocess.run([str(python), "-m", "demo.samples", "scan"], capture_output=True, text=True,
                           check=True).stdout.strip()
     env = offline_env(home)
 

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from huatuo_cli.answering.inputs import jobs_from_folder
 from huatuo_cli.batch.progress import PlainProgress
 from huatuo_cli.batch.results import LOCK_NAME, RESULTS_NAME, read_jsonl
 from huatuo_cli.batch.runner import run_batch
 from huatuo_cli.cli import cli
 from huatuo_cli.errors import HuatuoError
-from huatuo_cli.inputs import jobs_from_folder
 from tests.batch_helpers import describe, sample_folder
 
 QUESTIONS = ["Describe the image.", "Any abnormality?"]
@@ -147,7 +147,7 @@ def test_the_answer_service_applies_the_question_rules_and_audits_every_outcome(
     from PIL import Image
 
     from huatuo_cli import audit
-    from huatuo_cli.answering import AnswerService, Stopped
+    from huatuo_cli.answering.service import AnswerService, Stopped
     from huatuo_cli.engine.llm import Sampling
     from huatuo_cli.engine.session import Conversation
 

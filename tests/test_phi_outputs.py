@@ -14,11 +14,11 @@ from pathlib import Path
 from click.testing import CliRunner
 from pydicom.data import get_testdata_file
 
+from huatuo_cli.answering.inputs import jobs_from_folder
 from huatuo_cli.batch.progress import PlainProgress
 from huatuo_cli.batch.runner import _reason, run_batch
-from huatuo_cli.bundle import BUNDLE_DIR_MODE, BUNDLE_FILE_MODE
+from huatuo_cli.bundles.bundle import BUNDLE_DIR_MODE, BUNDLE_FILE_MODE
 from huatuo_cli.cli import cli
-from huatuo_cli.inputs import jobs_from_folder
 from tests.batch_helpers import describe
 
 NAME = b"CompressedSamples^CT1"

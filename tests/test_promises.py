@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from huatuo_cli.answering.jobs import Job
 from huatuo_cli.batch.progress import PlainProgress
 from huatuo_cli.batch.results import ERRORS_NAME, read_jsonl
 from huatuo_cli.batch.runner import run_batch
+from huatuo_cli.engine.prompt import IMAGE_PLACEHOLDER, USER_MARKER, Turn, render
 from huatuo_cli.errors import HuatuoError
-from huatuo_cli.jobs import Job
-from huatuo_cli.prompt import IMAGE_PLACEHOLDER, USER_MARKER, Turn, render
 from tests.test_batch_runner import Counting
 
 # -- prompt: users cannot forge images or turns (mutation: prompt.moderate returns its input) -----------
@@ -152,7 +152,7 @@ def test_sampling_options_reach_the_engine_unchanged():
     import click
     from click.testing import CliRunner
 
-    from huatuo_cli.model_options import sampling_options
+    from huatuo_cli.answering.model_options import sampling_options
 
     got = {}
 
@@ -178,7 +178,7 @@ def test_importing_imaging_leaves_pydicom_settings_alone_and_the_cli_sets_them()
     code = (
         "import pydicom.config as c\n"
         "before = c.settings.reading_validation_mode\n"
-        "import huatuo_cli.imaging, huatuo_cli.imaging.dicomio, huatuo_cli.inputs\n"
+        "import huatuo_cli.imaging, huatuo_cli.imaging.dicomio, huatuo_cli.answering.inputs\n"
         "assert c.settings.reading_validation_mode == before != c.IGNORE, 'import changed pydicom settings'\n"
         "from click.testing import CliRunner\n"
         "from huatuo_cli.cli import cli\n"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from huatuo_cli.engine.llm import LlamaEngine
-from huatuo_cli.prompt import Turn, moderate, render, split_at_images
+from huatuo_cli.engine.prompt import Turn, moderate, render, split_at_images
 from huatuo_convert.reference import LlavaReference
 from tests.test_engine_generation import convert_gguf
 

@@ -21,12 +21,12 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from huatuo_cli.bundle import load_bundle
+from huatuo_cli.bundles.bundle import load_bundle
 from huatuo_cli.cli import cli
 from huatuo_cli.engine.encoder import ImageEncoder
+from huatuo_cli.engine.gguf_tokens import MARKERS_KEY, encode_chunks
 from huatuo_cli.engine.preprocess import preprocess
-from huatuo_cli.gguf_tokens import MARKERS_KEY, encode_chunks
-from huatuo_cli.prompt import Turn, encode_prompt, render, tokenizer_calls
+from huatuo_cli.engine.prompt import Turn, encode_prompt, render, tokenizer_calls
 from huatuo_convert.families.llava_qwen2 import QWEN2_TOKENIZER
 from huatuo_convert.reference import LlavaReference
 from huatuo_convert.reference_tokenizer import load_reference_tokenizer

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from huatuo_cli.answering.inputs import jobs_from_folder
 from huatuo_cli.batch.progress import PlainProgress
 from huatuo_cli.batch.results import ERRORS_NAME, read_jsonl
 from huatuo_cli.batch.runner import run_batch
 from huatuo_cli.imaging.scan import scan
-from huatuo_cli.inputs import jobs_from_folder
 from tests.damaged_files import fresh_copy
 from tests.test_batch_runner import QUESTIONS, ROOT, Counting
 

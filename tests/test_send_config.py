@@ -10,9 +10,9 @@ import pydicom
 import pytest
 from click.testing import CliRunner
 
+from huatuo_cli.bundles.locate import config_file
 from huatuo_cli.cli import cli
 from huatuo_cli.errors import HuatuoError
-from huatuo_cli.locate import config_file
 from huatuo_cli.send.destination import Tls, resolve
 from huatuo_cli.send.files import Outgoing
 from huatuo_cli.send.ledger import ledger_dir

@@ -20,8 +20,8 @@ import pytest
 from click.testing import CliRunner
 
 from huatuo_cli.batch.results import ERRORS_NAME, RESULTS_NAME, read_jsonl
+from huatuo_cli.bundles.locate import config_file
 from huatuo_cli.cli import cli
-from huatuo_cli.locate import config_file
 from huatuo_cli.send.destination import resolve
 from huatuo_cli.send.ledger import ledger_dir
 from huatuo_cli.send.sender import Sender

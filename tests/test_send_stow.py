@@ -24,8 +24,8 @@ import pydicom
 import pytest
 from click.testing import CliRunner
 
+from huatuo_cli.bundles.locate import config_file
 from huatuo_cli.cli import cli
-from huatuo_cli.locate import config_file
 from huatuo_cli.send.destination import resolve
 from huatuo_cli.send.sender import Sender
 from tests.orthanc import certificate

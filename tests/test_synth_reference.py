@@ -9,8 +9,8 @@ import torch
 from click.testing import CliRunner
 
 from huatuo_cli.cli import cli
+from huatuo_cli.engine.prompt import Turn, render
 from huatuo_cli.errors import HuatuoError
-from huatuo_cli.prompt import Turn, render
 from huatuo_convert.checkpoint import LlavaCheckpoint
 from huatuo_convert.reference import LlavaReference
 from tests.conftest import LAYOUTS

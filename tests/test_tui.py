@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 
+from demo.samples import sample_file
 from huatuo_cli import audit
 from huatuo_cli.engine.llm import Sampling
 from huatuo_cli.engine.session import Conversation, VisionLanguageModel
 from huatuo_cli.imaging import load_image
 from huatuo_cli.privacy import NOTICE
-from huatuo_cli.samples import sample_file
 from huatuo_cli.tui.app import HuatuoApp, make_app
 from tests.tui_helpers import NAMES, screen_text, select_series, settle, studies_folder
 

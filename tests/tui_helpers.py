@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from huatuo_cli.samples import sample_file, write_sample_studies
+from demo.samples import sample_file, write_sample_studies
 
 #: the pydicom file names in the folder and the patient names some of them carry
 MULTIFRAME = "emri_small.dcm"  # MR, HEAD, 10 frames
@@ -14,7 +14,7 @@ NAMES = ("CompressedSamples", "Lestrade")
 
 
 def studies_folder(root: Path) -> Path:
-    """`python -m huatuo_cli.samples studies` (CT, MR, SC) plus a 10-frame MR of the head."""
+    """`python -m demo.samples studies` (CT, MR, SC) plus a 10-frame MR of the head."""
     write_sample_studies(root)
     (root / "export2" / "cine").mkdir(parents=True)
     shutil.copy(sample_file(MULTIFRAME), root / "export2" / "cine" / "IM0003")

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from huatuo_cli.prompt import PROMPT_FORMAT
+from huatuo_cli.engine.prompt import PROMPT_FORMAT
 
 if TYPE_CHECKING:
     from huatuo_convert.checkpoint import LlavaCheckpoint

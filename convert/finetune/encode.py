@@ -1,6 +1,6 @@
 """A record as token ids and labels, built with the runtime's own prompt code; batches of them.
 
-The prompt of every turn is `huatuo_cli.prompt.render` (what `huatuo ask` sends), tokenized chunk
+The prompt of every turn is `huatuo_cli.engine.prompt.render` (what `huatuo ask` sends), tokenized chunk
 by chunk between images as the runtime and the reference do (`ReferenceTokenizer.encode_chunks`).
 Each image occupies `tokens_per_image` positions holding `IMAGE_TOKEN`; the model puts the
 projected image features there. Labels are `IGNORE` (-100) everywhere except on the answers: the
@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from huatuo_cli.engine.prompt import ASSISTANT_MARKER, Turn, render, tokenizer_calls
 from huatuo_cli.errors import HuatuoError
-from huatuo_cli.prompt import ASSISTANT_MARKER, Turn, render, tokenizer_calls
 from huatuo_convert.reference_tokenizer import ReferenceTokenizer
 
 #: LLaVA's IMAGE_TOKEN_INDEX: never a real token id

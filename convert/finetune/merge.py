@@ -23,9 +23,9 @@ from typing import Any
 import torch
 
 from huatuo_cli.engine.preprocess import PreprocessConfig, preprocess
+from huatuo_cli.engine.prompt import Turn
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.extras import require
-from huatuo_cli.prompt import Turn
 from huatuo_convert.checkpoint import EMBEDDED_TOWER_PREFIX, PROJECTOR_PREFIX, LlavaCheckpoint, PickleTensorFiles
 from huatuo_convert.finetune.encode import prompt_ids
 from huatuo_convert.finetune.loop import RESULT_FILE

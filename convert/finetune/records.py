@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from huatuo_cli.engine.prompt import IMAGE_PLACEHOLDER, MAX_IMAGES, Turn, moderate
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.imaging import load_image
-from huatuo_cli.prompt import IMAGE_PLACEHOLDER, MAX_IMAGES, Turn, moderate
 
 HUMAN, GPT = "human", "gpt"
 #: how many problems are listed before "... and N more"

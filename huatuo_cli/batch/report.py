@@ -23,8 +23,8 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from huatuo_cli.bundles.model_card import card_link_html
 from huatuo_cli.cleantext import clean_text
-from huatuo_cli.model_card import card_link_html
 from huatuo_cli.privacy import NOTICE, private_dir, write_private
 
 THUMBS_DIR = "thumbs"

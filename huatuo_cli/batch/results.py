@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from huatuo_cli.answering.record import SCHEMA, upgrade
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.jsonl import read_jsonl as read_jsonl  # the one JSON-lines reader (audit log too)
 from huatuo_cli.privacy import append_line, open_private_fd, private_dir, write_private
-from huatuo_cli.record import SCHEMA, upgrade
 
 RESULTS_NAME = "results.jsonl"
 ERRORS_NAME = "errors.jsonl"

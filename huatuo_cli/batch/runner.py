@@ -20,23 +20,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from huatuo_cli import audit
+
+# the loop's types live in huatuo_cli.answering.jobs (shared with ask); re-exported for existing callers
+from huatuo_cli.answering.jobs import AnswerFn as AnswerFn
+from huatuo_cli.answering.jobs import BadFile as BadFile
+from huatuo_cli.answering.jobs import DecoderCrash as DecoderCrash
+from huatuo_cli.answering.jobs import FileFailure as FileFailure
+from huatuo_cli.answering.jobs import Job as Job
+from huatuo_cli.answering.jobs import ModelRef
+from huatuo_cli.answering.jobs import StudyInputs as StudyInputs
+from huatuo_cli.answering.record import build_record
 from huatuo_cli.atomic import OutputError
 from huatuo_cli.batch.progress import PlainProgress, Progress
 from huatuo_cli.batch.report import save_thumbnails, study_slug, write_reports
 from huatuo_cli.batch.results import BatchState, locked
 from huatuo_cli.batch.sr import SR_DIR  # noqa: F401  (re-exported: OUT/sr/ holds the SRs)
 from huatuo_cli.errors import HuatuoError, is_data_failure
-
-# the loop's types live in huatuo_cli.jobs (shared with ask); re-exported for existing callers
-from huatuo_cli.jobs import AnswerFn as AnswerFn
-from huatuo_cli.jobs import BadFile as BadFile
-from huatuo_cli.jobs import DecoderCrash as DecoderCrash
-from huatuo_cli.jobs import FileFailure as FileFailure
-from huatuo_cli.jobs import Job as Job
-from huatuo_cli.jobs import ModelRef
-from huatuo_cli.jobs import StudyInputs as StudyInputs
 from huatuo_cli.privacy import private_dir, scrub
-from huatuo_cli.record import build_record
 
 if TYPE_CHECKING:
     from huatuo_cli.send.sender import Outcome
@@ -129,7 +129,7 @@ def load_isolated(job: Job, root: Path | None = None) -> StudyInputs:
 
 def _check_model(state: BatchState, model: ModelRef, allow_model_change: bool) -> None:
     """Refuse to add answers of another model to a results.jsonl: one batch, one model, unless told."""
-    from huatuo_cli.record import model_dict
+    from huatuo_cli.answering.record import model_dict
 
     current = model_dict(model).get("model_sha256")
     earlier = sorted({str(r.get("model", {}).get("model_sha256")) for r in state.results} - {str(current)})
@@ -346,7 +346,7 @@ def _send_sr(state: BatchState, job: Job, send_sr: Callable[[Path], Outcome], su
 
 
 def _audit(command: str, model: ModelRef, job: Job, question: str, chars: int, outcome: str) -> None:
-    from huatuo_cli.record import model_dict
+    from huatuo_cli.answering.record import model_dict
 
     audit.record(command, model_sha256=model_dict(model).get("model_sha256"), study_id=job.audit_id or job.key,
                  question=question, answer_chars=chars, outcome=outcome)

@@ -16,10 +16,10 @@ import numpy as np
 from PIL import Image
 
 from huatuo_cli.engine.preprocess import PreprocessConfig, preprocess
+from huatuo_cli.engine.prompt import MAX_IMAGES
 from huatuo_cli.engine.providers import CUDA, TENSORRT, fallback_note, plan_providers
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.extras import require
-from huatuo_cli.prompt import MAX_IMAGES
 
 FP32_NAME = "vision-fp32.onnx"
 FP16_NAME = "vision-fp16.onnx"

@@ -22,9 +22,9 @@ import numpy as np
 
 from huatuo_cli.engine import cpu_backend
 from huatuo_cli.engine.llama_handles import context_handle, model_handle
+from huatuo_cli.engine.prompt import DEFAULT_FORMAT
 from huatuo_cli.engine.threads import BusyElsewhere, default_threads, threads_for_now
 from huatuo_cli.errors import HuatuoError
-from huatuo_cli.prompt import DEFAULT_FORMAT
 
 #: One prompt segment: token ids (a text chunk) or an image's embeddings [tokens, n_embd].
 Segment = Union[list[int], np.ndarray]
@@ -156,8 +156,8 @@ class LlamaEngine:
     # -- text ------------------------------------------------------------------------------------
     def tokenize(self, prompt: str) -> list[list[int]]:
         """Token ids of each text chunk between `<image>` markers, exactly as the converter's
-        parity check tokenized them (`huatuo_cli.gguf_tokens`)."""
-        from huatuo_cli.gguf_tokens import encode_chunks
+        parity check tokenized them (`huatuo_cli.engine.gguf_tokens`)."""
+        from huatuo_cli.engine.gguf_tokens import encode_chunks
 
         return encode_chunks(self.llm, prompt)
 

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from huatuo_cli import APP_NAME
+from huatuo_cli.engine.prompt import MAX_IMAGES  # the TensorRT profile covers exactly 1..MAX_IMAGES
 from huatuo_cli.errors import HuatuoError
-from huatuo_cli.prompt import MAX_IMAGES  # the TensorRT profile covers exactly 1..MAX_IMAGES
 
 TENSORRT = "TensorrtExecutionProvider"
 CUDA = "CUDAExecutionProvider"

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from huatuo_cli.bundle import Bundle, Manifest, load_bundle
+from huatuo_cli.bundles.bundle import Bundle, Manifest, load_bundle
 from huatuo_cli.engine.llm import POSITION_SCHEMES, Generation, LlamaEngine, Sampling, Segment
 from huatuo_cli.engine.preprocess import PREPROCESSING
+from huatuo_cli.engine.prompt import Turn, prompt_format
 from huatuo_cli.errors import HuatuoError
-from huatuo_cli.prompt import Turn, prompt_format
 
 
 def interleave(token_chunks: Sequence[list[int]], image_embeds: Sequence[np.ndarray]) -> list[Segment]:

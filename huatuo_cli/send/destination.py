@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from huatuo_cli.bundles.locate import config_file
 from huatuo_cli.errors import HuatuoError
-from huatuo_cli.locate import config_file
 
 #: our AE title when neither the config table nor --ae-title gives one
 DEFAULT_AE_TITLE = "HUATUO"

@@ -21,12 +21,12 @@ from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Tree
 
-from huatuo_cli.answering import AnswerService
+from huatuo_cli.answering.service import AnswerService
 from huatuo_cli.engine.llm import Sampling
+from huatuo_cli.engine.prompt import check_question
 from huatuo_cli.engine.session import VisionLanguageModel
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.imaging import ScanResult, load_image, scan
-from huatuo_cli.prompt import check_question
 from huatuo_cli.tui.browse import WINDOW_CYCLE, View
 from huatuo_cli.tui.chat import ChatPane
 from huatuo_cli.tui.help import HelpScreen
@@ -144,7 +144,7 @@ class HuatuoApp(App[None]):
 
     @work(thread=True, exclusive=True, group="model", exit_on_error=False)
     def load_model(self) -> None:
-        from huatuo_cli.locate import find_bundle
+        from huatuo_cli.bundles.locate import find_bundle
 
         self.call_from_thread(self.status.set_model, None, "loading…")
         try:  # an audit trail that cannot be written refuses the model: nothing could be answered unaudited
@@ -330,7 +330,7 @@ class HuatuoApp(App[None]):
     def action_card(self) -> None:
         """The bundle's model card (what the model is, what it is for and not for), read and hash-
         checked by the same code as `huatuo models info`."""
-        from huatuo_cli.model_card import read_bundle_card, summary_lines
+        from huatuo_cli.bundles.model_card import read_bundle_card, summary_lines
 
         if self.model is None:
             self.notify("no model loaded: browsing only (start with --model BUNDLE)", severity="warning")
@@ -370,8 +370,8 @@ def make_app(folder: str | Path = ".", *, model: str | Path | None = None, load_
              sampling: Sampling | None = None, device: str = "auto", vision: str = "onnx",
              threads: int | None = None) -> HuatuoApp:
     """The one way to build the app (CLI and tests): DIR to browse, the bundle (`--model` rules of
-    `huatuo_cli.locate`; none with `load_model=False`), how to draw images (huatuo_cli.tui.GRAPHICS),
-    where exports go, how to decode and where the engines run (`huatuo_cli.model_options`)."""
+    `huatuo_cli.bundles.locate`; none with `load_model=False`), how to draw images (huatuo_cli.tui.GRAPHICS),
+    where exports go, how to decode and where the engines run (`huatuo_cli.answering.model_options`)."""
     return HuatuoApp(Path(folder), model=model, load_model=load_model, graphics=graphics,
                      export_dir=Path(export_dir) if export_dir else None, sampling=sampling, device=device,
                      vision=vision, threads=threads)

@@ -1,7 +1,7 @@
 """The conversation about one study: questions to the engine, answers streamed, audit, export.
 
 No textual here either: the chat pane shows what this module returns. Answers come through the
-same `huatuo_cli.answering.AnswerService` `huatuo ask` uses (question rules, audit of every answer,
+same `huatuo_cli.answering.service.AnswerService` `huatuo ask` uses (question rules, audit of every answer,
 stopped or failed ones included), on the one image the viewer shows (the reader sees exactly what
 the model sees).
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from huatuo_cli.answering import AnswerService, Stopped
+from huatuo_cli.answering.service import AnswerService, Stopped
 from huatuo_cli.engine.session import Conversation
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.privacy import NOTICE, write_private

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from huatuo_cli.answering.model_options import device_option, images_option, model_option, sampling_options
+from huatuo_cli.engine.prompt import check_question
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.imaging.options import frame_option, overlays_option, window_option
-from huatuo_cli.model_options import device_option, images_option, model_option, sampling_options
 from huatuo_cli.privacy import NOTICE
-from huatuo_cli.prompt import check_question
 
 if TYPE_CHECKING:
     from huatuo_cli.engine.llm import Sampling
@@ -50,12 +50,12 @@ def ask(paths: tuple[Path, ...], question: str, model_path: str | None, window: 
       huatuo ask -i mri/ "What sequence is this?"
     """
     from huatuo_cli import audit
-    from huatuo_cli.answering import AnswerService
+    from huatuo_cli.answering.inputs import inputs_from_paths
+    from huatuo_cli.answering.record import build_record
+    from huatuo_cli.answering.service import AnswerService
+    from huatuo_cli.bundles.locate import find_bundle
     from huatuo_cli.engine.session import Conversation
     from huatuo_cli.errors import HuatuoError
-    from huatuo_cli.inputs import inputs_from_paths
-    from huatuo_cli.locate import find_bundle
-    from huatuo_cli.record import build_record
 
     question = check_question(question)
     bundle = find_bundle(model_path)

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from huatuo_cli.bundle import sha256_file
+from huatuo_cli.answering.jobs import BadFile, FileFailure, Job, StudyInputs
+from huatuo_cli.bundles.bundle import sha256_file
+from huatuo_cli.engine.prompt import MAX_IMAGES
 from huatuo_cli.errors import HuatuoError, is_data_failure
-from huatuo_cli.jobs import BadFile, FileFailure, Job, StudyInputs
-from huatuo_cli.prompt import MAX_IMAGES
 
 if TYPE_CHECKING:
     import numpy as np

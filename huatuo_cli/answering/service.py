@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING
 from PIL import Image
 
 from huatuo_cli import audit
-from huatuo_cli.jobs import AnswerFn
-from huatuo_cli.prompt import check_question
-from huatuo_cli.record import Answer, answer_from_generation
+from huatuo_cli.answering.jobs import AnswerFn
+from huatuo_cli.answering.record import Answer, answer_from_generation
+from huatuo_cli.engine.prompt import check_question
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from huatuo_cli.bundle import Bundle
+    from huatuo_cli.bundles.bundle import Bundle
     from huatuo_cli.engine.llm import Sampling
     from huatuo_cli.engine.session import Conversation, VisionLanguageModel
 

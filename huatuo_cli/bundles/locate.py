@@ -11,7 +11,7 @@ from pathlib import Path
 import platformdirs
 
 from huatuo_cli import APP_NAME as APP
-from huatuo_cli.bundle import MANIFEST_NAME
+from huatuo_cli.bundles.bundle import MANIFEST_NAME
 from huatuo_cli.errors import HuatuoError
 
 ENV_MODEL = "HUATUO_MODEL"

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any, Union
 
 from PIL import Image
 
+from huatuo_cli.answering.record import Answer
 from huatuo_cli.errors import HuatuoError
-from huatuo_cli.record import Answer
 
 if TYPE_CHECKING:
     import numpy as np

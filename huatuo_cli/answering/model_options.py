@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from huatuo_cli.prompt import MAX_IMAGES
+from huatuo_cli.engine.prompt import MAX_IMAGES
 
 if TYPE_CHECKING:
     from huatuo_cli.engine.llm import Sampling

@@ -9,10 +9,10 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from huatuo_cli.bundle import VerifiedCache, check_metadata, read_manifest, verify_files, verify_signature
+from huatuo_cli.bundles.bundle import VerifiedCache, check_metadata, read_manifest, verify_files, verify_signature
+from huatuo_cli.bundles.locate import find_bundle, installed_bundles, models_dirs
+from huatuo_cli.bundles.model_card import read_bundle_card, summary_lines
 from huatuo_cli.errors import HuatuoError
-from huatuo_cli.locate import find_bundle, installed_bundles, models_dirs
-from huatuo_cli.model_card import read_bundle_card, summary_lines
 
 
 @click.group()

@@ -35,13 +35,13 @@ def write_sample_studies(dest: Path) -> Path:
 
 
 def main(argv: list[str]) -> None:
-    """`python -m huatuo_cli.samples scan` prints a sample scan's path; `studies DEST` writes a folder."""
+    """`python -m demo.samples scan` prints a sample scan's path; `studies DEST` writes a folder."""
     if argv[:1] == ["scan"]:
         print(sample_file())
     elif argv[:1] == ["studies"] and len(argv) == 2:
         print(write_sample_studies(Path(argv[1])))
     else:
-        sys.exit("usage: python -m huatuo_cli.samples scan | studies DEST")
+        sys.exit("usage: python -m demo.samples scan | studies DEST")
 
 
 if __name__ == "__main__":

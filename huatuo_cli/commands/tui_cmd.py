@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from huatuo_cli.model_options import device_option, model_option, sampling_options
+from huatuo_cli.answering.model_options import device_option, model_option, sampling_options
 from huatuo_cli.tui import GRAPHICS
 
 if TYPE_CHECKING:

@@ -35,8 +35,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from huatuo_cli.engine.prompt import TEMPLATE_MARKERS, encode_prompt
 from huatuo_cli.errors import HuatuoError
-from huatuo_cli.prompt import TEMPLATE_MARKERS, encode_prompt
 
 CHUNK_PREFIX_KEY = "huatuo.tokenizer.chunk_prefix"
 MARKERS_KEY = "huatuo.tokenizer.markers"

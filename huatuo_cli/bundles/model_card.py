@@ -15,7 +15,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from huatuo_cli.bundle import Bundle, Manifest, sha256_file
+from huatuo_cli.bundles.bundle import Bundle, Manifest, sha256_file
 from huatuo_cli.errors import HuatuoError
 
 CARD_NAME = "MODEL_CARD.md"

@@ -19,8 +19,8 @@ from typing import Any
 
 from huatuo_cli import APP_NAME
 from huatuo_cli.atomic import write_atomic
+from huatuo_cli.engine.gguf_tokens import MARKERS_KEY
 from huatuo_cli.errors import HuatuoError
-from huatuo_cli.gguf_tokens import MARKERS_KEY
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 2  # 2: `model_id` (the folder name at conversion) renamed `bundle_name`
@@ -349,8 +349,8 @@ def load_bundle(root: Path | str, *, verify: bool = True, use_cache: bool = True
 
 def verify_signature(root: Path, manifest_sha256: str) -> str | None:
     """The trusted key that signed the manifest `read_manifest` hashed (None: no key trusted, nothing
-    enforced); HuatuoError for a missing or bad signature (`huatuo_cli.signing`)."""
-    from huatuo_cli.signing import check_signature
+    enforced); HuatuoError for a missing or bad signature (`huatuo_cli.bundles.signing`)."""
+    from huatuo_cli.bundles.signing import check_signature
 
     raw = (Path(root) / MANIFEST_NAME).read_bytes()
     if hashlib.sha256(raw).hexdigest() != manifest_sha256:

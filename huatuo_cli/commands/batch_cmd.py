@@ -7,15 +7,15 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from huatuo_cli.answering.model_options import device_option, images_option, model_option, sampling_options
+from huatuo_cli.engine.prompt import check_question
 from huatuo_cli.imaging.options import frame_option, overlays_option, window_option
-from huatuo_cli.model_options import device_option, images_option, model_option, sampling_options
 from huatuo_cli.privacy import NOTICE, writable_folder
-from huatuo_cli.prompt import check_question
 
 if TYPE_CHECKING:
+    from huatuo_cli.answering.jobs import AnswerFn
     from huatuo_cli.engine.llm import Sampling
     from huatuo_cli.engine.session import ModelInfo
-    from huatuo_cli.jobs import AnswerFn
     from huatuo_cli.send.sender import Sender
 
 
@@ -121,12 +121,12 @@ def batch(ctx: click.Context, folder: Path | None, out: Path, question: tuple[st
       huatuo batch --from main --since 2026-11-24 --out run4 -q "Describe the findings." --sr --send main
     """
     from huatuo_cli import audit
-    from huatuo_cli.answering import AnswerService, model_answerer
+    from huatuo_cli.answering.inputs import jobs_from_folder
+    from huatuo_cli.answering.service import AnswerService, model_answerer
     from huatuo_cli.batch.progress import make_progress
     from huatuo_cli.batch.runner import EXIT_INTERRUPTED, run_batch
-    from huatuo_cli.inputs import jobs_from_folder
-    from huatuo_cli.locate import find_bundle
-    from huatuo_cli.model_card import copy_card_to
+    from huatuo_cli.bundles.locate import find_bundle
+    from huatuo_cli.bundles.model_card import copy_card_to
 
     asked = read_questions(question, questions_file)
     _check_source(folder, from_pacs, study_uids, since)
