@@ -13,9 +13,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from demo.samples import write_sample_studies
-from huatuo_cli.engine.llm import Sampling
-from huatuo_cli.tui.app import make_app
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # demo/ (the samples) is not installed
+
+from demo.samples import write_sample_studies  # noqa: E402
+from huatuo_cli.engine.llm import Sampling  # noqa: E402
+from huatuo_cli.tui.app import make_app  # noqa: E402
 
 
 async def shoot(bundle: Path, out: Path) -> None:
