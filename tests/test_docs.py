@@ -84,3 +84,44 @@ def test_cli_reference_is_current():
     proc = subprocess.run([sys.executable, "-m", "cogapp", "--check", "docs/cli.md"], cwd=ROOT,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr + "\nrun: .venv/bin/cog -r docs/cli.md"
+
+
+ARCHITECTURE = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+
+
+def _architecture_names() -> list[str]:
+    return re.findall(r"`([^`\s]+)`", ARCHITECTURE)
+
+
+def test_architecture_names_the_tree():
+    """docs/architecture.md: every path and module it names exists; every package of huatuo_cli/ and convert/
+    is named there."""
+    files = tracked()
+    existing = set(files) | {str(Path(f).parents[i]) for f in files for i in range(len(Path(f).parents) - 1)}
+    roots = {f.split("/")[0] for f in files if "/" in f}
+    names = _architecture_names()
+    paths = {n.rstrip("/") for n in names if "/" in n and n.split("/")[0] in roots}
+    assert not sorted(paths - existing), "docs/architecture.md names paths that do not exist"
+    folder = {"huatuo_cli": "huatuo_cli", "huatuo_convert": "convert"}
+    dotted = [n for n in names if n.split(".")[0] in folder and "." in n]
+    gone = [n for n in dotted
+            if not any(Path(ROOT, folder[n.split(".")[0]], *n.split(".")[1:k]).with_suffix(".py").is_file()
+                       or (ROOT / folder[n.split(".")[0]] / Path(*n.split(".")[1:k]) / "__init__.py").is_file()
+                       for k in range(2, n.count(".") + 2))]
+    assert not gone, f"docs/architecture.md names modules that do not exist: {gone}"
+    packages = {str(Path(f).parent) for f in files if f.endswith("/__init__.py") and f.split("/")[0] in ("huatuo_cli", "convert")}
+    assert not sorted(packages - paths), "docs/architecture.md misses packages"
+
+
+def test_architecture_layers_are_the_contract():
+    """The table of docs/architecture.md "Layers of the runtime", row by row, is pyproject's layers contract."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    (contract,) = [c for c in config["tool"]["importlinter"]["contracts"] if c["type"] == "layers"]
+    assert contract["containers"] == ["huatuo_cli"] and contract.get("exhaustive") is True
+    contract_layers = [{name.strip() for name in layer.split("|")} for layer in contract["layers"]]
+    section = ARCHITECTURE.split("\n## Layers of the runtime\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split(" | ", 1)[0] for line in section.splitlines() if line.startswith("| `")]
+    doc_layers = [{re.sub(r"^huatuo_cli/|\.py$|/$", "", p) for p in re.findall(r"`([^`]+)`", row)} for row in rows]
+    assert doc_layers == contract_layers
