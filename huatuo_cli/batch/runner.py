@@ -1,7 +1,7 @@
 """The batch loop: every pending question of every study, one failure never stopping the rest.
 
 The loop knows nothing about models or DICOM decoding: it gets jobs (a PHI-free key plus a
-function that decodes the study's images) and an answer function `answer(images, question) ->
+function that decodes the study's images) and an answer function `answer(images, question, study_id) ->
 Answer`, made once per batch by `make_answerer` and only when some question is still pending (a
 finished batch rerun loads no model). That boundary is what lets the engine, a test double or a
 benchmark stand behind it unchanged.
