@@ -46,7 +46,7 @@ def sample_folder(root: Path, *, truncated: bool = True, text_file: bool = True)
     return root
 
 
-def describe(images: list, question: str) -> Answer:
+def describe(images: list, question: str, study_id: str | None = None) -> Answer:
     """Answer from the pixels: deterministic and image-dependent."""
     arr = np.asarray(images[0], dtype=np.float64)
     text = f"{question} -> {arr.shape[1]}x{arr.shape[0]} mean {arr.mean():.2f}"
@@ -54,7 +54,7 @@ def describe(images: list, question: str) -> Answer:
 
 
 def slow_describe(delay: float):
-    def answer(images: list, question: str) -> Answer:
+    def answer(images: list, question: str, study_id: str | None = None) -> Answer:
         time.sleep(delay)
         return describe(images, question)
 

@@ -189,7 +189,7 @@ def test_a_second_batch_into_the_same_out_is_refused_while_the_first_runs(tmp_pa
     out = tmp_path / "out"
     started, release = threading.Event(), threading.Event()
 
-    def slow(images, question):
+    def slow(images, question, study_id=None):
         started.set()
         release.wait(30)
         from tests.batch_helpers import describe

@@ -121,7 +121,7 @@ def batch(ctx: click.Context, folder: Path | None, out: Path, question: tuple[st
       huatuo batch --from main --since 2026-11-24 --out run4 -q "Describe the findings." --sr --send main
     """
     from huatuo_cli import audit
-    from huatuo_cli.answering import AnswerService, model_answerer
+    from huatuo_cli.answering import AnswerService
     from huatuo_cli.batch.progress import make_progress
     from huatuo_cli.batch.runner import EXIT_INTERRUPTED, run_batch
     from huatuo_cli.inputs import jobs_from_folder
@@ -149,7 +149,7 @@ def batch(ctx: click.Context, folder: Path | None, out: Path, question: tuple[st
                                      threads=threads)
         loaded.append(service)
         copy_card_to(service.model.bundle, out)  # report.html links to the (verified) model card beside it
-        return model_answerer(service.model, sampling), service.model.info
+        return service.study_answerer(), service.model.info
 
     try:
         summary = run_batch(jobs, asked, out, make_answerer, write_srs=write_srs, progress=make_progress(), root=root,
