@@ -27,6 +27,7 @@ from huatuo_cli.engine.preprocess import PreprocessConfig
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.extras import require
 from huatuo_cli.privacy import append_line, write_private
+from huatuo_convert.atomic import atomic_folder, write_text_atomic
 from huatuo_convert.checkpoint import LlavaCheckpoint
 from huatuo_convert.finetune import state as ckpt_state
 from huatuo_convert.finetune.dataset import Item, Samples, encode_file
@@ -134,7 +135,7 @@ def train(s: Settings, *, log: Callable[[str], None] = lambda m: print(m, file=s
     accelerator.wait_for_everyone()  # every process has checked OUT before the main one writes to it
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / RUN_FILE).write_text(json.dumps(run, indent=2))
+        write_text_atomic(out / RUN_FILE, json.dumps(run, indent=2))
     pre = PreprocessConfig.from_dict(ckpt.preprocessor_config, pad_to_square=ckpt.config.get("image_aspect_ratio", "pad") == "pad")
 
     base_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
@@ -242,8 +243,9 @@ def train(s: Settings, *, log: Callable[[str], None] = lambda m: print(m, file=s
               "final_train_loss": last_loss,
               "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
     if main:
-        accelerator.unwrap_model(model).save_pretrained(str(out / ckpt_state.ADAPTER))
-        (out / RESULT_FILE).write_text(json.dumps(result, indent=2))
+        with atomic_folder(out / ckpt_state.ADAPTER, force=True) as adapter:  # a rerun's finish replaces it
+            accelerator.unwrap_model(model).save_pretrained(str(adapter))
+        write_text_atomic(out / RESULT_FILE, json.dumps(result, indent=2))  # last: `merge` reads it as "finished"
         say(f"trained {step} steps: loss {last_loss:.4f}" + (f", eval loss {eval_loss:.4f}" if eval_loss is not None else "")
             + f"; adapters in {out / ckpt_state.ADAPTER}")
     return result
