@@ -28,8 +28,8 @@ from huatuo_cli.batch.runner import Job, run_batch
 from huatuo_cli.batch.sr import write_sr
 from huatuo_cli.cli import cli
 from huatuo_cli.inputs import jobs_from_folder
-from tests.batch_helpers import sample_folder
-from tests.test_batch_runner import ROOT, Counting, assert_no_phi
+from tests.batch_helpers import Counting, assert_no_phi, sample_folder
+from tests.paths import ROOT
 
 QUESTIONS = ["Describe the image.", "Any abnormality?"]
 

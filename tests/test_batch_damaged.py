@@ -28,9 +28,9 @@ from huatuo_cli.batch.runner import EXIT_SOME_FAILED, Job, run_batch
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.imaging.scan import scan
 from huatuo_cli.inputs import jobs_from_folder
-from tests.batch_helpers import sample_folder
+from tests.batch_helpers import MODEL, QUESTIONS, Counting, sample_folder
 from tests.damaged_files import RESCALE_SLOPE, fresh_copy, good_copy, rle_panic, truncated_pixels, unknown_vr
-from tests.test_batch_runner import MODEL, QUESTIONS, ROOT, Counting
+from tests.paths import ROOT
 
 DECODING_NAME = ".decoding"  # the marker a run leaves while it decodes a study (huatuo_cli.batch.results)
 

@@ -24,52 +24,14 @@ from huatuo_cli.batch.results import ERRORS_NAME, RESULTS_NAME, read_jsonl
 from huatuo_cli.batch.runner import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, SR_DIR, Job, run_batch
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.inputs import jobs_from_folder
-from tests.batch_helpers import SAMPLES, describe, sample_folder
-
-QUESTIONS = ["Describe the image.", "Any abnormality?"]
-MODEL = {"model_sha256": "m" * 64, "bundle": "test", "vision_provider": "CPUExecutionProvider"}
-ROOT = Path(__file__).resolve().parents[1]
-
-
-class Counting:
-    """make_answerer double that counts model loads and answers."""
-
-    def __init__(self, fn=describe):
-        self.loads = 0
-        self.calls = 0
-        self.fn = fn
-
-    def __call__(self):
-        self.loads += 1
-
-        def answer(images, question, study_id=None):
-            self.calls += 1
-            return self.fn(images, question)
-
-        return answer, MODEL
+from tests.batch_helpers import MODEL, QUESTIONS, Counting, assert_no_phi, describe, sample_folder
+from tests.paths import ROOT
 
 
 def expected(root: Path) -> dict[tuple[str, str], str]:
     return {(j.key, q): describe(j.load().images, q).text
             for j in jobs_from_folder(root) if isinstance(j, Job) and j.sources[0].parent.name != "broken"
             for q in QUESTIONS}
-
-
-def phi_strings(root: Path) -> list[str]:
-    found = [s for pair in SAMPLES.values() for s in pair]
-    for path in root.rglob("*"):
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except Exception:
-            continue
-        found += [str(ds.StudyInstanceUID), str(ds.SOPInstanceUID)]
-    return found + [str(root)]
-
-
-def assert_no_phi(texts: list[str], root: Path) -> None:
-    for needle in phi_strings(root):
-        for text in texts:
-            assert needle not in text, f"PHI {needle[:8]}... leaked"
 
 
 def test_all_ok_exit_0_and_model_loaded_once(tmp_path):

@@ -16,7 +16,7 @@ from huatuo_cli.batch.runner import run_batch
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.jobs import Job
 from huatuo_cli.prompt import IMAGE_PLACEHOLDER, USER_MARKER, Turn, render
-from tests.test_batch_runner import Counting
+from tests.batch_helpers import Counting
 
 # -- prompt: users cannot forge images or turns (mutation: prompt.moderate returns its input) -----------
 
