@@ -144,7 +144,7 @@ STEPS = (("huatuo_cli/bundles/bundle.py", "load_bundle"), ("huatuo_cli/answering
          ("huatuo_cli/engine/llm.py", "tokenize"), ("huatuo_cli/engine/llm.py", "choose_token"),
          ("huatuo_cli/engine/llm.py", "piece"), ("huatuo_cli/batch/report.py", "save_thumbnails"),
          ("huatuo_cli/answering/record.py", "build_record"), ("huatuo_cli/batch/results.py", "add_result"),
-         ("huatuo_cli/batch/runner.py", "_audit"), ("huatuo_cli/batch/report.py", "write_reports"))
+         ("huatuo_cli/answering/service.py", "_record"), ("huatuo_cli/batch/report.py", "write_reports"))
 
 
 def step_times(profiler: cProfile.Profile) -> list[tuple[str, float, int]]:

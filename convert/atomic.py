@@ -16,5 +16,6 @@ from huatuo_cli.atomic import check_target as check_target
 from huatuo_cli.atomic import clean_leftovers as clean_leftovers
 from huatuo_cli.atomic import fsync_file as fsync_file
 from huatuo_cli.atomic import output_error as output_error
+from huatuo_cli.atomic import refuse_existing as refuse_existing
 from huatuo_cli.atomic import temp_path as temp_path
 from huatuo_cli.atomic import write_text_atomic as write_text_atomic

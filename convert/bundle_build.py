@@ -18,7 +18,7 @@ from typing import Any
 from huatuo_cli.bundles.bundle import Manifest, apply_bundle_modes, describe_files, write_manifest
 from huatuo_cli.bundles.model_card import CARD_NAME, CARD_ROLE, MANIFEST_KEY
 from huatuo_cli.errors import HuatuoError
-from huatuo_convert.atomic import atomic_folder
+from huatuo_convert.atomic import atomic_folder, refuse_existing
 from huatuo_convert.bundle_card import render_bundle_card, render_unidentified_card
 from huatuo_convert.checkpoint import LlavaCheckpoint
 from huatuo_convert.gguf_verify import tokenizer_report
@@ -102,8 +102,7 @@ def build_bundle(
     from huatuo_convert.reference import LlavaReference
 
     out = Path(out)
-    if out.exists() and not force:
-        raise HuatuoError(f"{out} already exists", hint="pass --force to replace it")
+    refuse_existing(out, force=force)
     if not out.parent.is_dir():
         raise HuatuoError(f"folder {out.parent} does not exist")
     card_match = identify(Path(src))  # before any work: an unsupported model or a bad fine-tune record stops here

@@ -25,7 +25,7 @@ import numpy as np
 
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.extras import require
-from huatuo_convert.atomic import atomic_output, write_text_atomic
+from huatuo_convert.atomic import atomic_output, refuse_existing, write_text_atomic
 from huatuo_convert.checkpoint import LlavaCheckpoint
 
 #: CLIPVisionModel state-dict name -> GGUF name; `None` = deliberately not written. Anything
@@ -76,8 +76,7 @@ def write_mmproj(src: Path | str | LlavaCheckpoint, out: Path | str, *, ftype: s
     """Write the mmproj GGUF to `out` (must not exist); returns the path."""
     gguf = require("gguf")
     out = Path(out)
-    if out.exists():
-        raise HuatuoError(f"output {out} already exists", hint="choose a new file name or remove it")
+    refuse_existing(out, hint="choose a new file name or remove it")
     if ftype not in FTYPES:
         raise HuatuoError(f"unknown mmproj type '{ftype}'", hint=f"one of {', '.join(FTYPES)}")
     ckpt = src if isinstance(src, LlavaCheckpoint) else LlavaCheckpoint.open(src)
@@ -188,8 +187,8 @@ def convert_mmproj(src: Path | str | LlavaCheckpoint, out: Path | str, *, ftype:
     `sidecar=False`: the bundle builder keeps the figures in manifest.json); all or nothing."""
     out = Path(out)
     record = fidelity_path(out)
-    if sidecar and record.exists():
-        raise HuatuoError(f"output {record} already exists", hint="choose a new file name or remove it")
+    if sidecar:
+        refuse_existing(record, hint="choose a new file name or remove it")
     ckpt = src if isinstance(src, LlavaCheckpoint) else LlavaCheckpoint.open(src)
     write_mmproj(ckpt, out, ftype=ftype)
     try:

@@ -23,7 +23,7 @@ from huatuo_cli.engine.encoder import FP16_NAME, FP32_NAME, PREPROCESSOR_NAME
 from huatuo_cli.engine.providers import INPUT_NAME
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.extras import require
-from huatuo_convert.atomic import atomic_folder
+from huatuo_convert.atomic import atomic_folder, refuse_existing
 from huatuo_convert.checkpoint import LlavaCheckpoint
 from huatuo_convert.onnx_validate import Tolerance, validate_onnx, validation_pixels
 from huatuo_convert.reference import VisionEncoder, build_vision
@@ -117,8 +117,7 @@ def export_vision(
     """
     torch = require("torch")
     out = Path(out)
-    if out.exists():
-        raise HuatuoError(f"output {out} already exists", hint="choose a new folder or remove it")
+    refuse_existing(out, hint="choose a new folder or remove it")
     ckpt = src if isinstance(src, LlavaCheckpoint) else LlavaCheckpoint.open(src)
     tower = ckpt.vision  # raises a HuatuoError naming what was looked for
     tolerances = {**{graph: Tolerance(min_cosine=cosine) for graph, cosine in ckpt.family.vision_tolerances.items()},

@@ -49,10 +49,20 @@ def fsync_file(path: str | os.PathLike[str]) -> None:
         os.fsync(handle.fileno())
 
 
+#: the hint of `refuse_existing` for the commands that have --force
+FORCE_HINT = "pass --force to replace it"
+
+
+def refuse_existing(out: Path, *, force: bool = False, hint: str | None = None) -> None:
+    """The one "already exists" check of the writers: refuse an existing output unless `force`
+    (a writer without a --force option passes its own `hint`)."""
+    if out.exists() and not force:
+        raise HuatuoError(f"{out} already exists", hint=hint or FORCE_HINT)
+
+
 def check_target(out: Path, force: bool) -> None:
     """Refuse an existing output unless the user asked to replace it."""
-    if out.exists() and not force:
-        raise HuatuoError(f"{out} already exists", hint="pass --force to replace it")
+    refuse_existing(out, force=force)
     if out.is_dir():
         raise HuatuoError(f"{out} is a folder; give a file name")
     if not out.parent.is_dir():
@@ -199,8 +209,7 @@ def atomic_folder(out: Path, *, force: bool = False, mode: int = 0o755) -> Itera
     on any failure it is removed with everything in it. A bundle or a vision folder therefore
     appears complete or not at all."""
     out = Path(out)
-    if out.exists() and not force:
-        raise HuatuoError(f"{out} already exists", hint="pass --force to replace it")
+    refuse_existing(out, force=force)
     if not out.parent.is_dir():
         raise HuatuoError(f"folder {out.parent} does not exist")
     clean_leftovers(out)

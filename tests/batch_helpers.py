@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pydicom
 from pydicom.data import get_testdata_file
 
 from huatuo_cli.answering.record import Answer
@@ -46,7 +47,7 @@ def sample_folder(root: Path, *, truncated: bool = True, text_file: bool = True)
     return root
 
 
-def describe(images: list, question: str) -> Answer:
+def describe(images: list, question: str, study_id: str | None = None) -> Answer:
     """Answer from the pixels: deterministic and image-dependent."""
     arr = np.asarray(images[0], dtype=np.float64)
     text = f"{question} -> {arr.shape[1]}x{arr.shape[0]} mean {arr.mean():.2f}"
@@ -54,8 +55,49 @@ def describe(images: list, question: str) -> Answer:
 
 
 def slow_describe(delay: float):
-    def answer(images: list, question: str) -> Answer:
+    def answer(images: list, question: str, study_id: str | None = None) -> Answer:
         time.sleep(delay)
         return describe(images, question)
 
     return answer
+
+
+QUESTIONS = ["Describe the image.", "Any abnormality?"]
+
+
+MODEL = {"model_sha256": "m" * 64, "bundle": "test", "vision_provider": "CPUExecutionProvider"}
+
+
+class Counting:
+    """make_answerer double that counts model loads and answers."""
+
+    def __init__(self, fn=describe):
+        self.loads = 0
+        self.calls = 0
+        self.fn = fn
+
+    def __call__(self):
+        self.loads += 1
+
+        def answer(images, question, study_id=None):
+            self.calls += 1
+            return self.fn(images, question)
+
+        return answer, MODEL
+
+
+def phi_strings(root: Path) -> list[str]:
+    found = [s for pair in SAMPLES.values() for s in pair]
+    for path in root.rglob("*"):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception:
+            continue
+        found += [str(ds.StudyInstanceUID), str(ds.SOPInstanceUID)]
+    return found + [str(root)]
+
+
+def assert_no_phi(texts: list[str], root: Path) -> None:
+    for needle in phi_strings(root):
+        for text in texts:
+            assert needle not in text, f"PHI {needle[:8]}... leaked"

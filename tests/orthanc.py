@@ -25,6 +25,8 @@ from typing import Any
 
 import pydicom
 
+from huatuo_cli.bundles.locate import config_file
+
 ORTHANC = "/usr/sbin/Orthanc"
 CALLED_AE = "ORTHANC"
 OUR_AE = "HUATUO"
@@ -177,3 +179,10 @@ def running(tmp_path: Path, *, tls: tuple[Path, Path] | None = None) -> Iterator
         yield server
     finally:
         server.stop()
+
+
+def configure(name: str, server: Orthanc) -> None:
+    path = config_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f'[pacs.{name}]\nae_title = "{OUR_AE}"\ncalled_ae = "{CALLED_AE}"\n'
+                    f'host = "127.0.0.1"\nport = {server.dicom_port}\n')

@@ -9,6 +9,7 @@ import io
 from pathlib import Path
 
 import pydicom
+from click.testing import CliRunner
 from pydicom.data import get_testdata_file
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import generate_uid
@@ -16,6 +17,7 @@ from pydicom.uid import generate_uid
 from huatuo_cli.answering.inputs import jobs_from_folder
 from huatuo_cli.batch.progress import PlainProgress
 from huatuo_cli.batch.runner import Summary, run_batch
+from huatuo_cli.cli import cli
 from tests.batch_helpers import describe
 
 QUESTIONS = ["Describe the findings.", "Is there an effusion?"]
@@ -78,3 +80,9 @@ def references(items: pydicom.Sequence) -> list[str]:
         if "ContentSequence" in item:
             refs += references(item.ContentSequence)
     return refs
+
+
+def send(*args: str) -> tuple[int, str, str]:
+    res = CliRunner().invoke(cli, ["send", *args])
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    return res.exit_code, res.stdout, res.stderr

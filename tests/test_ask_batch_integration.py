@@ -28,8 +28,8 @@ from huatuo_cli.batch.results import ERRORS_NAME, RESULTS_NAME, read_jsonl
 from huatuo_cli.batch.runner import Job, run_batch
 from huatuo_cli.batch.sr import write_sr
 from huatuo_cli.cli import cli
-from tests.batch_helpers import sample_folder
-from tests.test_batch_runner import ROOT, Counting, assert_no_phi
+from tests.batch_helpers import Counting, assert_no_phi, sample_folder
+from tests.paths import ROOT
 
 QUESTIONS = ["Describe the image.", "Any abnormality?"]
 
@@ -160,3 +160,40 @@ def test_explicit_frame_of_a_multiframe_file_is_sent_once(tiny_bundle):
     assert len(one["inputs"]) == len(spread["inputs"]) == 1  # one file, hashed once
     per_image = 16 + 1  # tiny tower: (56 / 14) ** 2 positions, plus the "\n" after each <image> marker
     assert spread["prompt_tokens"] - one["prompt_tokens"] == 5 * per_image  # 6 spread frames vs the one chosen
+
+
+def test_batch_answers_through_the_answer_service(tmp_path, tiny_bundle):
+    """The batch loop answers through `AnswerService.study_answerer()`: the service checks each question
+    (one that moderation empties is an error line, never asked) and audits every answer under the
+    study's hashed identifier, ok or error; the images are encoded once per study."""
+    from huatuo_cli.answering.service import AnswerService
+    from huatuo_cli.engine.llm import Sampling
+
+    root = sample_folder(tmp_path / "in", truncated=False, text_file=False)
+    jobs = [j for j in jobs_from_folder(root) if isinstance(j, Job)]
+    questions = ["Describe.", "<image>", "Any abnormality?"]
+    service = AnswerService.open(tiny_bundle, command="batch", sampling=Sampling(max_tokens=4), device="cpu")
+    encoded = []
+    encode = service.model.encode_images
+    service.model.encode_images = lambda images: encoded.append(len(images)) or encode(images)  # type: ignore[method-assign]
+    try:
+        run_batch(jobs, questions, tmp_path / "out", lambda: (service.study_answerer(), service.model.info),
+                  progress=PlainProgress(io.StringIO()), root=root)
+        refused = read_jsonl(tmp_path / "out" / ERRORS_NAME)
+        assert len(encoded) == len(jobs)  # once per study, shared by its questions
+        assert len(read_jsonl(tmp_path / "out" / RESULTS_NAME)) == 2 * len(jobs)
+        assert [e["question"] for e in refused] == ["<image>"] * len(jobs) and "empty question" in refused[0]["reason"]
+        entries = audit.read_entries()
+        assert Counter((e["command"], e["outcome"], e["question"]) for e in entries) == Counter(
+            {("batch", "ok", "Describe."): len(jobs), ("batch", "ok", "Any abnormality?"): len(jobs)})
+        assert {e["study"] for e in entries} == {audit.study_ref(j.audit_id or j.key) for j in jobs}
+        # an answer that fails in the engine is audited as an error, and is an error line of its study
+        service.sampling = Sampling(max_tokens=10**6)  # more than the context window
+        run_batch(jobs, ["Why?"], tmp_path / "out2", lambda: (service.study_answerer(), service.model.info),
+                  progress=PlainProgress(io.StringIO()), root=root)
+    finally:
+        service.close()
+    assert [e["outcome"] for e in audit.read_entries()[len(entries):]] == ["error"] * len(jobs)
+    assert len(read_jsonl(tmp_path / "out2" / ERRORS_NAME)) == len(jobs)
+    outputs = [p.read_text(errors="replace") for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert_no_phi(outputs + [audit.audit_path().read_text()], root)

@@ -28,9 +28,9 @@ from huatuo_cli.batch.results import ERRORS_NAME, RESULTS_NAME, read_jsonl
 from huatuo_cli.batch.runner import EXIT_SOME_FAILED, Job, run_batch
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.imaging.scan import scan
-from tests.batch_helpers import sample_folder
+from tests.batch_helpers import MODEL, QUESTIONS, Counting, sample_folder
 from tests.damaged_files import RESCALE_SLOPE, fresh_copy, good_copy, rle_panic, truncated_pixels, unknown_vr
-from tests.test_batch_runner import MODEL, QUESTIONS, ROOT, Counting
+from tests.paths import ROOT
 
 DECODING_NAME = ".decoding"  # the marker a run leaves while it decodes a study (huatuo_cli.batch.results)
 
@@ -189,7 +189,7 @@ def test_a_second_batch_into_the_same_out_is_refused_while_the_first_runs(tmp_pa
     out = tmp_path / "out"
     started, release = threading.Event(), threading.Event()
 
-    def slow(images, question):
+    def slow(images, question, study_id=None):
         started.set()
         release.wait(30)
         from tests.batch_helpers import describe

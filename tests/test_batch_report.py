@@ -147,7 +147,7 @@ def test_tiny_images_are_scaled_up_and_overlays_drawn_in_thumbnails(tmp_path):
     # through a batch: the overlay file's thumbnail shows the overlay, the model's image does not
     seen = []
 
-    def keep(images, question):
+    def keep(images, question, study_id=None):
         from tests.batch_helpers import describe
 
         seen.extend(images)

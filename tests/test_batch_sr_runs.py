@@ -33,7 +33,7 @@ class Recording:
         self.seen: list[np.ndarray] = []
 
     def __call__(self):
-        def answer(images, question):
+        def answer(images, question, study_id=None):
             self.seen.extend(np.asarray(i) for i in images)
             result = describe(images, question)
             if question.startswith("Q2"):
@@ -128,7 +128,7 @@ def test_per_series_still_writes_one_sr_per_study(tmp_path):
 def test_answers_with_control_characters_are_cleaned_in_sr_and_reports(tmp_path):
     root, out = folder(tmp_path / "in", "CT_small.dcm"), tmp_path / "out"
 
-    def dirty(images, question):
+    def dirty(images, question, study_id=None):
         return Answer(text="ok\x12 fine\x03\x01 done\x1d\x7f\x85", tokens=3)
 
     run(root, out, ["Q1 describe"], lambda: (dirty, MODEL))

@@ -16,7 +16,7 @@ from huatuo_cli.bundles.bundle import MANIFEST_NAME, load_bundle
 from huatuo_cli.bundles.signing import ENV_KEYS, SIG_NAME
 from huatuo_cli.cli import cli
 from huatuo_cli.errors import HuatuoError
-from tests.test_bundle import make_bundle
+from tests.bundle_helpers import make_bundle
 
 
 def invoke(*args: str) -> str:

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from huatuo_cli.bundles.bundle import MANIFEST_NAME, load_bundle, sha256_file
 from huatuo_cli.cli import cli
 from huatuo_cli.errors import HuatuoError
-from tests.test_bundle import make_bundle
+from tests.bundle_helpers import make_bundle
 
 
 def edit_manifest(root: Path, change) -> None:

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from huatuo_cli.bundles.locate import models_dirs
 from huatuo_cli.cli import cli
 from huatuo_cli.offline import NetworkBlocked, no_network
-from tests.test_bundle import make_bundle
+from tests.bundle_helpers import make_bundle
 
 
 def doctor_json() -> tuple[int, dict]:

@@ -10,23 +10,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
-from huatuo_cli.cli import cli
 from huatuo_cli.engine.llm import LlamaEngine, Sampling
 from huatuo_cli.engine.prompt import Turn, render
 from huatuo_cli.engine.session import interleave
 from huatuo_cli.errors import HuatuoError
 from huatuo_convert.reference import LlavaReference
 from tests.conftest import LAYOUTS
+from tests.convert_helpers import convert_gguf
 
 N_TOKENS = 16
-
-
-def convert_gguf(src, out, quant="f16"):
-    res = CliRunner().invoke(cli, ["convert", "gguf", str(src), str(out), "--quant", quant])
-    assert res.exit_code == 0, res.output
-    return out
 
 
 def engine_segments(engine: LlamaEngine, prompt: str, embeds: list[np.ndarray]):

@@ -178,6 +178,28 @@ def test_loss_falls_and_resume_continues_from_the_saved_step(make_checkpoint, tm
     assert checkpoints == ["step-00000004", "step-00000006"]
 
 
+def test_a_failed_finish_leaves_neither_adapter_nor_result(make_checkpoint, tmp_path, monkeypatch):
+    """OUT/adapter and OUT/finetune.json are written all or nothing (`merge` takes finetune.json for
+    a finished run): a save that fails half-way leaves neither, nor a temp folder."""
+    import peft
+
+    save = peft.PeftModel.save_pretrained
+
+    def failing(self, folder, **kwargs):
+        if "checkpoints" in Path(folder).parts:  # the step checkpoints save as before
+            return save(self, folder, **kwargs)
+        save(self, folder, **kwargs)
+        raise OSError("the disk went away after the adapter's files")
+
+    monkeypatch.setattr(peft.PeftModel, "save_pretrained", failing)
+    out = tmp_path / "run"
+    with pytest.raises(OSError, match="went away"):
+        invoke(["finetune", "--model", str(make_checkpoint()), "--data", str(write_dataset(tmp_path / "data")), *FAST,
+                "--max-steps", "1", "--out", str(out)])
+    assert (out / "finetune_run.json").is_file() and (out / "checkpoints" / "step-00000001").is_dir()
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "finetune_run.json", "metrics.jsonl"]
+
+
 # -- the whole road: train, merge, convert, ask -------------------------------------------------------
 
 @pytest.mark.slow

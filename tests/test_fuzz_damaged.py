@@ -22,7 +22,7 @@ import pytest
 from huatuo_cli.batch.results import ERRORS_NAME, RESULTS_NAME, read_jsonl
 from huatuo_cli.imaging.scan import scan
 from tests.damaged_files import fresh_copy
-from tests.test_batch_runner import ROOT
+from tests.paths import ROOT
 
 SEED = 20261125
 COPIES = 300

@@ -27,7 +27,7 @@ from huatuo_cli.errors import HuatuoError
 from huatuo_convert.checkpoint import LlavaCheckpoint
 from huatuo_convert.model_cards import identify
 from huatuo_convert.synth_hf import IMAGE_TOKEN, write_hf_checkpoint
-from tests.test_model_cards import PUBLISHED
+from tests.published_configs import PUBLISHED
 
 
 def _convert(src: Path, out: Path) -> dict:

@@ -41,22 +41,21 @@ REACH: dict[tuple[str, str], set[tuple[str, ...]]] = {
     ("huatuo_cli/engine/providers.py", "--device"): {ASK, BATCH, TUI},  # only for an asked-for --device cuda/tensorrt
     ("huatuo_cli/answering/inputs.py", "--frame"): {ASK, BATCH},  # render: inputs_from_paths (ask), jobs_from_folder (batch)
     ("huatuo_cli/answering/inputs.py", "--images"): {ASK},  # inputs_from_paths
-    # llm_gguf's check_target/atomic_output (gguf; convert all writes into its new work folder);
-    # convert vision and mmproj refuse an existing OUT first, with hints that name no option
-    ("huatuo_cli/atomic.py", "--force"): {GGUF, ALL},
+    # refuse_existing, the one "already exists" check: llm_gguf's check_target/atomic_output (gguf),
+    # build_bundle (convert all), merge_run (finetune merge); convert vision and mmproj pass hints
+    # that name no option
+    ("huatuo_cli/atomic.py", "--force"): {GGUF, ALL, MERGE},
     ("huatuo_cli/commands/batch_cmd.py", "--questions"): {BATCH},
     ("huatuo_cli/batch/results.py", "--out"): {BATCH},
     ("huatuo_cli/batch/runner.py", "--out"): {BATCH},
     ("huatuo_cli/batch/runner.py", "--allow-model-change"): {BATCH},
     ("convert/commands/convert_cmd.py", "--allow-pickle"): {GGUF, ALL},
     ("convert/commands/convert_cmd.py", "--no-verify"): {GGUF},
-    ("convert/bundle_build.py", "--force"): {ALL},
     ("convert/finetune/loop.py", "--skip-bad"): {FINETUNE},
     ("convert/finetune/loop.py", "--resume"): {FINETUNE},
     ("convert/finetune/loop.py", "--out"): {FINETUNE},
     # merge_run: `finetune merge`, and `finetune --merge`, which refuses an existing MERGED before
     # training and passes no base (so the config always matches)
-    ("convert/finetune/merge.py", "--force"): {MERGE},
     ("convert/finetune/merge.py", "--model"): {MERGE},
 }
 

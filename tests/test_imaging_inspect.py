@@ -9,8 +9,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from huatuo_cli.cli import cli
-from tests.imaging_data import corpus, local_file, run_without_gpl_decoder
-from tests.test_imaging_scan import build_folder
+from tests.imaging_data import build_folder, corpus, local_file, run_without_gpl_decoder
 
 
 def _run(*args):

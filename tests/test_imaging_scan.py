@@ -5,60 +5,9 @@ The folder is built from a real CT file (pydicom's CT_small) copied with new UID
 
 from __future__ import annotations
 
-import random
-from pathlib import Path
-
-import numpy as np
-import pydicom
-from PIL import Image
-from pydicom.uid import generate_uid
-
 from huatuo_cli.imaging import scan
 from huatuo_cli.imaging.scan import spread
-from tests.imaging_data import local_file
-
-
-def _slice(base, study, series, z, number, *, echo=None, localizer=False, orientation=(1, 0, 0, 0, 1, 0), position=True):
-    ds = base.copy()
-    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = study, series, generate_uid()
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.InstanceNumber = number
-    ds.ImageOrientationPatient = list(orientation)
-    if position:
-        ds.ImagePositionPatient = [0.0, 0.0, float(z)]
-    elif "ImagePositionPatient" in ds:
-        del ds.ImagePositionPatient
-    if echo is not None:
-        ds.EchoNumbers = echo
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER" if localizer else "AXIAL"]
-    ds.SliceLocation = float(z)
-    return ds
-
-
-def build_folder(root: Path) -> dict:
-    base = pydicom.dcmread(local_file("CT_small.dcm"))
-    study, axial, echoes, nopos = generate_uid(), generate_uid(), generate_uid(), generate_uid()
-    rng = random.Random(4)
-    zs = list(range(9))
-    numbers = list(range(1, 10))
-    rng.shuffle(numbers)  # InstanceNumber runs against position
-    names = [f"x{rng.randrange(10**6):06d}" for _ in zs]  # file names say nothing about order
-    (root / "a" / "deep").mkdir(parents=True)
-    for z, number, name in zip(zs, numbers, names, strict=True):
-        _slice(base, study, axial, z * 2.5, number).save_as(root / "a" / "deep" / name)
-    _slice(base, study, axial, 0, 99, localizer=True, orientation=(0, 1, 0, 0, 0, -1)).save_as(root / "a" / "scout.dcm")
-    for z in range(3):
-        for echo in (1, 2):
-            _slice(base, study, echoes, z, 10 * echo + z, echo=echo).save_as(root / f"e{echo}_{z}.dcm")
-    for n in (3, 1, 2):
-        _slice(base, study, nopos, 0, n, position=False).save_as(root / f"np{n}.dcm")
-    sr = pydicom.dcmread(local_file("test-SR.dcm"))
-    sr.save_as(root / "report.dcm")
-    (root / "notes.txt").write_text("not an image")
-    (root / "photos").mkdir()
-    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "photos" / "p1.png")
-    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "photos" / "p2.jpg")
-    return {"study": study, "axial": axial, "echoes": echoes, "nopos": nopos, "numbers": numbers}
+from tests.imaging_data import build_folder, local_file
 
 
 def test_grouping_order_and_representatives(tmp_path):

@@ -27,6 +27,7 @@ from huatuo_cli.errors import HuatuoError
 from huatuo_convert.families import family_for_architecture
 from huatuo_convert.finetune_record import FINETUNE_NAME, read_finetune_record
 from huatuo_convert.model_cards import cards_folder, identify, load_cards
+from tests.published_configs import PUBLISHED
 
 REPO = Path(__file__).resolve().parent.parent
 CARD_FILES = sorted((REPO / "models" / "cards").glob("*.md"))
@@ -58,24 +59,6 @@ SECTIONS = {
 }
 BENCHMARKS = ["VQA-RAD", "SLAKE", "PathVQA", "PMC-VQA", "OmniMedVQA", "MMMU Health & Medicine (test)"]
 
-#: config.json of FreedomIntelligence/HuatuoGPT-Vision-7B and -34B as published on Hugging Face
-#: (the keys that matter here; values copied from the files, not from the cards)
-PUBLISHED = {
-    "huatuogpt-vision-7b": {
-        "architectures": ["LlavaQwen2ForCausalLM"], "model_type": "llava_qwen2", "hidden_size": 3584,
-        "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
-        "vocab_size": 152064, "mm_hidden_size": 1024, "mm_projector_type": "mlp2x_gelu",
-        "mm_vision_select_feature": "patch", "mm_vision_select_layer": -2, "image_aspect_ratio": "pad",
-        "mm_vision_tower": "./vit/clip_vit_large_patch14_336", "rope_theta": 1000000.0,
-    },
-    "huatuogpt-vision-34b": {
-        "architectures": ["LlavaLlamaForCausalLM"], "model_type": "llava_llama", "hidden_size": 7168,
-        "intermediate_size": 20480, "num_hidden_layers": 60, "num_attention_heads": 56, "num_key_value_heads": 8,
-        "vocab_size": 64000, "mm_hidden_size": 1024, "mm_projector_type": "mlp2x_gelu",
-        "mm_vision_select_feature": "patch", "mm_vision_select_layer": -2, "image_aspect_ratio": "pad",
-        "mm_vision_tower": "./vit/clip_vit_large_patch14_336", "rope_theta": 5000000.0,
-    },
-}
 
 FINETUNE = {
     "schema": 1, "base_checkpoint": "/models/HuatuoGPT-Vision-7B", "base_config_sha256": "ab" * 32,

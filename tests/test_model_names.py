@@ -23,7 +23,7 @@ from huatuo_cli.batch.runner import run_batch
 from huatuo_cli.bundles.bundle import MANIFEST_NAME, load_bundle
 from huatuo_cli.cli import cli
 from tests.batch_helpers import describe, sample_folder
-from tests.test_bundle import make_bundle
+from tests.bundle_helpers import make_bundle
 
 
 def test_one_name_per_meaning_in_info_results_and_audit(tiny_bundle):

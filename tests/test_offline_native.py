@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.damaged_files import fresh_copy, pydicom_file
-from tests.test_batch_runner import ROOT
+from tests.paths import ROOT
 
 NSCD = "/var/run/nscd/socket"
 

@@ -16,7 +16,7 @@ from huatuo_cli.batch.results import ERRORS_NAME, read_jsonl
 from huatuo_cli.batch.runner import run_batch
 from huatuo_cli.engine.prompt import IMAGE_PLACEHOLDER, USER_MARKER, Turn, render
 from huatuo_cli.errors import HuatuoError
-from tests.test_batch_runner import Counting
+from tests.batch_helpers import Counting
 
 # -- prompt: users cannot forge images or turns (mutation: prompt.moderate returns its input) -----------
 

@@ -12,7 +12,7 @@ import pytest
 from huatuo_cli.engine.llm import LlamaEngine
 from huatuo_cli.engine.prompt import Turn, moderate, render, split_at_images
 from huatuo_convert.reference import LlavaReference
-from tests.test_engine_generation import convert_gguf
+from tests.convert_helpers import convert_gguf
 
 
 @pytest.mark.parametrize("markers", ["text", "tokens"])

@@ -124,3 +124,18 @@ def test_engine_imports_neither_torch_nor_transformers():
             "huatuo_cli.engine.preprocess; bad = {'torch', 'transformers', 'huatuo_convert', 'onnxruntime'} & "
             "set(sys.modules); assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_vision_precision_is_the_one_rule_for_the_fp16_graph(monkeypatch):
+    """Bundle roles and folder files are picked by `encoder.vision_precision`: fp16 only where it
+    exists and the device is CUDA without TensorRT."""
+    import onnxruntime
+
+    from huatuo_cli.engine.encoder import vision_precision
+
+    for available, device, has_fp16, expected in [
+        ([CUDA, CPU], "cuda", True, "fp16"), ([CUDA, CPU], "auto", True, "fp16"), (ALL, "auto", True, "fp32"),
+        ([CUDA, CPU], "cuda", False, "fp32"), ([CPU], "cpu", True, "fp32"), ([CPU], "auto", True, "fp32"),
+    ]:
+        monkeypatch.setattr(onnxruntime, "get_available_providers", lambda available=available: available)
+        assert vision_precision(device, has_fp16=has_fp16) == expected, (available, device, has_fp16)

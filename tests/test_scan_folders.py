@@ -24,8 +24,9 @@ from huatuo_cli.batch.progress import PlainProgress
 from huatuo_cli.batch.results import ERRORS_NAME, read_jsonl
 from huatuo_cli.batch.runner import run_batch
 from huatuo_cli.imaging.scan import scan
+from tests.batch_helpers import QUESTIONS, Counting
 from tests.damaged_files import fresh_copy
-from tests.test_batch_runner import QUESTIONS, ROOT, Counting
+from tests.paths import ROOT
 
 
 def test_symlinked_study_folders_are_followed(tmp_path):

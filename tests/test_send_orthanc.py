@@ -25,26 +25,13 @@ from huatuo_cli.cli import cli
 from huatuo_cli.send.destination import resolve
 from huatuo_cli.send.ledger import ledger_dir
 from huatuo_cli.send.sender import Sender
-from tests.orthanc import CALLED_AE, OUR_AE, Orthanc, certificate, free_port, running
-from tests.send_helpers import QUESTIONS, batch, digest, phi_of, references, studies, text_values
+from tests.orthanc import CALLED_AE, Orthanc, certificate, configure, free_port, running
+from tests.send_helpers import QUESTIONS, batch, digest, phi_of, references, send, studies, text_values
 
 
 @pytest.fixture
 def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
     yield from running(tmp_path)
-
-
-def configure(name: str, server: Orthanc) -> None:
-    path = config_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f'[pacs.{name}]\nae_title = "{OUR_AE}"\ncalled_ae = "{CALLED_AE}"\n'
-                    f'host = "127.0.0.1"\nport = {server.dicom_port}\n')
-
-
-def send(*args: str) -> tuple[int, str, str]:
-    res = CliRunner().invoke(cli, ["send", *args])
-    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
-    return res.exit_code, res.stdout, res.stderr
 
 
 def sent_lines(stdout: str) -> int:

@@ -16,9 +16,8 @@ from huatuo_cli.errors import HuatuoError
 from huatuo_cli.send.destination import resolve
 from huatuo_cli.send.retrieve import cache_dir, retrieve
 from huatuo_cli.send.sender import Sender
-from tests.orthanc import Orthanc, running
-from tests.send_helpers import batch, phi_of, references, studies
-from tests.test_send_orthanc import configure, send
+from tests.orthanc import Orthanc, configure, running
+from tests.send_helpers import batch, phi_of, references, send, studies
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ from huatuo_cli.engine.preprocess import PreprocessConfig
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.extras import require
 from huatuo_cli.privacy import append_line, write_private
+from huatuo_convert.atomic import atomic_folder, write_text_atomic
 from huatuo_convert.checkpoint import LlavaCheckpoint
 from huatuo_convert.finetune import state as ckpt_state
 from huatuo_convert.finetune.dataset import Item, Samples, encode_file
@@ -109,32 +110,21 @@ def validated(path: Path, tokenizer: Any, tokens_per_image: int, max_length: int
 def train(s: Settings, *, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> dict[str, Any]:
     """Fine-tune and write OUT/adapter, OUT/finetune.json, OUT/metrics.jsonl; return finetune.json."""
     accelerate = require("accelerate")
-    transformers = require("transformers")
     accelerator = accelerate.Accelerator(mixed_precision=precision_of(s.precision),
                                          gradient_accumulation_steps=s.grad_accum,
                                          cpu=not torch.cuda.is_available())  # torchrun on CPUs: gloo DDP
     main = accelerator.is_main_process
     say = log if main else (lambda _m: None)
-    ckpt = LlavaCheckpoint.open(s.model)
-    if not ckpt.has_vision:
-        raise HuatuoError(f"{ckpt.hf_architecture} has no vision tower; huatuo finetune needs a HuatuoGPT-Vision checkpoint")
-    if ckpt.get("model.embed_tokens.weight").dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise HuatuoError("the base weights are not 16- or 32-bit floats; LoRA is trained and merged on full-precision weights only")
+    ckpt = _open_base(s.model)
     tokenizer = load_reference_tokenizer(ckpt.root)
-    vision = ckpt.vision.config
-    tokens_per_image = (vision["image_size"] // vision["patch_size"]) ** 2
-    max_length = s.max_length or int(ckpt.config.get("tokenizer_model_max_length")
-                                     or ckpt.config.get("max_position_embeddings", 4096))
-    train_file, train_items = validated(Path(s.data), tokenizer, tokens_per_image, max_length, s.skip_bad, say)
-    eval_file, eval_items = (validated(Path(s.eval_data), tokenizer, tokens_per_image, max_length, s.skip_bad, say)
-                             if s.eval_data else (None, []))
+    train_file, train_items, eval_file, eval_items = _read_data(s, ckpt, tokenizer, say)
     run = _run_record(s, ckpt, train_file, len(train_items), eval_file, len(eval_items))
     out = Path(s.out)
     _check_out(out, run, s.resume)
     accelerator.wait_for_everyone()  # every process has checked OUT before the main one writes to it
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / RUN_FILE).write_text(json.dumps(run, indent=2))
+        write_text_atomic(out / RUN_FILE, json.dumps(run, indent=2))
     pre = PreprocessConfig.from_dict(ckpt.preprocessor_config, pad_to_square=ckpt.config.get("image_aspect_ratio", "pad") == "pad")
 
     base_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
@@ -150,10 +140,7 @@ def train(s: Settings, *, log: Callable[[str], None] = lambda m: print(m, file=s
     batches_per_epoch = math.ceil(len(train_items) / (s.batch_size * accelerator.num_processes))
     updates_per_epoch = math.ceil(batches_per_epoch / s.grad_accum)
     total = s.max_steps or max(1, math.ceil(s.epochs * updates_per_epoch))
-    warmup = int(s.warmup_ratio * total)
-    schedule = (transformers.get_cosine_schedule_with_warmup if s.lr_schedule == "cosine"
-                else lambda opt, w, _t: transformers.get_constant_schedule_with_warmup(opt, w))
-    scheduler = schedule(optimizer, warmup, total)
+    scheduler = _scheduler(s, optimizer, total)
     if accelerator.num_processes > 1 and s.train_projector and any(not i.sample.images for i in train_items):
         # a batch without images leaves the projector unused; DDP must not wait for its gradients
         accelerator.ddp_handler = accelerate.utils.DistributedDataParallelKwargs(find_unused_parameters=True)
@@ -182,27 +169,17 @@ def train(s: Settings, *, log: Callable[[str], None] = lambda m: print(m, file=s
     progress = _progress(main, total, step)
     saved = step
     stop = _StopOnSignal(enabled=accelerator.num_processes == 1)
+
+    def save(step: int, loss: float) -> None:
+        ckpt_state.save_checkpoint(out, accelerator.unwrap_model(model), optimizer, scheduler,
+                                   {"step": step, "total_steps": total, "loss": loss}, s.keep_checkpoints)
+
     try:
         while step < total:
-            epoch = step // updates_per_epoch
-            generator = torch.Generator().manual_seed(s.seed * 100_003 + epoch)
-            loader = accelerator.prepare(torch.utils.data.DataLoader(Samples(train_items, pre), shuffle=True,
-                                                                     generator=generator, **loader_args))
-            done_in_epoch = (step % updates_per_epoch) * s.grad_accum
-            if done_in_epoch:
-                loader = accelerator.skip_first_batches(loader, done_in_epoch)
+            loader = _epoch_loader(s, accelerator, Samples(train_items, pre), loader_args, step, updates_per_epoch)
             losses: list[torch.Tensor] = []
             for batch in loader:
-                with accelerator.accumulate(model):
-                    loss = model(**batch).loss
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and s.max_grad_norm:
-                        accelerator.clip_grad_norm_(params, s.max_grad_norm)
-                    optimizer.step()
-                    if accelerator.sync_gradients:
-                        scheduler.step()
-                    optimizer.zero_grad()
-                losses.append(loss.detach())
+                losses.append(_learn(accelerator, model, optimizer, scheduler, params, batch, s.max_grad_norm))
                 if not accelerator.sync_gradients:
                     continue
                 step += 1
@@ -219,16 +196,12 @@ def train(s: Settings, *, log: Callable[[str], None] = lambda m: print(m, file=s
                 if step % s.save_every == 0 or step == total:
                     accelerator.wait_for_everyone()
                     if main:
-                        ckpt_state.save_checkpoint(out, accelerator.unwrap_model(model), optimizer, scheduler,
-                                                   {"step": step, "total_steps": total, "loss": last_loss},
-                                                   s.keep_checkpoints)
+                        save(step, last_loss)
                     saved = step
                 if stop.requested:
                     progress.close()
                     if step > saved:
-                        ckpt_state.save_checkpoint(out, accelerator.unwrap_model(model), optimizer, scheduler,
-                                                   {"step": step, "total_steps": total, "loss": last_loss},
-                                                   s.keep_checkpoints)
+                        save(step, last_loss)
                     say(f"interrupted: saved step-{step:08d}; continue with --resume" if step else
                         "interrupted before the first step; nothing saved")
                     raise KeyboardInterrupt
@@ -242,11 +215,70 @@ def train(s: Settings, *, log: Callable[[str], None] = lambda m: print(m, file=s
               "final_train_loss": last_loss,
               "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
     if main:
-        accelerator.unwrap_model(model).save_pretrained(str(out / ckpt_state.ADAPTER))
-        (out / RESULT_FILE).write_text(json.dumps(result, indent=2))
+        with atomic_folder(out / ckpt_state.ADAPTER, force=True) as adapter:  # a rerun's finish replaces it
+            accelerator.unwrap_model(model).save_pretrained(str(adapter))
+        write_text_atomic(out / RESULT_FILE, json.dumps(result, indent=2))  # last: `merge` reads it as "finished"
         say(f"trained {step} steps: loss {last_loss:.4f}" + (f", eval loss {eval_loss:.4f}" if eval_loss is not None else "")
             + f"; adapters in {out / ckpt_state.ADAPTER}")
     return result
+
+
+def _epoch_loader(s: Settings, accelerator: Any, samples: Samples, loader_args: dict[str, Any], step: int,
+                  updates_per_epoch: int) -> Any:
+    """The batches of the epoch `step` is in: shuffled with a seed of the epoch (a resumed run sees
+    the order the interrupted one saw), the batches of the steps already done skipped."""
+    generator = torch.Generator().manual_seed(s.seed * 100_003 + step // updates_per_epoch)
+    loader = accelerator.prepare(torch.utils.data.DataLoader(samples, shuffle=True, generator=generator, **loader_args))
+    done_in_epoch = (step % updates_per_epoch) * s.grad_accum
+    return accelerator.skip_first_batches(loader, done_in_epoch) if done_in_epoch else loader
+
+
+def _learn(accelerator: Any, model: Any, optimizer: Any, scheduler: Any, params: list[Any], batch: Any,
+           max_grad_norm: float | None) -> torch.Tensor:
+    """One batch forward and backward; the optimizer and the schedule step when the accumulated
+    gradients are synchronised. Returns the batch's loss (detached)."""
+    with accelerator.accumulate(model):
+        loss = model(**batch).loss
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and max_grad_norm:
+            accelerator.clip_grad_norm_(params, max_grad_norm)
+        optimizer.step()
+        if accelerator.sync_gradients:
+            scheduler.step()
+        optimizer.zero_grad()
+    return loss.detach()
+
+
+def _open_base(model: str | Path) -> LlavaCheckpoint:
+    """The base checkpoint, refused early when it cannot be fine-tuned here."""
+    ckpt = LlavaCheckpoint.open(model)
+    if not ckpt.has_vision:
+        raise HuatuoError(f"{ckpt.hf_architecture} has no vision tower; huatuo finetune needs a HuatuoGPT-Vision checkpoint")
+    if ckpt.get("model.embed_tokens.weight").dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise HuatuoError("the base weights are not 16- or 32-bit floats; LoRA is trained and merged on full-precision weights only")
+    return ckpt
+
+
+def _read_data(s: Settings, ckpt: LlavaCheckpoint, tokenizer: Any, say: Callable[[str], None],
+               ) -> tuple[DataFile, list[Item], DataFile | None, list[Item]]:
+    """The training and (with --eval) evaluation records, validated against the base's limits."""
+    vision = ckpt.vision.config
+    tokens_per_image = (vision["image_size"] // vision["patch_size"]) ** 2
+    max_length = s.max_length or int(ckpt.config.get("tokenizer_model_max_length")
+                                     or ckpt.config.get("max_position_embeddings", 4096))
+    train_file, train_items = validated(Path(s.data), tokenizer, tokens_per_image, max_length, s.skip_bad, say)
+    eval_file, eval_items = (validated(Path(s.eval_data), tokenizer, tokens_per_image, max_length, s.skip_bad, say)
+                             if s.eval_data else (None, []))
+    return train_file, train_items, eval_file, eval_items
+
+
+def _scheduler(s: Settings, optimizer: Any, total: int) -> Any:
+    """The learning-rate schedule: warm-up, then cosine decay or constant."""
+    transformers = require("transformers")
+    warmup = int(s.warmup_ratio * total)
+    schedule = (transformers.get_cosine_schedule_with_warmup if s.lr_schedule == "cosine"
+                else lambda opt, w, _t: transformers.get_constant_schedule_with_warmup(opt, w))
+    return schedule(optimizer, warmup, total)
 
 
 def evaluate(model: Any, loader: Any, accelerator: Any) -> float:

@@ -26,6 +26,7 @@ from huatuo_cli.engine.preprocess import PreprocessConfig, preprocess
 from huatuo_cli.engine.prompt import Turn
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.extras import require
+from huatuo_convert.atomic import refuse_existing
 from huatuo_convert.checkpoint import EMBEDDED_TOWER_PREFIX, PROJECTOR_PREFIX, LlavaCheckpoint, PickleTensorFiles
 from huatuo_convert.finetune.encode import prompt_ids
 from huatuo_convert.finetune.loop import RESULT_FILE
@@ -51,8 +52,7 @@ def merge_run(run_dir: Path, merged: Path, *, base: Path | None = None, force: b
                           hint="run `huatuo finetune ... --out OUT` to the end first "
                                "(`huatuo finetune ... --out OUT --resume` continues a stopped run)")
     result = json.loads(result_path.read_text())
-    if merged.exists() and not force:
-        raise HuatuoError(f"{merged} already exists", hint="pass --force to replace it")
+    refuse_existing(merged, force=force)
     if not merged.parent.is_dir():
         raise HuatuoError(f"folder {merged.parent} does not exist")
     ckpt = LlavaCheckpoint.open(base or result["base_path"])

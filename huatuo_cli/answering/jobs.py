@@ -20,8 +20,9 @@ if TYPE_CHECKING:
     from huatuo_cli.engine.session import ModelInfo
     from huatuo_cli.imaging.load import ImageMeta
 
-#: answer(images, question): made once per batch, the boundary the loop knows the engine by
-AnswerFn = Callable[[list[Image.Image], str], Answer]
+#: answer(images, question, study_id): made once per batch, the boundary the loop knows the engine by.
+#: It checks the question and audits the answer under `study_id` (`AnswerService.study_answerer`).
+AnswerFn = Callable[[list[Image.Image], str, "str | None"], Answer]
 #: what records and the audit log say about the model: the engine's ModelInfo, or a plain mapping
 #: (test doubles, benchmarks)
 ModelRef = Union["ModelInfo", Mapping[str, Any]]

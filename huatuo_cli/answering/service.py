@@ -1,13 +1,12 @@
-"""The one answering path of the front ends, and the engine behind the batch loop's answer function.
+"""The one answering path: every front end answers through `AnswerService`.
 
-`AnswerService` is what `ask` and `tui` answer through: the question rules (`prompt.check_question`),
-an audit trail proven writable before the model loads, an audit record after every answer (ok,
-stopped or failed), and the shared model and decoding options (`model_options`). `batch` loads
-its model through it too and audits each answer in its loop (`batch.runner`).
-
-`model_answerer` is the batch loop's answer function: one loaded model, one conversation per
-question, image embeddings computed once per study and shared by all its questions (questions are
-answered independently: a batch answer must not depend on which question came first)."""
+`AnswerService` holds the question rules (`prompt.check_question`), an audit trail proven writable
+before the model loads, an audit record after every answer (ok, stopped or failed), and the shared
+model and decoding options (`model_options`). `ask` and `tui` answer in a `Conversation` through
+`AnswerService.ask`; the batch loop answers through `AnswerService.study_answerer()`: one
+conversation per question, image embeddings computed once per study and shared by all its
+questions (questions are answered independently: a batch answer must not depend on which question
+came first)."""
 
 from __future__ import annotations
 
@@ -29,25 +28,6 @@ if TYPE_CHECKING:
     from huatuo_cli.bundles.bundle import Bundle
     from huatuo_cli.engine.llm import Sampling
     from huatuo_cli.engine.session import Conversation, VisionLanguageModel
-
-
-def model_answerer(model: VisionLanguageModel, sampling: Sampling) -> AnswerFn:
-    """answer(images, question) on a `VisionLanguageModel` with `Sampling`."""
-    from huatuo_cli.engine.session import Conversation
-
-    seen: list[list[Image.Image]] = []        # the study whose embeddings are cached (identity)
-    embeds: list[list[np.ndarray]] = []
-
-    def answer(images: list[Image.Image], question: str) -> Answer:
-        if not seen or seen[0] is not images:
-            first = Conversation(model, images=images)
-            generation = first.ask(question, sampling)
-            seen[:], embeds[:] = [images], [first.image_embeds or []]
-            return answer_from_generation(generation)
-        conversation = Conversation(model, images=images, image_embeds=embeds[0])
-        return answer_from_generation(conversation.ask(question, sampling))
-
-    return answer
 
 
 def load_model(bundle: Bundle | Path, *, device: str = "auto", vision: str = "onnx", n_ctx: int = 4096,
@@ -102,6 +82,25 @@ class AnswerService:
             raise
         answer = answer_from_generation(generation)
         self._record(study_id, question, len(answer.text), "ok")
+        return answer
+
+    def study_answerer(self) -> AnswerFn:
+        """The batch loop's answer function: answer(images, question, study_id) through `ask`, in a
+        fresh conversation per question, the embeddings of the latest study (by identity) reused."""
+        from huatuo_cli.engine.session import Conversation
+
+        seen: list[list[Image.Image]] = []        # the study whose embeddings are cached (identity)
+        embeds: list[list[np.ndarray]] = []
+
+        def answer(images: list[Image.Image], question: str, study_id: str | None) -> Answer:
+            if seen and seen[0] is images:
+                return self.ask(Conversation(self.model, images=images, image_embeds=embeds[0]), question,
+                                study_id=study_id)
+            first = Conversation(self.model, images=images)
+            result = self.ask(first, question, study_id=study_id)
+            seen[:], embeds[:] = [images], [first.image_embeds or []]
+            return result
+
         return answer
 
     def _record(self, study_id: str | None, question: str, chars: int, outcome: str) -> None:

@@ -25,7 +25,8 @@ from huatuo_cli.privacy import append_line, open_private_fd, private_dir, write_
 RESULTS_NAME = "results.jsonl"
 ERRORS_NAME = "errors.jsonl"
 ERROR_SCHEMA = "huatuo.error/1"
-DAMAGED_HINT = "the file was edited or damaged; use a new --out folder"
+#: the hint for a damaged results.jsonl or errors.jsonl of the output folder (read_jsonl has its own default)
+OUT_DAMAGED_HINT = "the file was edited or damaged; use a new --out folder"
 LOCK_NAME = ".lock"
 #: the study whose images were being decoded; left behind only when the process died doing it
 DECODING_NAME = ".decoding"
@@ -76,12 +77,12 @@ class BatchState:
     @classmethod
     def open(cls, out: str | os.PathLike[str]) -> BatchState:
         out = private_dir(out)
-        results = [upgrade(r) for r in read_jsonl(out / RESULTS_NAME, repair=True, hint=DAMAGED_HINT)]  # older schemas read on
+        results = [upgrade(r) for r in read_jsonl(out / RESULTS_NAME, repair=True, hint=OUT_DAMAGED_HINT)]  # older schemas read on
         for record in results:
             if record.get("schema") != SCHEMA:
                 raise HuatuoError(f"{RESULTS_NAME} in the output folder has schema {record.get('schema')!r}, "
                                   f"this huatuo writes {SCHEMA!r}", hint="use a new --out folder")
-        errors = read_jsonl(out / ERRORS_NAME, repair=True, hint=DAMAGED_HINT)
+        errors = read_jsonl(out / ERRORS_NAME, repair=True, hint=OUT_DAMAGED_HINT)
         return cls(out=out, results=results, errors=errors)
 
     def pending(self, study: str, questions: list[str]) -> list[str]:

@@ -19,9 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from huatuo_cli import audit
-
-# the loop's types live in huatuo_cli.answering.jobs (shared with ask); re-exported for existing callers
 from huatuo_cli.answering.jobs import AnswerFn as AnswerFn
 from huatuo_cli.answering.jobs import BadFile as BadFile
 from huatuo_cli.answering.jobs import DecoderCrash as DecoderCrash
@@ -149,7 +146,6 @@ def run_batch(
     write_srs: bool = False,
     progress: Progress | None = None,
     root: Path | None = None,
-    command: str = "batch",
     thumbnails: str = "safe",
     send_sr: Callable[[Path], Outcome] | None = None,
     allow_model_change: bool = False,
@@ -169,14 +165,14 @@ def run_batch(
     try:
         folder = private_dir(out)
     except OSError as exc:
-        raise output_error(exc, Path(out), saved=0) from exc
+        raise batch_output_error(exc, Path(out), saved=0) from exc
     with locked(folder):  # before reading: the torn-line repair must not cut another run's line
         try:
             state = BatchState.open(folder)
         except OSError as exc:
-            raise output_error(exc, Path(out), saved=0) from exc
+            raise batch_output_error(exc, Path(out), saved=0) from exc
         return _run_locked(state, jobs, questions, make_answerer, write_srs=write_srs, progress=progress,
-                           root=root, command=command, thumbnails=thumbnails, send_sr=send_sr,
+                           root=root, thumbnails=thumbnails, send_sr=send_sr,
                            allow_model_change=allow_model_change)
 
 
@@ -189,7 +185,6 @@ def _run_locked(
     write_srs: bool,
     progress: Progress | None,
     root: Path | None,
-    command: str,
     thumbnails: str,
     send_sr: Callable[[Path], Outcome] | None,
     allow_model_change: bool,
@@ -200,10 +195,7 @@ def _run_locked(
     answerer: tuple[AnswerFn, ModelRef] | None = None
     failure: OSError | None = None  # the output folder could not be written (disk full, read-only)
     progress.start(len(jobs))
-    by_study: dict[str, list[Job]] = {}  # one SR per study, written after its last job
-    for j in jobs:
-        if isinstance(j, Job):
-            by_study.setdefault(j.study_key, []).append(j)
+    by_study = _jobs_by_study(jobs)  # one SR per study, written after its last job
     try:
         for job in jobs:
             if isinstance(job, BadFile):
@@ -215,53 +207,18 @@ def _run_locked(
             summary.skipped += len(questions) - len(pending)
             status = "done earlier"
             if pending:
-                try:
-                    if job.key in crashed:
-                        inputs = load_isolated(job, root)
-                    else:
-                        state.decoding(job.key)
-                        inputs = job.load()
-                    if not inputs.images:
-                        raise HuatuoError("no usable images in this study")
-                except BaseException as exc:  # one bad study never stops the batch (a decoder panic included)
-                    if not is_data_failure(exc):
-                        raise
-                    state.add_error(kind="study", key=job.key, reason=_reason(exc, root),
-                                    files=_failed_files(exc, job, root), crashed=isinstance(exc, DecoderCrash))
-                    summary.failed += 1
+                inputs = _load_study(state, job, job.key in crashed, root, summary)
+                if inputs is None:
                     progress.step(job.key, "failed: see errors.jsonl")
                     continue
-                finally:
-                    state.decoding(None)
-                # outside the try: a full --out is the output folder's failure, not the study's
+                # outside the study's failure handling: a full --out is the output folder's failure
                 save_thumbnails(state.out, job.key, inputs.images, metas=inputs.metas, overlays=inputs.overlays)
                 if answerer is None:
                     answerer = make_answerer()
                     _check_model(state, answerer[1], allow_model_change)
-                answer_fn, model = answerer
-                failed = 0
-                for question in pending:
-                    t0 = time.perf_counter()
-                    try:
-                        answer = answer_fn(inputs.images, question)
-                    except Exception as exc:
-                        failed += 1
-                        state.add_error(kind="study", key=job.key, question=question, reason=_reason(exc, root))
-                        _audit(command, model, job, question, 0, "error")
-                        continue
-                    record = build_record(study=job.key, series=job.series, question=question, answer=answer,
-                                          model=model, inputs=inputs.inputs, window=inputs.window,
-                                          total_s=time.perf_counter() - t0)
-                    state.add_result(record)
-                    summary.answered += 1
-                    _audit(command, model, job, question, len(answer.text), "ok")
-                summary.failed += bool(failed)
-                status = f"{len(pending) - failed} answered" + (f", {failed} failed" if failed else "")
+                status = _answer_pending(state, job, inputs, pending, answerer, root, summary)
             if write_srs and by_study[job.study_key][-1] is job:
-                if _write_sr(state, by_study[job.study_key], list(questions), root, summary) is not None:
-                    status += ", SR written"
-                if send_sr is not None:
-                    status += _send_sr(state, job, send_sr, summary)
+                status += _finish_study(state, by_study[job.study_key], list(questions), root, send_sr, summary)
             progress.step(job.key, status)
     except KeyboardInterrupt:
         summary.interrupted = True
@@ -278,11 +235,80 @@ def _run_locked(
         except OutputError as exc:
             failure = failure or exc.os_error
     if failure is not None:
-        raise output_error(failure, state.out, saved=len(state.results)) from failure
+        raise batch_output_error(failure, state.out, saved=len(state.results)) from failure
     return summary
 
 
-def output_error(exc: OSError, out: Path, *, saved: int) -> HuatuoError:
+def _jobs_by_study(jobs: Sequence[Job | BadFile]) -> dict[str, list[Job]]:
+    by_study: dict[str, list[Job]] = {}
+    for job in jobs:
+        if isinstance(job, Job):
+            by_study.setdefault(job.study_key, []).append(job)
+    return by_study
+
+
+def _load_study(state: BatchState, job: Job, crashed_before: bool, root: Path | None,
+                summary: Summary) -> StudyInputs | None:
+    """The study's images, or None when the study failed (an error line written, counted as failed).
+
+    A study whose decode killed an earlier run is decoded in a child process (`load_isolated`);
+    any other is marked as being decoded, so that a crash now is known on the next run."""
+    try:
+        if crashed_before:
+            inputs = load_isolated(job, root)
+        else:
+            state.decoding(job.key)
+            inputs = job.load()
+        if not inputs.images:
+            raise HuatuoError("no usable images in this study")
+    except BaseException as exc:  # one bad study never stops the batch (a decoder panic included)
+        if not is_data_failure(exc):
+            raise
+        state.add_error(kind="study", key=job.key, reason=_reason(exc, root),
+                        files=_failed_files(exc, job, root), crashed=isinstance(exc, DecoderCrash))
+        summary.failed += 1
+        return None
+    finally:
+        state.decoding(None)
+    return inputs
+
+
+def _answer_pending(state: BatchState, job: Job, inputs: StudyInputs, pending: list[str],
+                    answerer: tuple[AnswerFn, ModelRef], root: Path | None, summary: Summary) -> str:
+    """Answer the job's pending questions, each durable as soon as it is answered; a failed question
+    is an error line and never stops the others. Returns the progress status."""
+    answer_fn, model = answerer
+    failed = 0
+    for question in pending:
+        t0 = time.perf_counter()
+        try:
+            answer = answer_fn(inputs.images, question, job.audit_id or job.key)
+        except Exception as exc:
+            failed += 1
+            state.add_error(kind="study", key=job.key, question=question, reason=_reason(exc, root))
+            continue
+        record = build_record(study=job.key, series=job.series, question=question, answer=answer,
+                              model=model, inputs=inputs.inputs, window=inputs.window,
+                              total_s=time.perf_counter() - t0)
+        state.add_result(record)
+        summary.answered += 1
+    summary.failed += bool(failed)
+    return f"{len(pending) - failed} answered" + (f", {failed} failed" if failed else "")
+
+
+def _finish_study(state: BatchState, jobs: list[Job], questions: list[str], root: Path | None,
+                  send_sr: Callable[[Path], Outcome] | None, summary: Summary) -> str:
+    """After the study's last job: its SR written when due, and delivered with --send. Returns what
+    to add to the progress status."""
+    status = ""
+    if _write_sr(state, jobs, questions, root, summary) is not None:
+        status += ", SR written"
+    if send_sr is not None:
+        status += _send_sr(state, jobs[-1], send_sr, summary)
+    return status
+
+
+def batch_output_error(exc: OSError, out: Path, *, saved: int) -> HuatuoError:
     """The output folder failed under the batch (disk full, read-only, removed): one clear message.
 
     Every answer appended before the failure is complete and fsynced (a torn last line is dropped
@@ -344,9 +370,3 @@ def _send_sr(state: BatchState, job: Job, send_sr: Callable[[Path], Outcome], su
         return ", SR sent"
     return ""
 
-
-def _audit(command: str, model: ModelRef, job: Job, question: str, chars: int, outcome: str) -> None:
-    from huatuo_cli.answering.record import model_dict
-
-    audit.record(command, model_sha256=model_dict(model).get("model_sha256"), study_id=job.audit_id or job.key,
-                 question=question, answer_chars=chars, outcome=outcome)

@@ -122,7 +122,7 @@ def batch(ctx: click.Context, folder: Path | None, out: Path, question: tuple[st
     """
     from huatuo_cli import audit
     from huatuo_cli.answering.inputs import jobs_from_folder
-    from huatuo_cli.answering.service import AnswerService, model_answerer
+    from huatuo_cli.answering.service import AnswerService
     from huatuo_cli.batch.progress import make_progress
     from huatuo_cli.batch.runner import EXIT_INTERRUPTED, run_batch
     from huatuo_cli.bundles.locate import find_bundle
@@ -149,7 +149,7 @@ def batch(ctx: click.Context, folder: Path | None, out: Path, question: tuple[st
                                      threads=threads)
         loaded.append(service)
         copy_card_to(service.model.bundle, out)  # report.html links to the (verified) model card beside it
-        return model_answerer(service.model, sampling), service.model.info
+        return service.study_answerer(), service.model.info
 
     try:
         summary = run_batch(jobs, asked, out, make_answerer, write_srs=write_srs, progress=make_progress(), root=root,

@@ -26,10 +26,19 @@ FP16_NAME = "vision-fp16.onnx"
 PREPROCESSOR_NAME = "preprocessor_config.json"
 
 
-def wants_fp16(device: str) -> bool:
-    """Whether the fp16 graph suits `device` (CUDA without TensorRT); the CPU and TensorRT take fp32."""
+def vision_precision(device: str, *, has_fp16: bool) -> str:
+    """"fp16" or "fp32": the one rule for which vision graph runs on `device` (the bundle's roles
+    `vision-fp16`/`vision-fp32`, a vision folder's FP16_NAME/FP32_NAME).
+
+    fp16 only where it exists and suits the device: CUDA without TensorRT (half the memory traffic).
+    TensorRT builds its own fp16 engine from the fp32 graph (`trt_fp16_enable`); the CPU runs fp32,
+    which is both faster and exact there.
+    """
+    if not has_fp16:
+        return "fp32"
     available = require("onnxruntime").get_available_providers()
-    return device == "cuda" or (device == "auto" and CUDA in available and TENSORRT not in available)
+    cuda = device == "cuda" or (device == "auto" and CUDA in available and TENSORRT not in available)
+    return "fp16" if cuda else "fp32"
 
 
 class ImageEncoder:
@@ -75,13 +84,10 @@ class ImageEncoder:
 
     @classmethod
     def from_folder(cls, folder: Path | str, *, device: str = "auto", **kwargs: Any) -> ImageEncoder:
-        """Pick the file for the device: fp16 for CUDA (half the memory traffic), else fp32.
-
-        TensorRT builds its own fp16 engine from the fp32 graph (`trt_fp16_enable`); the CPU runs
-        fp32, which is both faster and exact there.
-        """
+        """Pick the folder's file for the device (`vision_precision`)."""
         folder = Path(folder)
-        name = FP16_NAME if wants_fp16(device) and (folder / FP16_NAME).is_file() else FP32_NAME
+        precision = vision_precision(device, has_fp16=(folder / FP16_NAME).is_file())
+        name = FP16_NAME if precision == "fp16" else FP32_NAME
         return cls(folder / name, device=device, **kwargs)
 
     def encode_pixels(self, pixel_values: np.ndarray) -> np.ndarray:

@@ -45,11 +45,11 @@ class BundleImageEncoder:
         self.vision = vision
         self._onnx = self._mtmd = None
         if vision == "onnx":
-            from huatuo_cli.engine.encoder import ImageEncoder, wants_fp16
+            from huatuo_cli.engine.encoder import ImageEncoder, vision_precision
 
             # only files the manifest lists (and verification hashed) are read: never a file that
             # merely sits in the folder
-            role = "vision-fp16" if bundle.has("vision-fp16") and wants_fp16(device) else "vision-fp32"
+            role = "vision-" + vision_precision(device, has_fp16=bundle.has("vision-fp16"))
             self._onnx = ImageEncoder(bundle.path(role), device=device, cache_dir=bundle.root, threads=threads,
                                       preprocess_config=PreprocessConfig.from_file(bundle.path("preprocessor")))
             self.provider, self.fallback_note = self._onnx.provider, self._onnx.fallback_note

@@ -39,7 +39,7 @@ def ledger_dir() -> Path:
     return Path(platformdirs.user_data_dir(APP)) / "sent"
 
 
-def uid_key(sop_instance_uid: str) -> str:
+def instance_key(sop_instance_uid: str) -> str:
     """The ledger's handle on an instance: a hash, so the file names no study."""
     return hashlib.sha256(sop_instance_uid.encode("ascii", "replace")).hexdigest()
 
@@ -69,7 +69,7 @@ class Ledger:
     def status(self, sop_instance_uid: str, sha256: str) -> str:
         """`sent` (this exact content confirmed), `in-doubt` (transfer started, never confirmed),
         `changed` (another content under this UID was sent) or `new`."""
-        entry = self.last.get(uid_key(sop_instance_uid))
+        entry = self.last.get(instance_key(sop_instance_uid))
         if entry is None:
             return "new"
         if entry.sha256 != sha256:
@@ -77,7 +77,7 @@ class Ledger:
         return "sent" if entry.state == SENT else "in-doubt"
 
     def mark(self, sop_instance_uid: str, sha256: str, state: str) -> None:
-        key = uid_key(sop_instance_uid)
+        key = instance_key(sop_instance_uid)
         record = {"schema": SCHEMA, "uid": key, "sha256": sha256, "state": state,
                   "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
         if not self.path.exists():  # the first line says where these went (no PHI in an address)
