@@ -24,7 +24,7 @@ def write_eval_set(root: Path, *, copies: int = 1) -> Path:
     rng = np.random.default_rng(5)
     Image.fromarray((rng.random((40, 56, 3)) * 255).astype(np.uint8)).save(images / "photo.png")
     items = []
-    for copy in range(copies):
+    for _ in range(copies):
         items += [
             {"question": "What is shown?", "options": OPTIONS, "answer": "cardiomegaly", "image": ["images/photo.png"],
              "dataset": "VQA-RAD", "subset": "x", "question_type": "closed"},
