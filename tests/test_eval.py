@@ -252,3 +252,38 @@ def test_resume_after_kill_9_redoes_nothing(tiny_bundle, tmp_path):
     answered = [x for x in rerun.stderr.splitlines() if x.startswith("[")]
     assert len(answered) == 180 - len(before)                                   # only the rest answered
     assert json.loads(rerun.stdout)["overall"]["n"] == 180
+
+
+@pytest.mark.slow
+def test_a_bundle_that_memorised_its_answers_scores_100_where_the_base_does_not(make_checkpoint, tiny_bundle, tmp_path):
+    """The whole road from image to extracted letter: fine-tune the tiny checkpoint on the eval
+    prompts (only the image tells the answers apart), merge, convert, eval."""
+    from tests.finetune_data import SAMPLES, write_images
+    from tests.test_finetune import FAST as TRAIN
+
+    root = tmp_path / "set"
+    write_images(root / "img")
+    options = ["Left pleural effusion", "No acute infarct", "Cardiomegaly"]
+    items, train = [], []
+    for i, (image, (window, _)) in enumerate(SAMPLES.items()):
+        items.append({"question": "Describe the abnormality.", "options": options, "answer": options[i],
+                      "image": [f"img/{image}"], "dataset": "SLAKE", "question_type": "closed", "window": window})
+        rec = {"id": image, "image": f"img/{image}", "conversations": [
+            {"from": "human", "value": "<image>\n" + prompt("Describe the abnormality.", options)},
+            {"from": "gpt", "value": "ABC"[i]}]}
+        if window != "auto":
+            rec["window"] = window
+        train.append(rec)
+    data = root / "eval.json"
+    data.write_text(json.dumps(items))
+    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train))
+    merged, bundle = tmp_path / "merged", tmp_path / "bundle"
+    res = invoke(["finetune", "--model", str(make_checkpoint()), "--data", str(root / "train.jsonl"), "--out",
+                  str(tmp_path / "run"), "--max-steps", "25", *TRAIN, "--merge", str(merged)])
+    assert res.exit_code == 0, res.output
+    assert invoke(["convert", "all", str(merged), str(bundle), "--quant", "f16", "--no-mmproj"]).exit_code == 0
+    args = [str(data), "--json", "--repetition-penalty", "1.0", "--max-tokens", "4"]
+    tuned = json.loads(invoke(["eval", str(bundle), *args[:1], "--out", str(tmp_path / "a"), *args[1:]]).stdout)
+    base = json.loads(invoke(["eval", str(tiny_bundle), *args[:1], "--out", str(tmp_path / "b"), *args[1:]]).stdout)
+    assert tuned["overall"]["correct"] == 3 and tuned["overall"]["accuracy"] == 1.0
+    assert base["overall"]["correct"] < 3
