@@ -28,6 +28,7 @@ SUBCOMMANDS: dict[str, str] = {
     "inspect": "huatuo_cli.commands.inspect_cmd:inspect",
     "send": "huatuo_cli.commands.send_cmd:send",
     "tui": "huatuo_cli.commands.tui_cmd:tui",
+    "eval": "huatuo_cli.commands.eval_cmd:eval",
 }
 
 

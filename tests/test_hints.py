@@ -34,6 +34,7 @@ QUOTED_COMMAND = re.compile(r"`(huatuo [^`]*)`")
 ASK, BATCH, TUI = ("ask",), ("batch",), ("tui",)
 GGUF, ALL = ("convert", "gguf"), ("convert", "all")
 FINETUNE, MERGE = ("finetune",), ("finetune", "merge")
+EVAL = ("eval", "run")
 #: (file, option named in one of its hints) -> the commands whose runs can raise that hint
 REACH: dict[tuple[str, str], set[tuple[str, ...]]] = {
     ("huatuo_cli/tui/talk.py", "--export-dir"): {TUI},
@@ -47,6 +48,9 @@ REACH: dict[tuple[str, str], set[tuple[str, ...]]] = {
     ("huatuo_cli/atomic.py", "--force"): {GGUF, ALL, MERGE},
     ("huatuo_cli/commands/batch_cmd.py", "--questions"): {BATCH},
     ("huatuo_cli/batch/results.py", "--out"): {BATCH},
+    ("huatuo_cli/evaluation/runner.py", "--out"): {EVAL},
+    ("huatuo_cli/evaluation/answerers.py", "--temperature"): {EVAL},  # --reference decodes greedily only
+    ("huatuo_cli/evaluation/answerers.py", "--sampling"): {EVAL},
     ("huatuo_cli/batch/runner.py", "--out"): {BATCH},
     ("huatuo_cli/batch/runner.py", "--allow-model-change"): {BATCH},
     ("convert/commands/convert_cmd.py", "--allow-pickle"): {GGUF, ALL},

@@ -56,7 +56,8 @@ def list_() -> None:
 @click.argument("bundle", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def info(bundle: str | None, as_json: bool) -> None:
-    """Show a bundle's manifest and model card: source, prompt format, quantization, fidelity figures.
+    """Show a bundle's manifest and model card: source, prompt format, quantization, fidelity figures,
+    and its last `huatuo eval` (BUNDLE.eval.json beside the bundle) if any.
 
     The model card summary (what the model is, its licence, how the checkpoint was identified,
     fine-tuning) is read from the bundle's MODEL_CARD.md after checking its sha256.
@@ -89,6 +90,11 @@ def info(bundle: str | None, as_json: bool) -> None:
         click.echo(f"  {entry.role:12s} {entry.path}  {entry.size} bytes  sha256 {entry.sha256[:16]}…")
     for name, figures in manifest.fidelity.items():
         click.echo(f"fidelity {name}: {json.dumps(figures, sort_keys=True)}")
+    from huatuo_cli.evaluation.report import last_lines, read_last
+
+    last = read_last(Path(path))  # beside the bundle, not in it (`huatuo eval` writes it; bundles are hashed)
+    for line in last_lines(last) if last else []:
+        click.echo(line)
 
 
 @models.command()

@@ -1,0 +1,74 @@
+"""Who answers the items: a bundle through `AnswerService` (command "eval": question rules, audit
+trail, one audit record per answer), or the PyTorch reference of a checkpoint (`--reference`, the
+`convert` extra; imported only then). Images are read as `ask` reads them (`answering.inputs`):
+pictures, DICOM files and series folders, with the item's window or the command's."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from huatuo_cli import audit
+from huatuo_cli.answering.inputs import inputs_from_paths
+from huatuo_cli.engine.prompt import check_question
+from huatuo_cli.evaluation.data import Item
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from huatuo_cli.answering.service import AnswerService
+    from huatuo_cli.engine.llm import Sampling
+
+
+def _images(item: Item, window: Any, images: int) -> list[Image.Image]:
+    if not item.images:
+        return []
+    return inputs_from_paths(item.images, window=item.window or window, images=images)[2].images
+
+
+def bundle_answerer(service: AnswerService, *, window: Any = "auto", images: int = 6) -> Callable[[Item], str]:
+    from huatuo_cli.engine.session import Conversation
+
+    def answer(item: Item) -> str:
+        conversation = Conversation(service.model, images=_images(item, window, images))
+        return service.ask(conversation, item.prompt, study_id=f"eval:{item.dataset}:{item.id}").text
+
+    return answer
+
+
+def reference_answerer(checkpoint: Path, bundle: Path, sampling: Sampling, *, window: Any = "auto",
+                       images: int = 6) -> tuple[Callable[[Item], str], dict[str, str], Callable[[], None]]:
+    """The PyTorch reference (greedy; the bundle's preprocessing) -> (answer, model, close)."""
+    from huatuo_cli.errors import HuatuoError
+    from huatuo_cli.extras import require
+
+    if sampling.temperature > 0:
+        raise HuatuoError("--reference decodes greedily only", hint="leave --temperature at 0 (and --sampling greedy)")
+    reference = require("huatuo_convert.reference")
+    torch = require("torch")
+    from huatuo_cli.engine.encoder import PREPROCESSOR_NAME
+    from huatuo_cli.engine.preprocess import PreprocessConfig, preprocess
+    from huatuo_cli.engine.prompt import Turn, render
+
+    ref = reference.LlavaReference.load(checkpoint)
+    config = PreprocessConfig.from_file(Path(bundle) / "vision" / PREPROCESSOR_NAME)
+    model = {"name": f"reference:{Path(checkpoint).name}", "sha256": f"reference:{ref.ckpt.config_sha256}"}
+
+    def answer(item: Item) -> str:
+        question = check_question(item.prompt)
+        pictures = _images(item, window, images)
+        pixels = torch.from_numpy(preprocess(pictures, config)) if pictures else None
+        try:
+            embeds, _ = ref.prompt_embeds(render([Turn(question, images=len(pictures))]), pixels)
+            ids = ref.greedy(embeds, sampling.max_tokens, repetition_penalty=sampling.repetition_penalty)
+        except Exception:
+            audit.record("eval", model_sha256=model["sha256"], study_id=f"eval:{item.dataset}:{item.id}",
+                         question=question, answer_chars=0, outcome="error")
+            raise
+        text: str = ref.tokenizer.decode(ids).strip()
+        audit.record("eval", model_sha256=model["sha256"], study_id=f"eval:{item.dataset}:{item.id}",
+                     question=question, answer_chars=len(text), outcome="ok")
+        return text
+
+    return answer, model, lambda: None
