@@ -8,8 +8,11 @@ these helpers instead of `open()`, so a new output cannot forget the permissions
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 #: Shown with every answer (stderr for `ask`, so stdout pipes stay clean) and written into reports.
@@ -80,6 +83,22 @@ def open_private_fd(path: str | os.PathLike[str], flags: int) -> int:
         os.close(fd)
         raise
     return fd
+
+
+@contextmanager
+def exclusive(lock_path: Path, busy: Exception) -> Iterator[None]:
+    """Hold an advisory lock (flock) on the owner-only file `lock_path`, or raise `busy` when another
+    process holds it: two runs appending to one output would answer everything twice. The kernel
+    releases it when the process ends however it ends, so a crash never leaves a stale lock."""
+    fd = open_private_fd(lock_path, os.O_RDWR)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise busy from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def write_private(path: str | os.PathLike[str], data: bytes | str) -> Path:

@@ -18,6 +18,7 @@ from click.testing import CliRunner
 
 from huatuo_cli import audit
 from huatuo_cli.cli import cli
+from huatuo_cli.errors import HuatuoError
 from huatuo_cli.evaluation import report
 from huatuo_cli.evaluation.data import load_set
 from huatuo_cli.evaluation.scorer import INSTRUCTION, match_choice, prompt, score_line
@@ -287,3 +288,15 @@ def test_a_bundle_that_memorised_its_answers_scores_100_where_the_base_does_not(
     base = json.loads(invoke(["eval", str(tiny_bundle), *args[:1], "--out", str(tmp_path / "b"), *args[1:]]).stdout)
     assert tuned["overall"]["correct"] == 3 and tuned["overall"]["accuracy"] == 1.0
     assert base["overall"]["correct"] < 3
+
+
+def test_two_runs_into_one_output_file_are_refused(tmp_path):
+    """The second run would answer every item again and double the lines (`privacy.exclusive`)."""
+    from huatuo_cli.evaluation.runner import locked
+
+    items = tmp_path / "items.jsonl"
+    with locked(items), pytest.raises(HuatuoError, match="another huatuo eval is writing items.jsonl"):
+        with locked(items):
+            pass
+    with locked(items):  # released when the first run ends
+        pass

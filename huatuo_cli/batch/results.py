@@ -8,11 +8,9 @@ reports which (study, question) pairs are done, so a rerun answers exactly the r
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,7 @@ from typing import Any
 from huatuo_cli.answering.record import SCHEMA, upgrade
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.jsonl import read_jsonl as read_jsonl  # the one JSON-lines reader (audit log too)
-from huatuo_cli.privacy import append_line, open_private_fd, private_dir, write_private
+from huatuo_cli.privacy import append_line, exclusive, private_dir, write_private
 
 RESULTS_NAME = "results.jsonl"
 ERRORS_NAME = "errors.jsonl"
@@ -32,23 +30,12 @@ LOCK_NAME = ".lock"
 DECODING_NAME = ".decoding"
 
 
-@contextmanager
-def locked(out: Path) -> Iterator[None]:
+def locked(out: Path) -> AbstractContextManager[None]:
     """Hold the output folder for one batch: a second batch into it at the same time would answer
-    every study twice. An advisory lock (flock) on OUT/.lock, released by the kernel when the
-    process ends however it ends, so a crash never leaves a stale lock behind."""
-    fd = open_private_fd(out / LOCK_NAME, os.O_RDWR)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise HuatuoError("another huatuo batch is writing to this output folder",
-                              hint="wait for it to finish, or give this batch another --out folder") from None
-        yield
-    finally:
-        os.close(fd)
-
-
+    every study twice (`privacy.exclusive` on OUT/.lock)."""
+    return exclusive(out / LOCK_NAME, HuatuoError(
+        "another huatuo batch is writing to this output folder",
+        hint="wait for it to finish, or give this batch another --out folder"))
 
 
 @dataclass

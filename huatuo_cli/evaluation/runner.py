@@ -4,12 +4,10 @@ not yet saved. One run at a time per output file (flock)."""
 
 from __future__ import annotations
 
-import fcntl
-import os
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -18,7 +16,7 @@ from huatuo_cli.errors import HuatuoError
 from huatuo_cli.evaluation.data import EvalSet, Item
 from huatuo_cli.evaluation.scorer import score_line
 from huatuo_cli.jsonl import read_jsonl
-from huatuo_cli.privacy import append_line, open_private_fd, scrub
+from huatuo_cli.privacy import append_line, exclusive, scrub
 
 SCHEMA = "huatuo.eval/1"
 DAMAGED_HINT = "the file was edited or damaged; use a new --out folder"
@@ -26,20 +24,11 @@ DAMAGED_HINT = "the file was edited or damaged; use a new --out folder"
 Answerer = Callable[[Item], str]
 
 
-@contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """Hold `path`'s lock file: two runs appending the same items would double them. Released by
-    the kernel however the process ends."""
-    fd = open_private_fd(path.with_name(path.name + ".lock"), os.O_RDWR)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise HuatuoError(f"another huatuo eval is writing {path.name}",
-                              hint="wait for it to finish, or give this run another --out folder") from None
-        yield
-    finally:
-        os.close(fd)
+def locked(path: Path) -> AbstractContextManager[None]:
+    """Hold `path`'s lock file: two runs appending the same items would double them (`privacy.exclusive`)."""
+    return exclusive(path.with_name(path.name + ".lock"), HuatuoError(
+        f"another huatuo eval is writing {path.name}",
+        hint="wait for it to finish, or give this run another --out folder"))
 
 
 def saved_lines(path: Path, *, model_sha256: str | None = None, data_sha256: str | None = None) -> list[dict[str, Any]]:
