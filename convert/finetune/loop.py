@@ -127,25 +127,7 @@ def train(s: Settings, *, log: Callable[[str], None] = lambda m: print(m, file=s
         write_text_atomic(out / RUN_FILE, json.dumps(run, indent=2))
     pre = PreprocessConfig.from_dict(ckpt.preprocessor_config, pad_to_square=ckpt.config.get("image_aspect_ratio", "pad") == "pad")
 
-    base_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
-    torch.manual_seed(s.seed)
-    model = add_lora(load_base(ckpt, base_dtype), rank=s.lora_rank, alpha=s.lora_alpha, dropout=s.lora_dropout,
-                     train_projector=s.train_projector, linears=tuple(s.lora_targets))
-    if s.gradient_checkpointing:
-        enable_checkpointing(model)
-    model.train()
-    model.base_model.model.vision_tower.eval()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=s.learning_rate, weight_decay=s.weight_decay)
-    batches_per_epoch = math.ceil(len(train_items) / (s.batch_size * accelerator.num_processes))
-    updates_per_epoch = math.ceil(batches_per_epoch / s.grad_accum)
-    total = s.max_steps or max(1, math.ceil(s.epochs * updates_per_epoch))
-    scheduler = _scheduler(s, optimizer, total)
-    if accelerator.num_processes > 1 and s.train_projector and any(not i.sample.images for i in train_items):
-        # a batch without images leaves the projector unused; DDP must not wait for its gradients
-        accelerator.ddp_handler = accelerate.utils.DistributedDataParallelKwargs(find_unused_parameters=True)
-    # the scheduler is stepped here once per optimizer step (a prepared one steps once per process)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model, optimizer, scheduler, params, total, updates_per_epoch = _prepare_training(s, ckpt, accelerator, train_items)
 
     step = 0
     if s.resume:
@@ -215,12 +197,44 @@ def train(s: Settings, *, log: Callable[[str], None] = lambda m: print(m, file=s
               "final_train_loss": last_loss,
               "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
     if main:
-        with atomic_folder(out / ckpt_state.ADAPTER, force=True) as adapter:  # a rerun's finish replaces it
-            accelerator.unwrap_model(model).save_pretrained(str(adapter))
-        write_text_atomic(out / RESULT_FILE, json.dumps(result, indent=2))  # last: `merge` reads it as "finished"
+        _publish(out, accelerator.unwrap_model(model), result)
         say(f"trained {step} steps: loss {last_loss:.4f}" + (f", eval loss {eval_loss:.4f}" if eval_loss is not None else "")
             + f"; adapters in {out / ckpt_state.ADAPTER}")
     return result
+
+
+def _prepare_training(s: Settings, ckpt: LlavaCheckpoint, accelerator: Any,
+                      train_items: list[Any]) -> tuple[Any, Any, Any, list[Any], int, int]:
+    """The LoRA model, its optimizer and schedule, prepared by accelerate: (model, optimizer,
+    scheduler, trainable params, total optimizer steps, optimizer steps per epoch)."""
+    accelerate = require("accelerate")
+    base_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
+    torch.manual_seed(s.seed)
+    model = add_lora(load_base(ckpt, base_dtype), rank=s.lora_rank, alpha=s.lora_alpha, dropout=s.lora_dropout,
+                     train_projector=s.train_projector, linears=tuple(s.lora_targets))
+    if s.gradient_checkpointing:
+        enable_checkpointing(model)
+    model.train()
+    model.base_model.model.vision_tower.eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=s.learning_rate, weight_decay=s.weight_decay)
+    batches_per_epoch = math.ceil(len(train_items) / (s.batch_size * accelerator.num_processes))
+    updates_per_epoch = math.ceil(batches_per_epoch / s.grad_accum)
+    total = s.max_steps or max(1, math.ceil(s.epochs * updates_per_epoch))
+    scheduler = _scheduler(s, optimizer, total)
+    if accelerator.num_processes > 1 and s.train_projector and any(not i.sample.images for i in train_items):
+        # a batch without images leaves the projector unused; DDP must not wait for its gradients
+        accelerator.ddp_handler = accelerate.utils.DistributedDataParallelKwargs(find_unused_parameters=True)
+    # the scheduler is stepped here once per optimizer step (a prepared one steps once per process)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    return model, optimizer, scheduler, params, total, updates_per_epoch
+
+
+def _publish(out: Path, model: Any, result: dict[str, Any]) -> None:
+    """OUT/adapter, then OUT/finetune.json, each all or nothing: `merge` reads the result as "finished"."""
+    with atomic_folder(out / ckpt_state.ADAPTER, force=True) as adapter:  # a rerun's finish replaces it
+        model.save_pretrained(str(adapter))
+    write_text_atomic(out / RESULT_FILE, json.dumps(result, indent=2))
 
 
 def _epoch_loader(s: Settings, accelerator: Any, samples: Samples, loader_args: dict[str, Any], step: int,

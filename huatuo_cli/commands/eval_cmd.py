@@ -16,9 +16,6 @@ from huatuo_cli.imaging.options import window_option
 if TYPE_CHECKING:
     from huatuo_cli.engine.llm import Sampling
 
-RESULTS = "items.jsonl"
-
-
 class DefaultRun(click.Group):
     """`huatuo eval BUNDLE DATA ...` is `huatuo eval run BUNDLE DATA ...`; `huatuo eval score` re-scores."""
 
@@ -41,23 +38,6 @@ def eval() -> None:  # noqa: A001 - the command's name
       huatuo eval /srv/bundles/huatuo-7b-q4_k_m data.json --out eval-q4 --compare /srv/bundles/huatuo-7b-f16
       huatuo eval score eval-q4/items.jsonl --json
     """
-
-
-def _model(bundle: Path) -> dict[str, str]:
-    from huatuo_cli.bundles.bundle import read_manifest
-
-    _, digest = read_manifest(bundle)
-    return {"name": Path(bundle).name, "sha256": digest}
-
-
-def _paper(bundle: Path) -> dict[str, float]:
-    from huatuo_cli.bundles.bundle import read_manifest
-    from huatuo_cli.bundles.model_card import read_bundle_card
-    from huatuo_cli.evaluation.report import paper_figures
-
-    manifest, _ = read_manifest(bundle)
-    card = read_bundle_card(bundle, manifest)
-    return paper_figures(card.meta if card else None)
 
 
 @eval.command()
@@ -88,12 +68,9 @@ def run(bundle: Path, data: Path, out: Path, datasets: tuple[str, ...], limit: i
     Resumable: rerun the same command after Ctrl-C or a crash and only unsaved items are answered.
     """
     from huatuo_cli import audit
-    from huatuo_cli.answering.service import AnswerService
     from huatuo_cli.evaluation import report
-    from huatuo_cli.evaluation.answerers import bundle_answerer, reference_answerer
     from huatuo_cli.evaluation.data import load_set
-    from huatuo_cli.evaluation.runner import run as run_items
-    from huatuo_cli.evaluation.runner import saved_lines
+    from huatuo_cli.evaluation.models import ModelRun, evaluate
     from huatuo_cli.privacy import NOTICE, private_dir
 
     if sampling_mode == "official":
@@ -107,46 +84,15 @@ def run(bundle: Path, data: Path, out: Path, datasets: tuple[str, ...], limit: i
     private_dir(out)
     audit.ensure_writable()
     click.echo(NOTICE, err=True)
-    runs: list[tuple[str, Path, Any]] = [("bundle", bundle, None)]
+    runs = [ModelRun("bundle", bundle)]
     if other is not None:
-        runs.append(("compare", other, None))
+        runs.append(ModelRun("compare", other))
     if reference is not None:
-        runs.append(("reference", bundle, reference))
-    results: dict[str, dict[str, Any]] = {}
-    lines: dict[str, list[dict[str, Any]]] = {}
-    names: dict[str, str] = {}
-    interrupted = failed = False
-    for role, path, checkpoint in runs:
-        out_file = out / (RESULTS if role == "bundle" else f"{role}.jsonl")
-        if checkpoint is None:
-            model = _model(path)
-            saved = {line["id"] for line in saved_lines(out_file, model_sha256=model["sha256"],
-                                                        data_sha256=eval_set.sha256)}
-            if all(item.id in saved for item in eval_set.items):  # finished: no model is loaded
-                outcome = run_items(eval_set, out_file, lambda item: "", model=model)
-            else:
-                service = AnswerService.open(path, command="eval", sampling=sampling, device=device, vision=vision,
-                                             threads=threads)
-                try:
-                    outcome = run_items(eval_set, out_file, bundle_answerer(service, window=window, images=images),
-                                        model=model, label=f"{path.name}: " if len(runs) > 1 else "")
-                finally:
-                    service.close()
-            paper = _paper(path)
-        else:
-            answer, model, close = reference_answerer(checkpoint, bundle, sampling, window=window, images=images)
-            try:
-                outcome = run_items(eval_set, out_file, answer, model=model, label="reference: ")
-            finally:
-                close()
-            paper = {}
-        names[role] = model["name"]
-        lines[role] = outcome.lines
-        results[f"{role}: {model['name']}"] = report.summarise(outcome.lines, paper)
-        failed = failed or outcome.failed > 0
-        if outcome.interrupted:
-            interrupted = True
-            break
+        runs.append(ModelRun("reference", bundle, reference))
+    done = evaluate(eval_set, out, runs, sampling=sampling,
+                    options={"device": device, "vision": vision, "threads": threads, "window": window, "images": images})
+    names, lines, interrupted = done.names, done.lines, done.interrupted
+    results = {f"{role}: {names[role]}": summary for role, summary in done.summaries.items()}
     comparisons = {}
     for role in ("compare", "reference"):
         if role in lines and not interrupted:
@@ -170,7 +116,7 @@ def run(bundle: Path, data: Path, out: Path, datasets: tuple[str, ...], limit: i
         click.echo(f"report: {out / 'report.md'}")
     if interrupted:
         raise SystemExit(130)
-    if failed:
+    if done.failed:
         raise HuatuoError("some items could not be answered (see the *.errors.jsonl files); rerun to retry them")
 
 

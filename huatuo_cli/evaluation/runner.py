@@ -19,7 +19,7 @@ from huatuo_cli.jsonl import read_jsonl
 from huatuo_cli.privacy import append_line, exclusive, scrub
 
 SCHEMA = "huatuo.eval/1"
-DAMAGED_HINT = "the file was edited or damaged; use a new --out folder"
+ITEMS_DAMAGED_HINT = "the file was edited or damaged; use a new --out folder"
 #: answer(item) -> the model's response text
 Answerer = Callable[[Item], str]
 
@@ -34,7 +34,7 @@ def locked(path: Path) -> AbstractContextManager[None]:
 def saved_lines(path: Path, *, model_sha256: str | None = None, data_sha256: str | None = None) -> list[dict[str, Any]]:
     """The lines already saved (a torn last line repaired away); refused when they came from another
     model or another data file than this run's."""
-    lines = read_jsonl(path, repair=True, hint=DAMAGED_HINT)
+    lines = read_jsonl(path, repair=True, hint=ITEMS_DAMAGED_HINT)
     for line in lines[:1]:
         if model_sha256 and line.get("model", {}).get("sha256") != model_sha256:
             raise HuatuoError(f"{path.name} holds answers of another model ({line.get('model', {}).get('name')})",
