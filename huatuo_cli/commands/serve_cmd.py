@@ -62,8 +62,10 @@ def serve(model_path: str | None, host: str, port: int, api_key_file: Path | Non
       HUATUO_API_KEY=$(cat /etc/huatuo/key) huatuo serve --host 0.0.0.0 \\
           --tls-cert server.pem --tls-key server.key
     """
+    from huatuo_cli.extras import require
     from huatuo_cli.serve.security import check_bind, read_api_key
 
+    require("starlette"), require("uvicorn")  # a broken install says what to reinstall, not a traceback
     api_key, warnings = read_api_key(api_key_file)
     if (tls_cert is None) != (tls_key is None):
         raise HuatuoError("--tls-cert and --tls-key go together")
