@@ -27,6 +27,7 @@ SUBCOMMANDS: dict[str, str] = {
     "batch": "huatuo_cli.commands.batch_cmd:batch",
     "inspect": "huatuo_cli.commands.inspect_cmd:inspect",
     "send": "huatuo_cli.commands.send_cmd:send",
+    "serve": "huatuo_cli.commands.serve_cmd:serve",
     "tui": "huatuo_cli.commands.tui_cmd:tui",
     "eval": "huatuo_cli.commands.eval_cmd:eval",
 }

@@ -180,6 +180,26 @@ def bundle_checks() -> list[Check]:
     return checks
 
 
+#: `huatuo serve`'s default address (huatuo_cli/commands/serve_cmd.py; a test keeps them equal)
+SERVE_DEFAULT_BIND = ("127.0.0.1", 8765)
+
+
+def serve_check() -> Check:
+    """Whether `huatuo serve` can run here (its ASGI stack imports) and where it listens by default."""
+    from importlib import metadata, util
+
+    missing = [name for name in ("starlette", "uvicorn") if util.find_spec(name) is None]
+    host, port = SERVE_DEFAULT_BIND
+    key = "set" if os.environ.get("HUATUO_API_KEY") else "not set"
+    if missing:
+        return Check("serve", "warn", f"huatuo serve unavailable: {', '.join(missing)} not installed "
+                     f"({install_hint(missing[0])})", {"missing": missing})
+    versions = {name: metadata.version(name) for name in ("starlette", "uvicorn")}
+    return Check("serve", "ok", f"huatuo serve: starlette {versions['starlette']}, uvicorn {versions['uvicorn']}; "
+                 f"default bind {host}:{port} (loopback; other addresses need an API key); HUATUO_API_KEY {key}",
+                 {"versions": versions, "default_bind": f"{host}:{port}", "api_key_env": key == "set"})
+
+
 def engine_checks() -> tuple[list[Check], list[str]]:
     """ONNX Runtime, llama.cpp and bundle checks with Python's sockets refused: (checks, attempts)."""
     saved = {k: os.environ.pop(k) for k in OFFLINE_VARS if k in os.environ}
@@ -250,4 +270,4 @@ def offline_engine_checks() -> list[Check]:
 
 def run_checks() -> list[Check]:
     """Every check; engine imports and bundle loads run in a child process without network."""
-    return [cpu_check(), memory_check(), gpu_check()] + offline_engine_checks()
+    return [cpu_check(), memory_check(), gpu_check(), serve_check()] + offline_engine_checks()

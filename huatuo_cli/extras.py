@@ -36,6 +36,8 @@ EXTRA_FOR_MODULE: dict[str, str] = {
 #: core dependencies (always installed with huatuo-cli): missing means a broken install, not an extra
 CORE_MODULES: dict[str, str] = {
     "llama_cpp": "llama-cpp-python (huatuo's portable build, packaging/llama_wheel.py)",
+    "starlette": "starlette (the web framework of `huatuo serve`)",
+    "uvicorn": "uvicorn (the HTTP server of `huatuo serve`)",
 }
 
 

@@ -38,6 +38,10 @@ EVAL = ("eval", "run")
 #: (file, option named in one of its hints) -> the commands whose runs can raise that hint
 REACH: dict[tuple[str, str], set[tuple[str, ...]]] = {
     ("huatuo_cli/tui/talk.py", "--export-dir"): {TUI},
+    # huatuo serve's key and address checks (serve_cmd calls them before loading the model)
+    ("huatuo_cli/serve/security.py", "--api-key-file"): {("serve",)},
+    ("huatuo_cli/serve/security.py", "--tls-cert"): {("serve",)},
+    ("huatuo_cli/serve/security.py", "--tls-key"): {("serve",)},
     ("huatuo_cli/engine/llm.py", "--max-tokens"): {ASK, BATCH, TUI},  # convert all's e2e check sizes n_ctx to fit
     ("huatuo_cli/engine/providers.py", "--device"): {ASK, BATCH, TUI},  # only for an asked-for --device cuda/tensorrt
     ("huatuo_cli/answering/inputs.py", "--frame"): {ASK, BATCH},  # render: inputs_from_paths (ask), jobs_from_folder (batch)
