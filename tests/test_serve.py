@@ -188,6 +188,12 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server, tin
     for name, content in (("empty body", b""), ("malformed JSON", b"{\"messages\": [")):
         res = httpx.post(post, content=content, headers=headers, timeout=60)
         assert res.status_code == 400 and res.json()["error"]["message"], name
+    # sent chunked, without Content-Length: the limit is enforced while the body is read
+    oversized = json.dumps({"messages": image_message(big)}).encode()
+    pieces = (oversized[i:i + 65536] for i in range(0, len(oversized), 65536))
+    res = httpx.post(post, content=pieces, headers=headers, timeout=60)
+    assert "content-length" not in res.request.headers and res.status_code == 413
+    assert res.json()["error"]["code"] == "body_too_large"
     with pytest.raises(openai.BadRequestError):
         server.client().chat.completions.create(model=tiny_bundle.name, messages=image_message("http://10.0.0.1/a.png"))
     reply = server.client().chat.completions.create(model=tiny_bundle.name, messages=image_message(url), max_tokens=4)
