@@ -1,6 +1,6 @@
-"""`huatuo serve` under 1, 4 and 16 concurrent clients vs `huatuo ask` in a loop (and, where its
-`[server]` extra imports, llama-cpp-python's own server on the same GGUF, text only: it has no
-huatuo vision path).
+"""`huatuo serve` under 1, 4 and 16 concurrent clients vs `huatuo ask` in a loop, and vs
+llama-cpp-python's own server (`python -m llama_cpp.server`, its `[server]` extra's packages: `pip install -e '.[bench]'`)
+on the bundle's GGUF with text-only requests (it has no huatuo vision path), same threads.
 
 Each client sends the same PNG + question (greedy, --max-tokens) with `stream: true` and measures
 time to first content token and total time; requests/s = requests / wall time of the round.
@@ -92,6 +92,28 @@ def ask_loop(bundle: Path, image: Path, env: dict[str, str], runs: int, max_toke
     return {"rps": runs / (time.perf_counter() - t_all), "ttft": statistics.median(ttfts)}
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def rounds(base: str, body: dict, levels: tuple[int, ...], requests: int) -> dict[int, dict[str, float]]:
+    stream_one(base, body)  # warm-up
+    return {n: round_of(base, body, n, requests) for n in levels}
+
+
+def llama_cpp_server(gguf: Path, threads: int, env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    return start([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
+                  "--port", str(port), "--n_ctx", "4096", "--n_threads", str(threads), "--n_threads_batch",
+                  str(threads), "--chat_format", "chatml",
+                  # its default cancels a streaming answer when the next request arrives; queue instead, as huatuo does
+                  "--interrupt_requests", "False"], env, r"Uvicorn running on http://127\.0\.0\.1:(\d+)", log)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, required=True)
@@ -111,34 +133,50 @@ def main() -> None:
     body = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
                                                       {"type": "text", "text": QUESTION}]}],
             "max_tokens": args.max_tokens, "temperature": 0, "stream": True}
-    threads = ["--threads", str(args.threads)] if args.threads else []
+    threads = args.threads or os.cpu_count() or 1
+    text_body = {"messages": [{"role": "user", "content": QUESTION}], "max_tokens": args.max_tokens,
+                 "temperature": 0, "stream": True}
     levels = (1, 4, 16)
     print(f"# huatuo serve vs huatuo ask in a loop: {args.bundle.name}, 1 image + 1 question, --max-tokens "
-          f"{args.max_tokens}, {args.requests} requests per level; {cpu_name()}, {os.cpu_count()} CPUs")
+          f"{args.max_tokens}, {args.requests} requests per level, {threads} threads; {cpu_name()}, {os.cpu_count()} CPUs")
     ask = ask_loop(args.bundle, image, env, args.ask_runs, args.max_tokens)
     proc, port = start([sys.executable, "-m", "huatuo_cli", "serve", "--model", str(args.bundle), "--port", "0",
-                        "--queue", "64", *threads], env, r"listening on http://127\.0\.0\.1:(\d+)", home / "serve.log")
+                        "--queue", "64", "--threads", str(threads)], env, r"listening on http://127\.0\.0\.1:(\d+)",
+                       home / "serve.log")
     base = f"http://127.0.0.1:{port}"
     try:
-        stream_one(base, body)  # warm-up
-        serve = {n: round_of(base, body, n, args.requests) for n in levels}
+        serve = rounds(base, body, levels, args.requests)
+        serve_text = rounds(base, text_body, levels, args.requests)
     finally:
         proc.terminate()
         proc.wait(30)
-    print(f"{'':24}{'requests/s':>12}{'TTFT median':>14}{'rps vs ask':>12}{'TTFT vs ask':>13}")
-    print(f"{'huatuo ask (loop)':24}{ask['rps']:12.2f}{ask['ttft'] * 1000:12.0f}ms{1.0:12.2f}{1.0:13.2f}")
+    print(f"{'':30}{'requests/s':>12}{'TTFT median':>14}{'rps vs ask':>12}{'TTFT vs ask':>13}")
+    print(f"{'huatuo ask (loop), image':30}{ask['rps']:12.2f}{ask['ttft'] * 1000:12.0f}ms{1.0:12.2f}{1.0:13.2f}")
     for n, r in serve.items():
-        print(f"{f'huatuo serve, {n} clients':24}{r['rps']:12.2f}{r['ttft'] * 1000:12.0f}ms"
+        print(f"{f'huatuo serve, image, {n} clients':30}{r['rps']:12.2f}{r['ttft'] * 1000:12.0f}ms"
               f"{r['rps'] / ask['rps']:12.2f}{r['ttft'] / ask['ttft']:13.3f}")
+    peer: dict[int, dict[str, float]] = {}
     try:
         import llama_cpp.server.app  # noqa: F401
     except Exception as exc:  # noqa: BLE001 - any failure to import means: not measured
         print(f"# llama-cpp-python's server: not measured (its [server] extra does not import here: "
               f"{type(exc).__name__}: {exc})")
     else:
-        print("# llama-cpp-python's server imports; run it on the bundle's llm GGUF with "
-              "`python -m llama_cpp.server --model BUNDLE/llm-*.gguf` and point this script's text-only mode at it")
-    print(json.dumps({"ask": ask, "serve": serve}))
+        gguf = next(args.bundle.glob("llm-*.gguf"))
+        proc, port = llama_cpp_server(gguf, threads, env, home / "llama-server.log")
+        try:
+            peer = rounds(f"http://127.0.0.1:{port}", text_body, levels, args.requests)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+        print("# text only, same GGUF and threads: huatuo serve vs llama-cpp-python's server")
+        print(f"{'':30}{'requests/s':>12}{'TTFT median':>14}{'rps ratio':>12}{'TTFT ratio':>13}")
+        for n in levels:
+            h, p = serve_text[n], peer[n]
+            print(f"{f'llama-cpp server, {n} clients':30}{p['rps']:12.2f}{p['ttft'] * 1000:12.0f}ms{1.0:12.2f}{1.0:13.2f}")
+            print(f"{f'huatuo serve, {n} clients':30}{h['rps']:12.2f}{h['ttft'] * 1000:12.0f}ms"
+                  f"{h['rps'] / p['rps']:12.2f}{h['ttft'] / p['ttft']:13.3f}")
+    print(json.dumps({"ask": ask, "serve": serve, "serve_text": serve_text, "llama_cpp_server_text": peer}))
 
 
 if __name__ == "__main__":
