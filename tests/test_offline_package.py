@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -91,6 +93,23 @@ def test_install_with_no_network_then_ask_natively_and_on_an_older_cpu(artifact,
     assert emulated["provider"]["llm_cpu"].startswith("haswell,")
     same_kernels = ask(str(huatuo), "ask", HUATUO_CPU_VARIANT="haswell")
     assert emulated["answer"] == same_kernels["answer"] and emulated["tokens"] == same_kernels["tokens"]
+
+    # the installed program serves too: the server's packages are in the artifact
+    server = subprocess.Popen([str(huatuo), "serve", "--model", str(bundle), "--port", "0"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.stderr is not None
+        line = ""
+        while "listening on" not in line:
+            line = server.stderr.readline()
+            assert line or server.poll() is None, "huatuo serve exited"
+        base = re.search(r"listening on (http://127\.0\.0\.1:\d+)", line)
+        assert base, line
+        with urllib.request.urlopen(base.group(1) + "/health", timeout=60) as health:
+            assert health.status == 200
+    finally:
+        server.terminate()
+        server.wait(60)
 
     # uninstall removes the program, keeps the bundles
     gone = subprocess.run([str(artifact / "install.sh"), "--uninstall", "--prefix", str(prefix)],

@@ -110,10 +110,11 @@ def _serve(sock: socket.socket, *, model_path: str | None, host: str, api_key: s
         click.echo(NOTICE, err=True)
         click.echo(f"huatuo serve: model {name} (sha256 {info.model_sha256[:12]}), "
                    f"{'API key required' if api_key else 'no API key'}, queue {queue_size}", err=True)
-        click.echo(f"huatuo serve: listening on {scheme}://{shown}:{bound_port}", err=True)
         config = uvicorn.Config(app, log_level="warning", access_log=False, server_header=False, lifespan="on",
                                 ssl_certfile=tls[0], ssl_keyfile=tls[1], timeout_graceful_shutdown=5,
                                 proxy_headers=False)
+        sock.listen(config.backlog)  # before saying so: a client told the port may connect at once
+        click.echo(f"huatuo serve: listening on {scheme}://{shown}:{bound_port}", err=True)
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         worker.close()
