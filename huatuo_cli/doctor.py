@@ -19,7 +19,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from huatuo_cli.extras import install_hint
+from huatuo_cli.errors import HuatuoError
+from huatuo_cli.extras import install_hint, require
 from huatuo_cli.offline import ORT_TELEMETRY_DIR, no_network
 
 SCHEMA = "huatuo.doctor/1"
@@ -99,11 +100,12 @@ def gpu_check() -> Check:
 def onnx_providers_check() -> list[Check]:
     """One session per listed provider on a 4-float identity model; a provider counts only if the
     session really runs on it and returns its input."""
+    import numpy as np
+
     try:
-        import numpy as np
-        import onnxruntime as ort
-    except ImportError:
-        return [Check("onnxruntime", "fail", f"not installed ({install_hint('onnxruntime')})")]
+        ort = require("onnxruntime")  # a missing package or system library: one line saying which
+    except HuatuoError as exc:
+        return [Check("onnxruntime", "fail", str(exc).replace("\n  hint:", ";"))]
     model = resources.files("huatuo_cli").joinpath("data/identity.onnx").read_bytes()
     x = np.arange(4, dtype=np.float32)[None]
     checks = []
@@ -129,13 +131,10 @@ def llama_check() -> list[Check]:
     from huatuo_cli.errors import HuatuoError
 
     try:
-        import llama_cpp
-    except ImportError:
-        return [Check("llama.cpp", "fail", f"llama-cpp-python not installed: {install_hint('llama_cpp')}")]
-    try:
+        llama_cpp = require("llama_cpp")  # a missing package or system library: one line saying which
         backend = activate()
     except HuatuoError as exc:
-        return [Check("llama.cpp", "fail", str(exc))]
+        return [Check("llama.cpp", "fail", str(exc).replace("\n  hint:", ";"))]
     offload = bool(llama_cpp.llama_supports_gpu_offload())
     info = llama_cpp.llama_print_system_info()
     info = info.decode() if isinstance(info, bytes) else str(info)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import re
 import signal
 import threading
 from collections.abc import Iterator
@@ -41,6 +42,52 @@ CORE_MODULES: dict[str, str] = {
 }
 
 
+#: system libraries the native packages load, and what provides them on the usual workstation systems
+SYSTEM_LIBRARIES: dict[str, str] = {
+    "libgomp.so.1": "GCC's OpenMP runtime: apt install libgomp1 (Debian, Ubuntu), dnf install libgomp (RHEL, Rocky, Alma)",
+    "libstdc++.so.6": "the C++ runtime: apt install libstdc++6 (Debian, Ubuntu), dnf install libstdc++ (RHEL, Rocky, Alma)",
+    "libgcc_s.so.1": "GCC's runtime: apt install libgcc-s1 (Debian, Ubuntu), dnf install libgcc (RHEL, Rocky, Alma)",
+    "libssl.so.3": "OpenSSL 3: apt install libssl3 (Debian, Ubuntu), dnf install openssl-libs (RHEL, Rocky, Alma)",
+    "libcrypto.so.3": "OpenSSL 3: apt install libssl3 (Debian, Ubuntu), dnf install openssl-libs (RHEL, Rocky, Alma)",
+}
+#: what the dynamic loader says when a library cannot be used (dlerror texts)
+_LOADER_PROBLEM = re.compile(
+    r"(?P<lib>[\w.+-]+\.so[\w.]*): (?P<problem>cannot open shared object file|file too short|invalid ELF header"
+    r"|wrong ELF class[^:]*)")
+_SYMBOL_VERSION = re.compile(r"version `(?P<version>(GLIBC|GLIBCXX|CXXABI|GCC)_[\d.]+)' not found")
+
+
+class NativeLibraryError(HuatuoError):
+    """A package's native code could not be loaded: a system library is missing or too old. What
+    the user can act on (install a system package), so a clear line, never a traceback."""
+
+
+def native_failure(package: str, exc: BaseException) -> NativeLibraryError | None:
+    """The clear error for a dynamic-loader failure behind `exc` (its chain included), or None."""
+    text = " ".join(str(e) for e in _chain(exc))
+    version = _SYMBOL_VERSION.search(text)
+    if version:
+        return NativeLibraryError(
+            f"{package}'s native code needs {version['version']}, newer than this workstation's system libraries have",
+            hint="install the huatuo package built for this system's age (packaging/README.md), or update the system")
+    missing = _LOADER_PROBLEM.search(text)
+    if missing is None:
+        return None
+    lib = missing["lib"].rsplit("/", 1)[-1]
+    provider = SYSTEM_LIBRARIES.get(lib, f"install the system package that provides {lib}, or reinstall huatuo")
+    return NativeLibraryError(f"{package}'s native code could not be loaded: {lib} {missing['problem']}",
+                              hint=provider)
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
 def install_hint(module: str) -> str | None:
     """What to install for a missing `module`: its extra, or a repair for a core dependency."""
     top = module.split(".")[0]
@@ -57,13 +104,22 @@ def install_hint(module: str) -> str | None:
 
 
 def require(module: str) -> ModuleType:
-    """Import `module` or raise HuatuoError naming the extra to install."""
+    """Import `module` or raise HuatuoError naming the extra to install, or the system library that
+    its native code could not load (`NativeLibraryError`)."""
     sigints: list[int] = []
     try:
         with _noting_sigint(sigints):
             imported = importlib.import_module(module)
+    except (OSError, RuntimeError) as exc:  # ctypes loaders (llama-cpp-python) raise these
+        native = native_failure(module.split(".")[0], exc)
+        if native is None:
+            raise
+        raise native from exc
     except ImportError as exc:
         top = module.split(".")[0]
+        native = native_failure(top, exc)  # an extension module's missing system library
+        if native is not None and not (sigints or _interrupted(exc)):
+            raise native from exc
         hint = install_hint(top)
         if hint is None:
             raise
