@@ -337,18 +337,18 @@ def run_on_ray(state: BatchState, jobs: Sequence[Job | BadFile], questions: list
                 flight = flights.get(ref)
                 if flight is None:
                     continue  # its actor was lost meanwhile
-                kind, question = kinds.pop(ref)
-                flights.pop(ref)
-                flight.refs.discard(ref)
                 try:
                     outcome = ray.get(ref)
-                except lost_errors:
+                except lost_errors:  # the ref still belongs to its flight: lose() puts the job back
                     lose(flight.actor)
                     if not actors.live:
                         waiting_since = time.monotonic()
                     continue
                 except Exception as exc:  # a bug behind the call: this question's (or study's) error line
                     outcome = ("error", f"{type(exc).__name__} on the Ray actor", [], False)
+                kind, question = kinds.pop(ref)
+                flights.pop(ref)
+                flight.refs.discard(ref)
                 if kind == "load":
                     if outcome[0] == "ok":
                         inputs = outcome[1]
