@@ -128,7 +128,7 @@ def connect(address: str) -> Any:
             ray.init(address=address, logging_level="ERROR", log_to_driver=False, configure_logging=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise HuatuoError(f"cannot reach the Ray cluster at {address} ({' '.join(str(exc).split())[:300]})",
-                              hint="start it (`ray start --head` on the head node) or give its address: "
+                              hint="start the cluster (Ray's own start command on its head node) or give its address: "
                                    "--ray HOST:PORT, or --ray auto with RAY_ADDRESS set") from exc
     return ray
 
