@@ -15,11 +15,12 @@ $(BIN)/python:
 # build (every x86-64 CPU variant, chosen at run time; packaging/llama_wheel.py): built once per
 # machine into a folder keyed by its build flags (~/.cache/huatuo-build), never taken from pip's
 # cache, which is keyed by the sdist alone and would hand back a -march=native build.
-# The tests also get the optional `dicom-gpl` extra: both paths of 12-bit JPEG are tested.
+# The tests also get the optional `dicom-gpl` extra (both paths of 12-bit JPEG are tested) and `cluster`
+# (Ray: `batch --ray` is tested on a two-node local cluster).
 install: $(BIN)/python
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/python packaging/llama_wheel.py --install $(BIN)/python
-	$(BIN)/pip install -q -e '.[cpu,convert,train,dev,dicom-gpl]'
+	$(BIN)/pip install -q -e '.[cpu,convert,train,dev,dicom-gpl,cluster]'
 
 # What the tests run against: dcmtk (reference renderer, dsrdump), qemu-user (an older CPU),
 # binutils (objdump reads the AMX kernel), tmux (drives `huatuo tui` as a person would), orthanc (a real PACS for `huatuo send`, started by the

@@ -81,8 +81,11 @@ def record(
     question: str,
     answer_chars: int,
     outcome: str,
+    node: str | None = None,
 ) -> dict[str, Any]:
-    """Append one audit entry and return it. `outcome` is "ok" or a short PHI-free failure reason."""
+    """Append one audit entry and return it. `outcome` is "ok" or a short PHI-free failure reason.
+    `node` is the Ray node id of an answer given on a cluster node (`batch --ray`): the entry is
+    written to that node's own audit trail and says which machine answered."""
     entry = {
         "schema": SCHEMA,
         "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -94,6 +97,8 @@ def record(
         "answer_chars": answer_chars,
         "outcome": outcome,
     }
+    if node is not None:
+        entry["node"] = node
     try:
         private_dir(audit_dir())
         fd = open_private_fd(audit_path(), os.O_WRONLY | os.O_APPEND)

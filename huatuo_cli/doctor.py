@@ -267,6 +267,30 @@ def offline_engine_checks() -> list[Check]:
     return checks
 
 
+def ray_check(address: str | None = None) -> Check:
+    """`batch --ray`: whether Ray (the optional `cluster` extra) is installed, and with RAY_ADDRESS set
+    whether the cluster's head answers there (a TCP connect; ray itself is not imported)."""
+    import importlib.util
+    import socket
+
+    if importlib.util.find_spec("ray") is None:
+        return Check("ray", "info", f"not installed (only `batch --ray` needs it: {install_hint('ray')})")
+    from importlib.metadata import version
+
+    installed = f"ray {version('ray')} installed"
+    address = address if address is not None else os.environ.get("RAY_ADDRESS")
+    if not address or address == "auto":
+        return Check("ray", "info", f"{installed}; no cluster named (set RAY_ADDRESS=HOST:PORT to check one)")
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=3):
+            pass
+    except (OSError, ValueError) as exc:
+        return Check("ray", "warn", f"{installed}; the cluster at {address} is not reachable "
+                                    f"({getattr(exc, 'strerror', None) or exc})", {"address": address})
+    return Check("ray", "ok", f"{installed}; the cluster at {address} is reachable", {"address": address})
+
+
 def run_checks() -> list[Check]:
     """Every check; engine imports and bundle loads run in a child process without network."""
-    return [cpu_check(), memory_check(), gpu_check(), serve_check()] + offline_engine_checks()
+    return [cpu_check(), memory_check(), gpu_check(), serve_check()] + offline_engine_checks() + [ray_check()]

@@ -32,6 +32,7 @@ EXTRA_FOR_MODULE: dict[str, str] = {
     "libjpeg": "dicom-gpl",
     "huatuo_convert": "convert",
     "cryptography": "sign",
+    "ray": "cluster",
 }
 
 #: core dependencies (always installed with huatuo-cli): missing means a broken install, not an extra

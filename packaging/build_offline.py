@@ -35,8 +35,8 @@ from huatuo_cli.bundles.bundle import sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = ROOT / "packaging"
-#: never in a workstation install (server side only)
-SERVER_ONLY = ("torch", "transformers", "optimum", "peft", "accelerate", "onnx", "safetensors", "sentencepiece")
+#: never in a workstation install (server side only; `ray`, the `cluster` extra, runs on cluster nodes)
+SERVER_ONLY = ("torch", "transformers", "optimum", "peft", "accelerate", "onnx", "safetensors", "sentencepiece", "ray")
 _WHEEL_NAME = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+)-")
 
 

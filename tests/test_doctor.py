@@ -67,3 +67,19 @@ def test_offline_fixture_blocks_sockets(no_network):
     with pytest.raises(OSError):
         socket.create_connection(("192.0.2.1", 80))
     assert len(no_network) == 2
+
+
+def test_ray_check_says_installed_and_reachable(monkeypatch):
+    import socket
+
+    from huatuo_cli.doctor import ray_check
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert ray_check().status == "info" and "installed" in ray_check().detail
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        address = f"127.0.0.1:{server.getsockname()[1]}"
+        monkeypatch.setenv("RAY_ADDRESS", address)
+        assert ray_check().status == "ok", ray_check()
+    assert ray_check().status == "warn" and "not reachable" in ray_check().detail

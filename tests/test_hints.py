@@ -52,6 +52,7 @@ REACH: dict[tuple[str, str], set[tuple[str, ...]]] = {
     ("huatuo_cli/atomic.py", "--force"): {GGUF, ALL, MERGE},
     ("huatuo_cli/commands/batch_cmd.py", "--questions"): {BATCH},
     ("huatuo_cli/batch/results.py", "--out"): {BATCH},
+    ("huatuo_cli/batch/ray_run.py", "--ray"): {BATCH},
     ("huatuo_cli/evaluation/runner.py", "--out"): {EVAL},
     ("huatuo_cli/evaluation/answerers.py", "--temperature"): {EVAL},  # --reference decodes greedily only
     ("huatuo_cli/evaluation/answerers.py", "--sampling"): {EVAL},

@@ -100,3 +100,31 @@ def test_every_package_folder_is_installed():
         for init in (root / folder).rglob("__init__.py"):
             package = ".".join([name, *init.parent.relative_to(root / folder).parts])
             assert package in listed, f"{package} ({init.parent.relative_to(root)}) is not in pyproject's packages"
+
+
+def test_ray_only_with_batch_ray(tmp_path):
+    """No runtime module imports ray at module level, `huatuo batch` without --ray never imports it,
+    and --ray without the `cluster` extra is a clear message naming it."""
+    code = (
+        "import importlib, pkgutil, sys, huatuo_cli\n"
+        "names = [m.name for m in pkgutil.walk_packages(huatuo_cli.__path__, 'huatuo_cli.') if m.name != 'huatuo_cli.__main__']\n"
+        "for name in names: importlib.import_module(name)\n"
+        "assert 'ray' not in sys.modules, 'imported at module level'\n"
+        "from click.testing import CliRunner\n"
+        "from huatuo_cli.cli import cli\n"
+        "from tests.batch_helpers import sample_folder\n"
+        "from pathlib import Path\n"
+        f"root = sample_folder(Path({str(tmp_path / 'studies')!r}))\n"
+        f"args = ['batch', str(root), '--out', {str(tmp_path / 'out')!r}, '-q', 'Describe.']\n"
+        f"res = CliRunner().invoke(cli, args + ['--model', {str(tmp_path / 'none')!r}])\n"
+        "assert 'ray' not in sys.modules, ('batch without --ray', res.output)\n"
+        "import huatuo_cli.extras as extras, huatuo_cli.errors as errors\n"
+        "sys.modules['ray'] = None\n"
+        "try:\n"
+        "    extras.require('ray')\n"
+        "except errors.HuatuoError as exc:\n"
+        "    assert \"huatuo-cli[cluster]\" in exc.hint, exc.hint\n"
+        "else:\n"
+        "    raise AssertionError('no error')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

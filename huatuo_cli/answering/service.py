@@ -43,19 +43,21 @@ class Stopped(Exception):
 
 @dataclass
 class AnswerService:
-    """One loaded model answering for one front end (`command` names it in the audit trail)."""
+    """One loaded model answering for one front end (`command` names it in the audit trail; `node`,
+    the Ray node id of a `batch --ray` actor, is audited with every answer given there)."""
 
     model: VisionLanguageModel
     command: str
     sampling: Sampling
+    node: str | None = None
 
     @classmethod
     def open(cls, bundle: Bundle | Path, *, command: str, sampling: Sampling, device: str = "auto",
-             vision: str = "onnx", threads: int | None = None) -> AnswerService:
+             vision: str = "onnx", threads: int | None = None, node: str | None = None) -> AnswerService:
         """Check that the audit trail can be written, then load the model: a front end that cannot
         audit refuses before anything could be answered."""
         audit.ensure_writable()
-        return cls(load_model(bundle, device=device, vision=vision, threads=threads), command, sampling)
+        return cls(load_model(bundle, device=device, vision=vision, threads=threads), command, sampling, node)
 
     def ask(self, conversation: Conversation, question: str, *, study_id: str | None,
             on_text: Callable[[str], None] | None = None) -> Answer:
@@ -105,7 +107,7 @@ class AnswerService:
 
     def _record(self, study_id: str | None, question: str, chars: int, outcome: str) -> None:
         audit.record(self.command, model_sha256=self.model.info.model_sha256, study_id=study_id, question=question,
-                     answer_chars=chars, outcome=outcome)
+                     answer_chars=chars, outcome=outcome, node=self.node)
 
     def close(self) -> None:
         self.model.close()

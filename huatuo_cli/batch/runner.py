@@ -36,6 +36,7 @@ from huatuo_cli.errors import HuatuoError, is_data_failure
 from huatuo_cli.privacy import private_dir, scrub
 
 if TYPE_CHECKING:
+    from huatuo_cli.batch.ray_run import RaySettings
     from huatuo_cli.send.sender import Outcome
 
 EXIT_OK = 0
@@ -149,6 +150,7 @@ def run_batch(
     thumbnails: str = "safe",
     send_sr: Callable[[Path], Outcome] | None = None,
     allow_model_change: bool = False,
+    ray: RaySettings | None = None,
 ) -> Summary:
     """Answer every pending (study, question) pair; durable after each answer; resumable.
 
@@ -158,7 +160,8 @@ def run_batch(
     KeyboardInterrupt stops the loop cleanly: everything answered so far is on disk and the reports
     are written; the summary says interrupted. OUT is locked for the whole run. `send_sr(path)`
     (batch --send) delivers each study's SR once it is on disk, also one written by an earlier run
-    and not yet delivered.
+    and not yet delivered. With `ray` the jobs are answered by actors on a Ray cluster
+    (batch.ray_run; `make_answerer` is then not called): same OUT, same resume rules.
     """
     if not questions:
         raise HuatuoError("no questions to ask")
@@ -173,7 +176,7 @@ def run_batch(
             raise batch_output_error(exc, Path(out), saved=0) from exc
         return _run_locked(state, jobs, questions, make_answerer, write_srs=write_srs, progress=progress,
                            root=root, thumbnails=thumbnails, send_sr=send_sr,
-                           allow_model_change=allow_model_change)
+                           allow_model_change=allow_model_change, ray=ray)
 
 
 def _run_locked(
@@ -188,6 +191,7 @@ def _run_locked(
     thumbnails: str,
     send_sr: Callable[[Path], Outcome] | None,
     allow_model_change: bool,
+    ray: RaySettings | None = None,
 ) -> Summary:
     crashed = state.crashed_studies()
     progress = progress or PlainProgress()
@@ -197,7 +201,14 @@ def _run_locked(
     progress.start(len(jobs))
     by_study = _jobs_by_study(jobs)  # one SR per study, written after its last job
     try:
-        for job in jobs:
+        if ray is not None:
+            from huatuo_cli.batch.ray_run import run_on_ray
+
+            run_on_ray(state, jobs, list(questions), ray, summary=summary, progress=progress, root=root,
+                       write_srs=write_srs, crashed=crashed,
+                       finish_study=lambda group: _finish_study(state, group, list(questions), root, send_sr, summary),
+                       check_model=lambda model: _check_model(state, model, allow_model_change))
+        for job in jobs if ray is None else ():
             if isinstance(job, BadFile):
                 state.add_error(kind="file", key=job.key, reason=job.reason)
                 summary.bad_files += 1

@@ -95,6 +95,16 @@ def _sender(send_to: str | None, write_srs: bool) -> Sender | None:
 @click.option("--thumbnails", type=click.Choice(["safe", "all", "none"]), default="safe", show_default=True,
               help="thumbnails in report.html/md: 'safe' leaves out images that may carry burned-in "
                    "annotation (patient names on US and secondary captures), 'all' keeps them, 'none' shows none")
+@click.option("--ray", "ray_address", metavar="HOST:PORT|auto",
+              help="answer on an existing Ray cluster (its head's address; 'auto': RAY_ADDRESS): one actor per "
+                   "node holds the verified model, this machine alone writes OUT (docs/cluster.md; extra 'cluster')")
+@click.option("--ray-actors", type=click.IntRange(min=1), metavar="N",
+              help="with --ray: how many actors (each loads the model once) [default: one per node]")
+@click.option("--gpus-per-actor", type=click.FloatRange(min=0), default=0, show_default=True, metavar="G",
+              help="with --ray: GPUs Ray reserves for each actor")
+@click.option("--ray-ship", is_flag=True,
+              help="with --ray: decode each study here and send its images to the actor, for nodes that do not "
+                   "see FOLDER (always so with --from)")
 @images_option
 @sampling_options
 @device_option
@@ -102,8 +112,8 @@ def _sender(send_to: str | None, write_srs: bool) -> Sender | None:
 def batch(ctx: click.Context, folder: Path | None, out: Path, question: tuple[str, ...], questions_file: Path | None,
           per: str, write_srs: bool, send_to: str | None, from_pacs: str | None, study_uids: tuple[str, ...],
           since: Any, model_path: str | None, allow_model_change: bool, window: Any, frame: Any, overlays: str,
-          thumbnails: str, images: int,
-          sampling: Sampling, vision: str, threads: int | None, device: str) -> None:
+          thumbnails: str, ray_address: str | None, ray_actors: int | None, gpus_per_actor: float, ray_ship: bool,
+          images: int, sampling: Sampling, vision: str, threads: int | None, device: str) -> None:
     """Ask every question of every study under FOLDER; write results, errors and reports to OUT.
 
     OUT gets results.jsonl (one record per study and question, written as each finishes),
@@ -119,6 +129,7 @@ def batch(ctx: click.Context, folder: Path | None, out: Path, question: tuple[st
       huatuo batch /data/us --out run3 -q "Describe." --thumbnails all --overlays model
       huatuo batch /data/export --out run3 -q "Describe the findings." --sr --send main
       huatuo batch --from main --since 2026-11-24 --out run4 -q "Describe the findings." --sr --send main
+      huatuo batch /shared/export --out run5 -q "Describe the findings." --model /shared/bundle --ray head:6379
     """
     from huatuo_cli import audit
     from huatuo_cli.answering.inputs import jobs_from_folder
@@ -130,6 +141,8 @@ def batch(ctx: click.Context, folder: Path | None, out: Path, question: tuple[st
 
     asked = read_questions(question, questions_file)
     _check_source(folder, from_pacs, study_uids, since)
+    if not ray_address and (ray_actors or gpus_per_actor or ray_ship):
+        raise click.UsageError("--ray-actors, --gpus-per-actor and --ray-ship go with --ray")
     out = out.resolve()
     if folder and (out == folder.resolve() or folder.resolve() in out.parents):
         raise click.UsageError("--out must not be inside FOLDER (the outputs would be scanned as inputs)")
@@ -151,13 +164,24 @@ def batch(ctx: click.Context, folder: Path | None, out: Path, question: tuple[st
         copy_card_to(service.model.bundle, out)  # report.html links to the (verified) model card beside it
         return service.study_answerer(), service.model.info
 
+    cluster = None
+    if ray_address:
+        from huatuo_cli.batch.ray_run import RaySettings
+
+        cluster = RaySettings(address=ray_address, bundle=bundle.resolve(), sampling=sampling, actors=ray_actors,
+                              gpus_per_actor=gpus_per_actor, device=device, vision=vision, threads=threads,
+                              ship=ray_ship or bool(from_pacs))  # the PACS cache is this machine's alone
     try:
         summary = run_batch(jobs, asked, out, make_answerer, write_srs=write_srs, progress=make_progress(), root=root,
                             thumbnails=thumbnails, send_sr=send_sr.send if send_sr else None,
-                            allow_model_change=allow_model_change)
+                            allow_model_change=allow_model_change, ray=cluster)
     finally:
         for service in loaded:
             service.close()
+        if cluster is not None:
+            from huatuo_cli.batch.ray_run import disconnect
+
+            disconnect()
     click.echo(f"{summary.answered} answered, {summary.skipped} done earlier, {summary.failed} failed, "
                f"{summary.bad_files} unusable files" + (f", {summary.srs} SRs" if write_srs else "")
                + (f", {summary.sent} SRs sent, {summary.unsent} not sent" if send_sr else "")
