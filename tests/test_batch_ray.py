@@ -166,3 +166,13 @@ def test_worker_node_killed_mid_run_is_retried_on_the_nodes_left(tmp_path, tiny_
     assert reference.returncode == 0
     assert answers(out) == answers(tmp_path / "local") and len(answers(out)) == 20, stderr
     assert len(worker_node) == 2
+
+
+def test_shipped_studies_give_the_same_answers(tmp_path, tiny_bundle, cluster):
+    """--ray-ship: the driver decodes each study and sends the images to the actors (nodes that do
+    not see the studies folder, and `--from PACS`); the answers equal a local run's."""
+    folder = sample_folder(tmp_path / "studies")
+    run(batch_cmd(folder, tmp_path / "local", tiny_bundle))
+    shipped = run(batch_cmd(folder, tmp_path / "ray", tiny_bundle, "--ray", cluster.address, "--ray-ship"))
+    assert shipped.returncode == 1, shipped.stderr  # the broken study, as locally
+    assert answers(tmp_path / "ray") == answers(tmp_path / "local") and len(answers(tmp_path / "local")) == 6
