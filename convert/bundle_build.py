@@ -237,7 +237,7 @@ def _card(manifest: Manifest, card_match: CardMatch, ckpt: LlavaCheckpoint) -> s
 
 
 def _vision_role(name: str) -> str | None:
-    return {"vision-fp32.onnx": "vision-fp32", "vision-fp16.onnx": "vision-fp16",
+    return {"vision-fp32.onnx": "vision-fp32", "vision-fp16.onnx": "vision-fp16", "vision-int8.onnx": "vision-int8",
             "preprocessor_config.json": "preprocessor"}.get(name)
 
 

@@ -155,3 +155,47 @@ def test_doctor_measures_and_names_the_choice(installed):
     checks = {c.name: c for c in speed_checks(list(installed.values()))}
     assert "prefill 300 tok/s" in checks["speed tiny-q4_k_m"].detail
     assert "uses q4_k_m" in checks[f"model {NAME}"].detail
+
+
+# --- the image encoder on the CPU it has (int8 vision file) ----------------------------------------
+
+def test_int8_vision_file_is_gated_and_listed(two_quants):
+    manifest = load_bundle(two_quants["paths"]["q8_0"]).manifest
+    report = manifest.fidelity["vision"]["files"]["vision-int8.onnx"]
+    assert manifest.file("vision-int8") is not None and report["passed"]
+    assert report["tolerance"]["min_cosine"] == manifest.fidelity["vision"]["files"]["vision-fp16.onnx"]["tolerance"]["min_cosine"]
+
+
+def test_an_int8_file_out_of_tolerance_is_left_out(make_checkpoint, tmp_path):
+    """A bound no int8 file can meet: the export succeeds without it, its figures kept as rejected."""
+    from huatuo_convert.onnx_export import export_vision
+    from huatuo_convert.onnx_validate import Tolerance
+
+    export = export_vision(make_checkpoint(), tmp_path / "v", tolerances={"int8": Tolerance(min_cosine=0.9999999)})
+    assert "vision-int8.onnx" not in export.files and not (tmp_path / "v" / "vision-int8.onnx").exists()
+    assert export.fidelity["rejected"]["vision-int8.onnx"]["passed"] is False
+    assert "vision-fp32.onnx" in export.files and "vision-fp16.onnx" in export.files
+
+
+def _record_vision(bundle_path: Path, int8_s: float, fp32_s: float) -> None:
+    manifest, _ = read_manifest(bundle_path)
+    path = quant_probe.cache_path()
+    data = json.loads(path.read_text()) if path.is_file() else {"key": quant_probe.backend_key(), "bundles": {}}
+    data["vision"] = {f"{manifest.file('vision-int8').sha256}:{manifest.file('vision-fp32').sha256}":
+                      {"int8": int8_s, "fp32": fp32_s}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+
+
+def test_the_cpu_encoder_follows_the_measurement(two_quants):
+    from huatuo_cli.engine.session import BundleImageEncoder
+
+    bundle = load_bundle(two_quants["paths"]["q8_0"])
+    for int8_s, fp32_s, want in ((0.5, 1.0, "vision-int8.onnx"), (1.0, 1.0, "vision-fp32.onnx"),
+                                 (2.0, 1.0, "vision-fp32.onnx")):
+        _record_vision(bundle.root, int8_s, fp32_s)
+        encoder = BundleImageEncoder(bundle, device="cpu")
+        assert encoder._onnx.path.name == want, (int8_s, fp32_s)
+    quant_probe.cache_path().unlink()  # nothing recorded: measured now, and remembered
+    BundleImageEncoder(bundle, device="cpu")
+    assert json.loads(quant_probe.cache_path().read_text())["vision"]

@@ -45,11 +45,16 @@ class BundleImageEncoder:
         self.vision = vision
         self._onnx = self._mtmd = None
         if vision == "onnx":
-            from huatuo_cli.engine.encoder import ImageEncoder, vision_precision
+            from huatuo_cli.engine.encoder import ImageEncoder, runs_on_cpu, vision_precision
 
             # only files the manifest lists (and verification hashed) are read: never a file that
             # merely sits in the folder
-            role = "vision-" + vision_precision(device, has_fp16=bundle.has("vision-fp16"))
+            int8_faster = False
+            if bundle.has("vision-int8") and runs_on_cpu(device):
+                from huatuo_cli.engine.quant_probe import int8_vision_faster
+
+                int8_faster = int8_vision_faster(bundle, threads=threads)
+            role = "vision-" + vision_precision(device, has_fp16=bundle.has("vision-fp16"), int8_faster=int8_faster)
             self._onnx = ImageEncoder(bundle.path(role), device=device, cache_dir=bundle.root, threads=threads,
                                       preprocess_config=PreprocessConfig.from_file(bundle.path("preprocessor")))
             self.provider, self.fallback_note = self._onnx.provider, self._onnx.fallback_note
