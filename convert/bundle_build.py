@@ -97,51 +97,90 @@ def build_bundle(
     log: Callable[[str], None] = lambda _msg: None,
 ) -> Manifest:
     """Convert, verify and assemble; OUT appears only when everything passed."""
+    return build_bundles(src, [(Path(out), quant)], force=force, with_mmproj=with_mmproj, allow_pickle=allow_pickle,
+                         threads=threads, log=log)[0]
+
+
+def build_bundles(
+    src: Path,
+    targets: list[tuple[Path, str]],
+    *,
+    force: bool = False,
+    with_mmproj: bool = True,
+    allow_pickle: bool = False,
+    threads: int | None = None,
+    log: Callable[[str], None] = lambda _msg: None,
+) -> list[Manifest]:
+    """One bundle per (OUT, quantization), sharing the reference work: the checkpoint is opened and
+    the PyTorch reference loaded once, the vision tower exported and validated once (and the mmproj
+    written once); each bundle then gets its own LLM GGUF, its own end-to-end check and manifest,
+    and is published on its own as soon as it passed (a later one failing leaves the earlier ones)."""
+    import shutil
+    import tempfile
+
     from huatuo_convert.llm_gguf import write_llm_gguf
     from huatuo_convert.onnx_export import export_vision
+    from huatuo_convert.quantize import check_quant
     from huatuo_convert.reference import LlavaReference
 
-    out = Path(out)
-    refuse_existing(out, force=force)
-    if not out.parent.is_dir():
-        raise HuatuoError(f"folder {out.parent} does not exist")
+    if not targets:
+        raise HuatuoError("no quantization given")
+    targets = [(Path(out), check_quant(quant)) for out, quant in targets]
+    quants = [quant for _, quant in targets]
+    if len(set(quants)) != len(quants) or len({out for out, _ in targets}) != len(targets):
+        raise HuatuoError(f"each quantization once, each into its own folder: {', '.join(quants)}")
+    for out, _ in targets:  # before any work: nothing is built if one of them could not be published
+        refuse_existing(out, force=force)
+        if not out.parent.is_dir():
+            raise HuatuoError(f"folder {out.parent} does not exist")
     card_match = identify(Path(src))  # before any work: an unsupported model or a bad fine-tune record stops here
     ckpt = LlavaCheckpoint.open(src, allow_pickle=allow_pickle)
     if not ckpt.has_vision:
         raise HuatuoError(f"{ckpt.hf_architecture} has no vision tower; a bundle needs a HuatuoGPT-Vision checkpoint")
     ckpt.vision  # noqa: B018  fail early, naming what was looked for, if the tower is missing
-    with atomic_folder(out, force=force) as work:  # renamed into place only if the block succeeds
-        fidelity: dict[str, Any] = {}
-        llm_file = LLM_NAME.format(quant=quant)
-        log(f"language model -> {llm_file} (verified against the PyTorch reference)")
-        ref = LlavaReference.load(ckpt)  # loaded once: the LLM check and the end-to-end check share it
-        _, fidelity["llm"] = write_llm_gguf(ckpt, work / llm_file, quant, threads=threads, ref=ref, sidecar=False)
+    manifests: list[Manifest] = []
+    first_out = targets[0][0]
+    with tempfile.TemporaryDirectory(prefix=f".{first_out.name}.shared-", dir=first_out.parent) as shared_dir:
+        shared = Path(shared_dir)
+        log("PyTorch reference (loaded once for every bundle)")
+        ref = LlavaReference.load(ckpt)  # the LLM checks and the end-to-end checks share it
         log("vision tower + projector -> ONNX fp32/fp16 (validated)")
-        vision = export_vision(ckpt, work / VISION_DIR, sidecar=False)
-        fidelity["vision"] = vision.fidelity
-        roles = {f"{VISION_DIR}/{name}": _vision_role(name) for name in vision.files}
-        roles = {path: role for path, role in roles.items() if role}
+        vision = export_vision(ckpt, shared / VISION_DIR, sidecar=False)
+        shared_roles = {f"{VISION_DIR}/{name}": _vision_role(name) for name in vision.files}
+        shared_roles = {path: role for path, role in shared_roles.items() if role}
+        shared_fidelity: dict[str, Any] = {"vision": vision.fidelity}
         if with_mmproj:
             from huatuo_convert.mmproj import convert_mmproj
 
             log(f"vision tower -> {MMPROJ_NAME} (llama.cpp mtmd; measured, see upstream defects)")
-            fidelity["mmproj"] = convert_mmproj(ckpt, work / MMPROJ_NAME, threads=threads or 2, sidecar=False)
-            roles[MMPROJ_NAME] = "mmproj"
-        log("end to end: ONNX embeddings + GGUF vs the reference, first greedy tokens")
-        fidelity["end_to_end"] = e2e = end_to_end(work, llm_file, ref)
-        if quant in ("f32", "f16") and not e2e["identical"]:
-            raise HuatuoError(
-                f"end-to-end check failed: the bundle's greedy answer diverges from the reference at token "
-                f"{e2e['first_divergence']}", hint="this is a converter bug; please report it with the manifest figures")
-        roles = {llm_file: "llm", **roles}
-        manifest = _manifest(ckpt, Path(src), out.name, quant, describe_files(work, roles), fidelity, ref.tokenizer.markers,
-                             card_match)
-        card = _card(manifest, card_match, ckpt)
-        (work / CARD_NAME).write_text(card, encoding="utf-8")
-        manifest.files += describe_files(work, {CARD_NAME: CARD_ROLE})
-        write_manifest(work, manifest)
-        apply_bundle_modes(work)
-    return manifest
+            shared_fidelity["mmproj"] = convert_mmproj(ckpt, shared / MMPROJ_NAME, threads=threads or 2, sidecar=False)
+            shared_roles[MMPROJ_NAME] = "mmproj"
+        for out, quant in targets:
+            with atomic_folder(out, force=force) as work:  # renamed into place only if the block succeeds
+                for path in shared_roles:
+                    (work / path).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(shared / path, work / path)
+                fidelity: dict[str, Any] = {}
+                llm_file = LLM_NAME.format(quant=quant)
+                log(f"language model -> {out.name}/{llm_file} (verified against the PyTorch reference)")
+                _, fidelity["llm"] = write_llm_gguf(ckpt, work / llm_file, quant, threads=threads, ref=ref, sidecar=False)
+                fidelity.update(shared_fidelity)
+                log(f"end to end ({out.name}): ONNX embeddings + GGUF vs the reference, first greedy tokens")
+                fidelity["end_to_end"] = e2e = end_to_end(work, llm_file, ref)
+                if quant in ("f32", "f16") and not e2e["identical"]:
+                    raise HuatuoError(
+                        f"end-to-end check failed: the bundle's greedy answer diverges from the reference at token "
+                        f"{e2e['first_divergence']}", hint="this is a converter bug; please report it with the manifest figures")
+                roles = {llm_file: "llm", **shared_roles}
+                manifest = _manifest(ckpt, Path(src), out.name, quant, describe_files(work, roles), fidelity,
+                                     ref.tokenizer.markers, card_match)
+                card = _card(manifest, card_match, ckpt)
+                (work / CARD_NAME).write_text(card, encoding="utf-8")
+                manifest.files += describe_files(work, {CARD_NAME: CARD_ROLE})
+                write_manifest(work, manifest)
+                apply_bundle_modes(work)
+            manifests.append(manifest)
+    return manifests
 
 
 def _manifest(ckpt: LlavaCheckpoint, src: Path, bundle_name: str, quant: str, files: list, fidelity: dict[str, Any],
@@ -198,7 +237,7 @@ def _card(manifest: Manifest, card_match: CardMatch, ckpt: LlavaCheckpoint) -> s
 
 
 def _vision_role(name: str) -> str | None:
-    return {"vision-fp32.onnx": "vision-fp32", "vision-fp16.onnx": "vision-fp16",
+    return {"vision-fp32.onnx": "vision-fp32", "vision-fp16.onnx": "vision-fp16", "vision-int8.onnx": "vision-int8",
             "preprocessor_config.json": "preprocessor"}.get(name)
 
 

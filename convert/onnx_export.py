@@ -19,7 +19,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from huatuo_cli.engine.encoder import FP16_NAME, FP32_NAME, PREPROCESSOR_NAME
+from huatuo_cli.engine.encoder import FP16_NAME, FP32_NAME, INT8_NAME, PREPROCESSOR_NAME
 from huatuo_cli.engine.providers import INPUT_NAME
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.extras import require
@@ -100,11 +100,24 @@ def _convert_fp16(src: Path, dst: Path) -> None:
     onnx.save(model, str(dst))
 
 
+def _convert_int8(src: Path, dst: Path) -> None:
+    """ONNX Runtime's dynamic quantization: int8 weights of every MatMul, activations quantized per
+    batch at run time (uint8 x int8: the VNNI / AMX-INT8 kernels of ONNX Runtime's CPU provider)."""
+    quantization = require("onnxruntime.quantization")
+    quantization.quantize_dynamic(str(src), str(dst), weight_type=quantization.QuantType.QInt8,
+                                  op_types_to_quantize=["MatMul", "Gemm"])
+
+
+#: optional files: one that misses its tolerance is left out (figures kept), not a failed export
+OPTIONAL = ("int8",)
+
+
 def export_vision(
     src: Path | str,
     out: Path | str,
     *,
     fp16: bool = True,
+    int8: bool = True,
     tolerances: dict | None = None,
     select_layer: int | None = None,
     sidecar: bool = True,
@@ -144,10 +157,19 @@ def export_vision(
         if fp16:
             _convert_fp16(tmp / FP32_NAME, tmp / FP16_NAME)
             files["fp16"] = FP16_NAME
+        if int8:
+            _convert_int8(tmp / FP32_NAME, tmp / INT8_NAME)
+            files["int8"] = INT8_NAME
         results = {}
         for precision, name in files.items():
             report = validate_onnx(tmp / name, pixels, expected, tolerances[precision])
             results[name] = report
+        rejected = {}
+        for precision in OPTIONAL:
+            name = files.get(precision)
+            if name and not results[name]["passed"]:  # not faithful enough to be offered: left out
+                rejected[name] = results.pop(name)
+                (tmp / name).unlink()
         failed = {name: r for name, r in results.items() if not r["passed"]}
         if failed:
             detail = "; ".join(
@@ -169,6 +191,8 @@ def export_vision(
             "images": [img["name"] for img in results[FP32_NAME]["images"]],
             "files": results,
         }
+        if rejected:
+            fidelity["rejected"] = rejected
         if sidecar:
             (tmp / FIDELITY_NAME).write_text(json.dumps(fidelity, indent=2))
         (tmp / PREPROCESSOR_NAME).write_text(json.dumps(preprocessor, indent=2))

@@ -176,6 +176,39 @@ def bundle_checks() -> list[Check]:
                                 f"verified, model id {bundle.manifest_sha256[:12]}, {bundle.manifest.quantization}"))
         except HuatuoError as exc:
             checks.append(Check(f"bundle {path.name}", "fail", str(exc)))
+    return checks + speed_checks([p for p, c in zip(paths, checks, strict=True) if c.status == "ok"])
+
+
+def speed_checks(paths: list[Path]) -> list[Check]:
+    """The speed probe of every verified bundle on this CPU (measured once per machine, build and
+    bundle, in a child), and for each model with several quantizations the one `--model NAME` gets."""
+    from huatuo_cli.bundles.locate import as_model
+    from huatuo_cli.engine import quant_probe
+    from huatuo_cli.errors import HuatuoError
+
+    if not paths:
+        return []
+    try:
+        measured = quant_probe.measure(paths)
+    except HuatuoError as exc:
+        return [Check("speed probe", "warn", str(exc))]
+    checks = [Check(f"speed {m.path.name}", "ok" if m.probe else "warn",
+                    f"{m.probe.line()} ({m.probe.variant}, {m.probe.threads} threads); about {m.seconds:.1f} s "
+                    f"for one image question" if m.probe and m.seconds else m.error,
+                    {"probe": asdict(m.probe) if m.probe else None, "seconds": m.seconds})
+              for m in measured]
+    groups: dict[tuple[str, str], list[quant_probe.Measured]] = {}
+    for m in measured:
+        model = as_model(m.path)
+        if model is not None:
+            groups.setdefault((model.name, model.source), []).append(m)
+    for (name, _), members in groups.items():
+        order = quant_probe.ranked(members)
+        if len(members) > 1 and order:
+            figures = ", ".join(f"{m.quantization} {m.seconds:.1f} s" for m in order if m.seconds)
+            checks.append(Check(f"model {name}", "ok", f"`--model {name}` uses {order[0].quantization} "
+                                f"({order[0].path.name}): fastest faithful on this CPU ({figures})",
+                                {"chosen": str(order[0].path), "order": [str(m.path) for m in order]}))
     return checks
 
 

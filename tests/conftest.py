@@ -37,6 +37,10 @@ def isolated_user_dirs(tmp_path, monkeypatch):
     for var in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME", "XDG_STATE_HOME"):
         monkeypatch.setenv(var, str(tmp_path / var.lower()))
     monkeypatch.delenv("HUATUO_MODEL", raising=False)
+    # the exact fp32 vision graph, which the PyTorch reference is: whether the measured rule would
+    # take int8 on this CI machine's CPU must not change answers compared with the reference
+    # (tests/test_quant_choice.py tests that rule with the variable unset)
+    monkeypatch.setenv("HUATUO_VISION_PRECISION", "fp32")
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ def test_bundle_on_unseen_dimensions_matches_reference_end_to_end(make_checkpoin
     assert manifest["vision"]["tokens_per_image"] == 25
     for key in ("llm", "vision", "mmproj"):
         assert manifest["fidelity"][key]
-    assert {f["role"] for f in manifest["files"]} == {"llm", "vision-fp32", "vision-fp16", "preprocessor", "mmproj",
+    assert {f["role"] for f in manifest["files"]} == {"llm", "vision-fp32", "vision-fp16", "vision-int8", "preprocessor", "mmproj",
                                                       "model-card"}
     assert not list((tmp_path / "b").rglob("*.fidelity.json"))  # the figures live in manifest.json only
     assert manifest["source"]["config_sha256"] and manifest["prompt_format"] == "huatuo-v1"

@@ -52,10 +52,11 @@ def reference_embeds(src, images):
 def test_export_writes_validated_files_and_sidecar(exported, arch, layout):
     src, out = exported(arch=arch, vision_layout=layout)
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["preprocessor_config.json", "vision-fp16.onnx", "vision-fp32.onnx", "vision.fidelity.json"]
+    assert names == ["preprocessor_config.json", "vision-fp16.onnx", "vision-fp32.onnx", "vision-int8.onnx",
+                     "vision.fidelity.json"]
     fid = json.loads((out / "vision.fidelity.json").read_text())
     assert fid["output"]["shape"] == ["N", 16, 64] and fid["input"]["shape"] == ["N", 3, 56, 56]
-    for name, bound in (("vision-fp32.onnx", 0.99999), ("vision-fp16.onnx", 0.999)):
+    for name, bound in (("vision-fp32.onnx", 0.99999), ("vision-fp16.onnx", 0.999), ("vision-int8.onnx", 0.999)):
         rep = fid["files"][name]
         assert rep["passed"] and rep["tolerance"]["min_cosine"] == bound
         assert len(rep["images"]) == len(validation_images(56)) == 4

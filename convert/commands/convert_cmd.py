@@ -201,13 +201,15 @@ def mmproj(src: Path, out: Path, ftype: str, threads: int) -> None:
 @convert.command("all")
 @click.argument("src", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--quant", default="q4_k_m", show_default=True, metavar="TYPE",
-              help="Type of the language model GGUF (f16, q8_0, q4_k_m, ...; see `convert gguf`).")
+@click.option("--quant", "quants", multiple=True, metavar="TYPE",
+              help="Type of the language model GGUF (f16, q8_0, q4_k_m, ...; see `convert gguf`) [default: q4_k_m]. "
+                   "Repeat it for one bundle per type, OUT-TYPE each, sharing the reference and vision work.")
 @click.option("--no-mmproj", is_flag=True, help="Leave out the mmproj GGUF (only llama.cpp tools / Ollama use it).")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists (only after the new bundle passed).")
 @click.option("--allow-pickle", is_flag=True, help="Accept pytorch_model*.bin pickle weights (they can run code).")
 @click.option("--threads", type=int, default=None, help="CPU threads for quantization and verification.")
-def all_(src: Path, out: Path, quant: str, no_mmproj: bool, force: bool, allow_pickle: bool, threads: int | None) -> None:
+def all_(src: Path, out: Path, quants: tuple[str, ...], no_mmproj: bool, force: bool, allow_pickle: bool,
+         threads: int | None) -> None:
     """Build a verified model bundle: LLM GGUF + vision ONNX (fp32, fp16) + mmproj + manifest.json.
 
     Every part is checked against the PyTorch reference as it is written, then the whole bundle
@@ -215,18 +217,27 @@ def all_(src: Path, out: Path, quant: str, no_mmproj: bool, force: bool, allow_p
     and sha256, the source config hash, architecture, prompt format, quantization, the measured
     figures and tool versions. OUT appears only when everything passed.
 
+    With several --quant, each bundle is written to OUT-TYPE (OUT-q8_0, OUT-q4_k_m): the checkpoint,
+    the PyTorch reference and the vision export are done once, each bundle is verified and
+    published on its own. Installed side by side, they are one model with tags: `--model NAME`
+    takes the one measured fastest on the workstation's CPU, `--model NAME:TYPE` that one.
+
     \b
-    Example:
+    Examples:
       huatuo convert all /models/HuatuoGPT-Vision-7B /bundles/huatuo-7b-q4_k_m --quant q4_k_m
+      huatuo convert all /models/HuatuoGPT-Vision-7B /bundles/huatuogpt-vision-7b --quant q8_0 --quant q4_k_m
     """
-    from huatuo_convert.bundle_build import build_bundle, summary
+    from huatuo_convert.bundle_build import build_bundles, summary
     from huatuo_convert.checkpoint import PickleRefused
 
+    quants = quants or ("q4_k_m",)
+    targets = [(out, quants[0])] if len(quants) == 1 else [(out.with_name(f"{out.name}-{q.lower()}"), q) for q in quants]
     with _offering(PickleRefused, ALLOW_PICKLE):
-        manifest = build_bundle(src, out, quant, force=force, with_mmproj=not no_mmproj, allow_pickle=allow_pickle,
-                                threads=threads, log=lambda msg: click.echo(f"- {msg}", err=True))
-    click.echo(summary(manifest))
-    click.echo(f"wrote bundle {out}")
+        manifests = build_bundles(src, targets, force=force, with_mmproj=not no_mmproj, allow_pickle=allow_pickle,
+                                  threads=threads, log=lambda msg: click.echo(f"- {msg}", err=True))
+    for manifest, (folder, _) in zip(manifests, targets, strict=True):
+        click.echo(summary(manifest))
+        click.echo(f"wrote bundle {folder}")
 
 
 @convert.command()

@@ -26,7 +26,8 @@ SAMPLING_PARAMS = ("max_tokens", "temperature", "top_p", "repetition_penalty", "
 
 def model_option(command: F) -> F:
     return click.option("--model", "model_path", metavar="BUNDLE",
-                        help="model bundle (default: HUATUO_MODEL, config, models folder)")(command)
+                        help="model bundle folder, or an installed NAME[:TAG] (`huatuo models list`; NAME alone: the "
+                             "quantization measured fastest on this CPU) (default: HUATUO_MODEL, config, models folder)")(command)
 
 
 def device_option(command: F) -> F:

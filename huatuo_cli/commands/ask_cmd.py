@@ -53,12 +53,12 @@ def ask(paths: tuple[Path, ...], question: str, model_path: str | None, window: 
     from huatuo_cli.answering.inputs import inputs_from_paths
     from huatuo_cli.answering.record import build_record
     from huatuo_cli.answering.service import AnswerService
-    from huatuo_cli.bundles.locate import find_bundle
+    from huatuo_cli.engine.quant_probe import find_model
     from huatuo_cli.engine.session import Conversation
     from huatuo_cli.errors import HuatuoError
 
     question = check_question(question)
-    bundle = find_bundle(model_path)
+    bundle = find_model(model_path)
     audit.ensure_writable()  # before the images are read: refused early, as AnswerService.open would
     study_key, audit_id, inputs = inputs_from_paths(paths, window=window, frame=frame, images=images,
                                                     overlays=overlays)

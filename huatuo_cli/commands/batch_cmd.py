@@ -136,8 +136,8 @@ def batch(ctx: click.Context, folder: Path | None, out: Path, question: tuple[st
     from huatuo_cli.answering.service import AnswerService
     from huatuo_cli.batch.progress import make_progress
     from huatuo_cli.batch.runner import EXIT_INTERRUPTED, run_batch
-    from huatuo_cli.bundles.locate import find_bundle
     from huatuo_cli.bundles.model_card import copy_card_to
+    from huatuo_cli.engine.quant_probe import find_model
 
     asked = read_questions(question, questions_file)
     _check_source(folder, from_pacs, study_uids, since)
@@ -148,7 +148,7 @@ def batch(ctx: click.Context, folder: Path | None, out: Path, question: tuple[st
         raise click.UsageError("--out must not be inside FOLDER (the outputs would be scanned as inputs)")
     send_sr = _sender(send_to, write_srs)  # a bad destination fails before anything is created
     writable_folder(out, what="--out")
-    bundle = find_bundle(model_path)
+    bundle = find_model(model_path)
     audit.ensure_writable()  # before any answer: an answer must never go unaudited
     root = folder.resolve() if folder else _retrieve(from_pacs or "", study_uids, since)
     jobs = jobs_from_folder(root, per=per, window=window, frame=frame, images=images, overlays=overlays)

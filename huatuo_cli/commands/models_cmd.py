@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from huatuo_cli.bundles.bundle import VerifiedCache, check_metadata, read_manifest, verify_files, verify_signature
-from huatuo_cli.bundles.locate import find_bundle, installed_bundles, models_dirs
+from huatuo_cli.bundles.locate import as_model, find_bundle, installed_bundles, models_dirs
 from huatuo_cli.bundles.model_card import read_bundle_card, summary_lines
 from huatuo_cli.errors import HuatuoError
 
@@ -39,7 +39,8 @@ def list_() -> None:
     if not bundles:
         click.echo("no bundles installed in " + " or ".join(str(d) for d in models_dirs()))
         return
-    table = Table("bundle", "architecture", "quantization", "model sha256", "path")
+    speeds = _speeds(bundles)
+    table = Table("bundle", "model:tag", "architecture", "quantization", "model sha256", "this CPU", "path")
     for path in bundles:
         manifest, digest = read_manifest(path)
         try:  # the LLM file's header is the authority; an edited manifest is not shown as fact
@@ -47,9 +48,30 @@ def list_() -> None:
         except HuatuoError:
             contradicted = True
         unverified = "? (run models verify)"
-        table.add_row(path.name, unverified if contradicted else manifest.architecture,
-                      unverified if contradicted else manifest.quantization, digest[:12], str(path))
+        model = as_model(path)
+        table.add_row(path.name, model.ref if model else "?", unverified if contradicted else manifest.architecture,
+                      unverified if contradicted else manifest.quantization, digest[:12], speeds.get(path, ""), str(path))
     Console().print(table)
+
+
+def _speeds(bundles: list[Path]) -> dict[Path, str]:
+    """The speed probe's figures for this CPU where measured (`huatuo doctor` measures), and which
+    quantization a model name without a tag gets here."""
+    from huatuo_cli.engine import quant_probe
+
+    try:
+        measured = {m.path: m for m in quant_probe.measure(bundles, run=False)}
+    except HuatuoError as exc:  # no llama.cpp here, or an unreadable manifest
+        return dict.fromkeys(bundles, f"? ({str(exc)[:60]})")
+    out = {path: m.probe.line() if m.probe else "not measured (huatuo doctor)" for path, m in measured.items()}
+    groups: dict[tuple[str, str], list[Path]] = {}
+    for model in filter(None, map(as_model, bundles)):
+        groups.setdefault((model.name, model.source), []).append(model.path)
+    for (name, _), paths in groups.items():
+        order = quant_probe.ranked([measured[p] for p in paths])
+        if len(paths) > 1 and len(order) == len(paths):
+            out[order[0].path] += f"; fastest here: `--model {name}` uses it"
+    return out
 
 
 @models.command()

@@ -89,11 +89,11 @@ def _serve(sock: socket.socket, *, model_path: str | None, host: str, api_key: s
     import uvicorn
 
     from huatuo_cli.answering.service import AnswerService
-    from huatuo_cli.bundles.locate import find_bundle
+    from huatuo_cli.engine.quant_probe import find_model
     from huatuo_cli.serve.app import LOG, create_app
     from huatuo_cli.serve.worker import Worker
 
-    bundle = find_bundle(model_path)
+    bundle = find_model(model_path)
     service = AnswerService.open(bundle, command="serve", sampling=sampling, device=device, vision=vision,
                                  threads=threads)  # verifies the bundle, checks the audit trail
     worker = Worker(service, queue_size=queue_size)

@@ -76,6 +76,7 @@ class CpuBackend:
     tested: dict[str, dict[str, Any]] = field(default_factory=dict)  # variant -> Verdict fields
     fallback: bool = False  # a faster path was ruled out by the self-test
     found_now: bool = False  # this run ran the self-test that ruled it out
+    cache_key: str = ""  # this machine and build (`cpu_verdicts.cache_key`): the speed probe's cache key too
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -274,7 +275,8 @@ def choose(variants: list[Variant], info: dict[str, Any] | None, variants_dir: P
         if not variants:
             raise HuatuoError(f"{ENV_VARIANT}={forced}: no such CPU variant runs on this machine",
                               hint=f"one of: {', '.join(ranked)}")
-    cache = VerdictCache(cache_key([(v.name, v.score) for v in variants], variants_dir, info.get("key") if info else None))
+    key = cache_key([(v.name, v.score) for v in variants], variants_dir, info.get("key") if info else None)
+    cache = VerdictCache(key)
     tested: dict[str, dict[str, Any]] = {}
     ruled_out: list[str] = []
     found_now = False
@@ -296,7 +298,7 @@ def choose(variants: list[Variant], info: dict[str, Any] | None, variants_dir: P
         sentence = f"{variant.name}, weight repacking {'on' if repack else 'off'}{why}; "
         sentence += f"self-test: {'; '.join(ruled_out)}; using the next correct path" if ruled_out else "self-test passed"
         return CpuBackend(build, info, variant.name, repack, sentence, ranked, tested,
-                          fallback=bool(ruled_out), found_now=found_now)
+                          fallback=bool(ruled_out), found_now=found_now, cache_key=key)
     raise HuatuoError("llama.cpp's CPU kernels failed their self-test on this machine: " + "; ".join(ruled_out),
                       hint="run `huatuo doctor` and report its output")
 

@@ -23,22 +23,31 @@ from huatuo_cli.extras import require
 
 FP32_NAME = "vision-fp32.onnx"
 FP16_NAME = "vision-fp16.onnx"
+INT8_NAME = "vision-int8.onnx"
 PREPROCESSOR_NAME = "preprocessor_config.json"
 
 
-def vision_precision(device: str, *, has_fp16: bool) -> str:
-    """"fp16" or "fp32": the one rule for which vision graph runs on `device` (the bundle's roles
-    `vision-fp16`/`vision-fp32`, a vision folder's FP16_NAME/FP32_NAME).
+def vision_precision(device: str, *, has_fp16: bool, int8_faster: bool = False) -> str:
+    """"fp16", "int8" or "fp32": the one rule for which vision graph runs on `device` (the bundle's
+    roles `vision-fp16`/`vision-int8`/`vision-fp32`, a vision folder's FP16_NAME/FP32_NAME).
 
     fp16 only where it exists and suits the device: CUDA without TensorRT (half the memory traffic).
-    TensorRT builds its own fp16 engine from the fp32 graph (`trt_fp16_enable`); the CPU runs fp32,
-    which is both faster and exact there.
+    TensorRT builds its own fp16 engine from the fp32 graph (`trt_fp16_enable`). On the CPU, int8
+    (a file that passed the fp16 file's cosine gate at conversion) where it was measured faster
+    than fp32 on this CPU (`int8_faster`: `quant_probe.int8_vision_faster`), else fp32.
     """
-    if not has_fp16:
-        return "fp32"
     available = require("onnxruntime").get_available_providers()
     cuda = device == "cuda" or (device == "auto" and CUDA in available and TENSORRT not in available)
-    return "fp16" if cuda else "fp32"
+    gpu = cuda or device == "tensorrt" or (device == "auto" and TENSORRT in available)
+    if cuda and has_fp16:
+        return "fp16"
+    return "int8" if int8_faster and not gpu else "fp32"
+
+
+def runs_on_cpu(device: str) -> bool:
+    """Whether `device` means ONNX Runtime's CPU provider here (no GPU provider would be tried)."""
+    available = require("onnxruntime").get_available_providers()
+    return device == "cpu" or (device == "auto" and CUDA not in available and TENSORRT not in available)
 
 
 class ImageEncoder:

@@ -7,6 +7,7 @@ fidelity checks measured.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,26 @@ def interleave(token_chunks: Sequence[list[int]], image_embeds: Sequence[np.ndar
     return out
 
 
+#: pins the vision graph (fp32, fp16 or int8) instead of the measured rule: for an IT policy that
+#: wants the exact fp32 path everywhere, and for tests that compare answers with the fp32 reference
+ENV_VISION_PRECISION = "HUATUO_VISION_PRECISION"
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def pinned_precision(bundle: Bundle) -> str | None:
+    """The precision HUATUO_VISION_PRECISION pins (None: unset or "auto"), checked against the bundle."""
+    pinned = os.environ.get(ENV_VISION_PRECISION, "auto").strip().lower() or "auto"
+    if pinned == "auto":
+        return None
+    if pinned not in PRECISIONS:
+        raise HuatuoError(f"{ENV_VISION_PRECISION}={pinned} is not a vision precision",
+                          hint=f"one of auto, {', '.join(PRECISIONS)}")
+    if not bundle.has(f"vision-{pinned}"):
+        raise HuatuoError(f"{ENV_VISION_PRECISION}={pinned}, but bundle {bundle.root.name} has no {pinned} vision file",
+                          hint="unset it to let huatuo choose, or convert the bundle again")
+    return pinned
+
+
 class BundleImageEncoder:
     """The bundle's image encoder: ONNX Runtime (exact; default) or the mmproj through llama.cpp mtmd.
 
@@ -45,11 +66,20 @@ class BundleImageEncoder:
         self.vision = vision
         self._onnx = self._mtmd = None
         if vision == "onnx":
-            from huatuo_cli.engine.encoder import ImageEncoder, vision_precision
+            from huatuo_cli.engine.encoder import ImageEncoder, runs_on_cpu, vision_precision
 
             # only files the manifest lists (and verification hashed) are read: never a file that
             # merely sits in the folder
-            role = "vision-" + vision_precision(device, has_fp16=bundle.has("vision-fp16"))
+            pinned = pinned_precision(bundle)
+            if pinned is not None:
+                role = "vision-" + pinned
+            else:
+                int8_faster = False
+                if bundle.has("vision-int8") and runs_on_cpu(device):
+                    from huatuo_cli.engine.quant_probe import int8_vision_faster
+
+                    int8_faster = int8_vision_faster(bundle, threads=threads)
+                role = "vision-" + vision_precision(device, has_fp16=bundle.has("vision-fp16"), int8_faster=int8_faster)
             self._onnx = ImageEncoder(bundle.path(role), device=device, cache_dir=bundle.root, threads=threads,
                                       preprocess_config=PreprocessConfig.from_file(bundle.path("preprocessor")))
             self.provider, self.fallback_note = self._onnx.provider, self._onnx.fallback_note

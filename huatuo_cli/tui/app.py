@@ -144,11 +144,11 @@ class HuatuoApp(App[None]):
 
     @work(thread=True, exclusive=True, group="model", exit_on_error=False)
     def load_model(self) -> None:
-        from huatuo_cli.bundles.locate import find_bundle
+        from huatuo_cli.engine.quant_probe import find_model
 
         self.call_from_thread(self.status.set_model, None, "loading…")
         try:  # an audit trail that cannot be written refuses the model: nothing could be answered unaudited
-            bundle = find_bundle(self.model_path)
+            bundle = find_model(self.model_path)
             service = AnswerService.open(bundle, command=AUDIT_COMMAND, sampling=self.sampling, device=self.device,
                                          vision=self.vision, threads=self.threads)
         except Exception as exc:  # noqa: BLE001 - a worker reports every failure, it never crashes the app
