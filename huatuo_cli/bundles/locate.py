@@ -5,8 +5,13 @@ default models folders. One place decides, so `ask`, `batch`, the TUI and `docto
 from __future__ import annotations
 
 import os
-import tomllib
+import sys
 from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the tomli backport (pyproject.toml: tomli>=2; python_version < '3.11')
+    import tomli as tomllib
 
 import platformdirs
 
