@@ -88,7 +88,7 @@ def record(
     written to that node's own audit trail and says which machine answered."""
     entry = {
         "schema": SCHEMA,
-        "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "user": _os_user(),
         "command": command,
         "model_sha256": model_sha256,

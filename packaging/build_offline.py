@@ -4,11 +4,13 @@
     python packaging/build_offline.py dist --bundle /bundles/huatuo-7b-q4_k_m --bundle /bundles/other
 
 dist/huatuo-offline-<version>-linux-x86_64/ holds
-  wheelhouse/          huatuo's wheel and every runtime dependency for this platform and Python,
-                       the portable llama-cpp-python wheel among them (packaging/llama_wheel.py)
-  requirements.lock    one `name==version --hash=sha256:...` line per wheel (pip --require-hashes)
+  wheelhouse/          huatuo's wheel and every runtime dependency for Linux x86-64 (manylinux) and
+                       each CPython of PYTHONS, the portable llama-cpp-python wheel among them
+                       (packaging/llama_wheel.py); pure wheels are shared
+  requirements-cpXY.lock  for each CPython X.Y: one `name==version --hash=sha256:...` line per wheel
+                       that Python installs (pip --require-hashes); install.sh picks its Python's
   bundles/<name>/      model bundles, as `huatuo convert all` wrote them
-  sbom.cdx.json        CycloneDX SBOM of the environment the lock installs (cyclonedx-py)
+  sbom.cdx.json        CycloneDX SBOM of the environment the build Python's lock installs (cyclonedx-py)
   install.sh           verify everything, then install (packaging/README.md)
   README.md            the deployment guide
   MANIFEST.sha256      sha256 of every other file (`sha256sum -c` format)
@@ -29,6 +31,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import zipfile
 from pathlib import Path
 
 from huatuo_cli.bundles.bundle import sha256_file
@@ -38,6 +41,13 @@ HERE = ROOT / "packaging"
 #: never in a workstation install (server side only; `ray`, the `cluster` extra, runs on cluster nodes)
 SERVER_ONLY = ("torch", "transformers", "optimum", "peft", "accelerate", "onnx", "safetensors", "sentencepiece", "ray")
 _WHEEL_NAME = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+)-")
+#: the workstation CPythons: one wheelhouse, one lock each (requirements-cp310.lock, ...). 3.9 cannot be:
+#: pydicom 3.0 needs 3.10 (packaging/README.md)
+PYTHONS = ("3.10", "3.11", "3.12", "3.13")
+#: the platforms pip may pick wheels for, newest first: manylinux_2_28 (glibc 2.28: RHEL 8, Debian 10,
+#: Ubuntu 18.10) and older; linux_x86_64 only for our own llama-cpp-python wheel (PyPI refuses that tag)
+PLATFORMS = (*(f"manylinux_2_{minor}_x86_64" for minor in range(28, 16, -1)), "manylinux2014_x86_64",
+             "manylinux2010_x86_64", "manylinux1_x86_64", "linux_x86_64")
 
 
 def _version() -> str:
@@ -52,23 +62,73 @@ def _llama_wheel(cuda_archs: str | None) -> Path:
     return module.build(module.build_key(cuda_archs), None)
 
 
-def wheelhouse(out: Path, cuda_archs: str | None = None) -> list[Path]:
+def wheelhouse(out: Path, cuda_archs: str | None = None) -> dict[str, list[Path]]:
     """huatuo's wheel, the portable llama.cpp wheel, and what `huatuo-cli[cpu,sign]` needs, as wheels
-    (with `cuda_archs`: the CUDA llama.cpp build and `huatuo-cli[gpu,sign]`, i.e. onnxruntime-gpu)."""
+    for every CPython in PYTHONS (with `cuda_archs`: the CUDA llama.cpp build and `huatuo-cli[gpu,sign]`,
+    i.e. onnxruntime-gpu). One folder: pure wheels are shared. Returns each Python's wheels (its lock)."""
     out.mkdir(parents=True)
     pip = [sys.executable, "-m", "pip"]
     subprocess.run([*pip, "wheel", "-q", "--no-deps", "-w", str(out), str(ROOT)], check=True)
     shutil.copy2(_llama_wheel(cuda_archs), out)
     (ours,) = out.glob("huatuo_cli-*.whl")
-    # --find-links: llama-cpp-python==0.3.36 resolves to the portable wheel, never to PyPI's sdist
-    subprocess.run([*pip, "download", "-q", "-d", str(out), "--find-links", str(out), "--only-binary=:all:",
-                    f"{ours}[{_extra(cuda_archs)}]"], check=True)
-    wheels = sorted(out.glob("*.whl"))
-    names = {_WHEEL_NAME.match(w.name)["name"].lower().replace("_", "-") for w in wheels}
+    per_python: dict[str, list[Path]] = {}
+    for version in PYTHONS:
+        tag = "cp" + version.replace(".", "")
+        with tempfile.TemporaryDirectory(prefix=f"huatuo-{tag}-") as tmp:
+            # --find-links: llama-cpp-python==0.3.36 resolves to the portable wheel, never to PyPI's sdist
+            download = [*pip, "download", "-q", "-d", tmp, "--find-links", str(out), "--only-binary=:all:",
+                        "--python-version", version, "--implementation", "cp", "--abi", tag,
+                        *[arg for platform_tag in PLATFORMS for arg in ("--platform", platform_tag)]]
+            subprocess.run([*download, f"{ours}[{_extra(cuda_archs)}]"], check=True)
+            # pip evaluates `python_version` markers for the Python it runs on, not --python-version: what
+            # the target Python needs besides (tomli, exceptiongroup on 3.10) is fetched until nothing is missing
+            while missing := _marker_only_needs(Path(tmp), version, _extra(cuda_archs).split(",")):
+                subprocess.run([*download, *missing], check=True)
+            wheels = []
+            for wheel in sorted(Path(tmp).glob("*.whl")):
+                if not wheel.name.endswith(".whl") or not _WHEEL_NAME.match(wheel.name):
+                    sys.exit(f"build_offline: not a wheel: {wheel.name}")
+                if not (out / wheel.name).exists():
+                    shutil.copy2(wheel, out)
+                elif sha256_file(out / wheel.name) != sha256_file(wheel):
+                    sys.exit(f"build_offline: two different files named {wheel.name}")
+                wheels.append(out / wheel.name)
+        per_python[tag] = wheels
+    names = {_WHEEL_NAME.match(w.name)["name"].lower().replace("_", "-") for w in out.glob("*.whl")}
     leaked = sorted(names & set(SERVER_ONLY))
     if leaked:
         sys.exit(f"build_offline: server-only packages in the workstation wheelhouse: {leaked}")
-    return wheels
+    unused = sorted(w.name for w in out.glob("*.whl") if not any(w in ws for ws in per_python.values()))
+    if unused:
+        sys.exit(f"build_offline: wheels no Python's lock uses: {unused}")
+    return per_python
+
+
+def _marker_only_needs(folder: Path, version: str, our_extras: list[str]) -> list[str]:
+    """The requirements of the wheels in `folder` that CPython `version` on Linux needs and that are
+    not there (by name): those whose markers pip, running on another Python, judged false."""
+    from packaging.markers import default_environment
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    env = dict(default_environment(), python_version=version, python_full_version=f"{version}.0",
+               implementation_name="cpython", platform_python_implementation="CPython", sys_platform="linux",
+               platform_system="Linux", platform_machine="x86_64", os_name="posix")
+    have = {canonicalize_name(_WHEEL_NAME.match(w.name)["name"]) for w in folder.glob("*.whl")}
+    missing = []
+    for wheel in sorted(folder.glob("*.whl")):
+        with zipfile.ZipFile(wheel) as zf:
+            (metadata,) = [n for n in zf.namelist() if n.endswith(".dist-info/METADATA")]
+            text = zf.read(metadata).decode("utf-8")
+        extras = our_extras if wheel.name.startswith("huatuo_cli-") else []
+        for line in text.split("\n\n", 1)[0].splitlines():
+            if not line.startswith("Requires-Dist:"):
+                continue
+            req = Requirement(line.split(":", 1)[1].strip())
+            wanted = req.marker is None or any(req.marker.evaluate(dict(env, extra=e)) for e in ["", *extras])
+            if wanted and canonicalize_name(req.name) not in have:
+                missing.append(f"{req.name}{req.specifier}")
+    return sorted(set(missing))
 
 
 def _extra(cuda_archs: str | None) -> str:
@@ -84,8 +144,16 @@ def write_lock(wheels: list[Path], lock: Path, extra: str = "cpu") -> None:
         name = m["name"].replace("_", "-")
         extras = f"[{extra}]" if name == "huatuo-cli" else ""
         lines.append(f"{name}{extras}=={m['version']} --hash=sha256:{sha256_file(wheel)}")
-    lock.write_text("# pip install --no-index --find-links wheelhouse --require-hashes -r requirements.lock\n"
+    lock.write_text(f"# pip install --no-index --find-links wheelhouse --require-hashes -r {lock.name}\n"
                     + "\n".join(lines) + "\n")
+
+
+def _lock_name(tag: str) -> str:
+    return f"requirements-{tag}.lock"
+
+
+def _this_python() -> str:
+    return f"cp{sys.version_info.major}{sys.version_info.minor}"
 
 
 def demo_bundle(work: Path) -> Path:
@@ -99,12 +167,13 @@ def demo_bundle(work: Path) -> Path:
 
 
 def sbom(stage: Path, out: Path) -> None:
-    """Install the lock into a throwaway venv from the wheelhouse alone, and describe that venv."""
+    """Install the build Python's lock into a throwaway venv from the wheelhouse alone, and describe that
+    venv (each other Python's packages and versions are its lock's lines)."""
     with tempfile.TemporaryDirectory(prefix="huatuo-sbom-") as tmp:
         venv = Path(tmp) / "venv"
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         subprocess.run([venv / "bin" / "python", "-m", "pip", "install", "-q", "--no-index", "--find-links",
-                        str(stage / "wheelhouse"), "--require-hashes", "-r", str(stage / "requirements.lock")],
+                        str(stage / "wheelhouse"), "--require-hashes", "-r", str(stage / _lock_name(_this_python()))],
                        check=True)
         subprocess.run([sys.executable, "-m", "cyclonedx_py", "environment", "--output-reproducible",
                         "--of", "JSON", "-o", str(out), str(venv / "bin" / "python")], check=True)
@@ -123,7 +192,8 @@ def build(out_dir: Path, bundles: list[Path], cuda_archs: str | None = None) -> 
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
     try:
-        write_lock(wheelhouse(stage / "wheelhouse", cuda_archs), stage / "requirements.lock", _extra(cuda_archs))
+        for tag, wheels in wheelhouse(stage / "wheelhouse", cuda_archs).items():
+            write_lock(wheels, stage / _lock_name(tag), _extra(cuda_archs))
         with tempfile.TemporaryDirectory(prefix="huatuo-demo-") as tmp:
             for bundle in bundles or [demo_bundle(Path(tmp))]:
                 if not (bundle / "manifest.json").is_file():

@@ -8,14 +8,16 @@
 # bin/huatuo -> <version>/venv/bin/huatuo; another version installs beside it and takes bin/huatuo.
 # Bundles go to the machine-wide models folder (/usr/local/share/huatuo/models) or --models DIR,
 # each beside the ones already there. Nothing is changed unless MANIFEST.sha256 matches every file
-# and lists every file. --trust-key pins IT's bundle-signing key (the .pub of `huatuo convert keygen`)
+# and lists every file. PYTHON (default python3) is a CPython the artifact has a lock for
+# (requirements-cpXY.lock: 3.10 to 3.13), and that lock is what is installed; another is refused.
+# --trust-key pins IT's bundle-signing key (the .pub of `huatuo convert keygen`)
 # in <version>/venv/etc/huatuo/trusted-keys: from then on that huatuo uses only bundles signed with
 # it, and the bundles of this artifact must be signed before anything is copied. See README.md.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 if [ "$(id -u)" = 0 ]; then prefix=/opt/huatuo; else prefix="$HOME/.local/opt/huatuo"; fi
-models="" python="python3.11" uninstall=0 trust_key=""
+models="" python="python3" uninstall=0 trust_key=""
 
 die() { echo "install.sh: $*" >&2; exit 1; }
 while [ $# -gt 0 ]; do
@@ -25,7 +27,7 @@ while [ $# -gt 0 ]; do
     --python) python="$2"; shift 2 ;;
     --uninstall) uninstall=1; shift ;;
     --trust-key) trust_key="$(realpath -e "$2")" || die "no key file $2"; shift 2 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
 done
@@ -52,7 +54,16 @@ bad="$(sed -n 's/: FAILED.*$//p' <<<"$report")"
 extra="$(comm -13 <(sed 's/^[0-9a-f]*  //' MANIFEST.sha256 | sort) \
                   <(find . -type f ! -name MANIFEST.sha256 | sed 's|^\./||' | sort))"
 [ -z "$extra" ] || die "refusing to install: files not in MANIFEST.sha256: $extra"
-command -v "$python" >/dev/null || die "$python not found (huatuo needs Python 3.11; pass --python)"
+supported="$(ls requirements-cp3*.lock 2>/dev/null | sed 's/^requirements-cp3\(.*\)\.lock$/3.\1/' | sort -t. -k2n | paste -sd' ')"
+[ -n "$supported" ] || die "no requirements-cpXY.lock: not a huatuo artifact"
+command -v "$python" >/dev/null || die "$python not found (huatuo needs CPython $supported; pass --python)"
+pyver="$("$python" -c 'import sys; print(sys.implementation.name, "%d.%d" % sys.version_info[:2])' 2>/dev/null)" \
+  || die "$python does not run (huatuo needs CPython $supported; pass --python)"
+lock="requirements-cp${pyver#cpython }.lock" lock="${lock/./}"
+case "$pyver" in
+  "cpython "*) [ -f "$lock" ] || die "$python is Python ${pyver#cpython }: this artifact supports CPython $supported (pass --python)" ;;
+  *) die "$python is ${pyver% *} ${pyver#* }, not CPython: this artifact supports CPython $supported (pass --python)" ;;
+esac
 
 # 2. the environment, from the wheelhouse alone, every wheel checked against the lock
 venv="$prefix/$version/venv"
@@ -60,7 +71,7 @@ venv="$prefix/$version/venv"
 mkdir -p "$prefix/bin"
 "$python" -m venv "$venv"
 PIP_CONFIG_FILE=/dev/null PIP_NO_INDEX=1 "$venv/bin/python" -m pip install -q --no-index --no-cache-dir \
-  --disable-pip-version-check --find-links "$here/wheelhouse" --require-hashes -r "$here/requirements.lock" \
+  --disable-pip-version-check --find-links "$here/wheelhouse" --require-hashes -r "$here/$lock" \
   || { rm -rf "${prefix:?}/$version"; die "pip refused the wheelhouse (see above); nothing installed"; }
 
 # 2b. IT's signing key, pinned: checked as a key, then every bundle of this artifact checked against it

@@ -3,11 +3,13 @@
 The artifact is the real one (`packaging/build_offline.py`, demo bundle included); installs run
 `install.sh` inside a network namespace with no interfaces (`unshare -n`, root), pip's index off,
 HOME in a temp folder; the installed `huatuo` then answers the demo question there, natively and
-under `qemu-x86_64 -cpu Haswell`.
+under `qemu-x86_64 -cpu Haswell`, and with every other supported CPython (pyenv's 3.10, 3.12, 3.13),
+each from its own lock, with the same tokens.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -26,6 +28,22 @@ pytestmark = pytest.mark.slow  # every test here needs the built artifact (about
 
 ROOT = Path(__file__).resolve().parent.parent
 QUESTION = "Is there a pleural effusion?"
+PYTHONS = ("3.10", "3.11", "3.12", "3.13")  # packaging/build_offline.py PYTHONS
+THIS_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def pyenv_python(version: str) -> Path:
+    """pyenv's CPython X.Y (`pyenv root`/versions/X.Y.*): the workstations' other Pythons. Missing is a
+    failure, not a skip: the promise is that the artifact installs with each of them."""
+    roots = [os.environ.get("PYENV_ROOT", ""), "/root/.pyenv", str(Path.home() / ".pyenv")]
+    if shutil.which("pyenv"):
+        roots.insert(0, subprocess.run(["pyenv", "root"], capture_output=True, text=True).stdout.strip())
+    for root in filter(None, roots):
+        found = sorted(glob.glob(f"{root}/versions/{version}.*/bin/python{version}"))
+        if found:
+            return Path(found[-1])
+    pytest.fail(f"no CPython {version} from pyenv (looked in {roots}): install it (`pyenv install {version}`) "
+                "so that the artifact is tested with every Python it supports")
 
 
 @pytest.fixture(scope="session")
@@ -43,8 +61,9 @@ def offline_env(home: Path) -> dict:
     return dict(env, HOME=str(home), PIP_INDEX_URL="http://127.0.0.1:9/nowhere", PATH=os.environ["PATH"])
 
 
-def install(folder: Path, prefix: Path, models: Path, home: Path, *extra: str) -> subprocess.CompletedProcess:
-    python = Path(sys.base_prefix) / "bin" / f"python{sys.version_info.major}.{sys.version_info.minor}"
+def install(folder: Path, prefix: Path, models: Path, home: Path, *extra: str,
+            python: Path | None = None) -> subprocess.CompletedProcess:
+    python = python or Path(sys.base_prefix) / "bin" / f"python{THIS_PYTHON}"
     cmd = ["unshare", "-n", str(folder / "install.sh"), "--prefix", str(prefix), "--models", str(models),
            "--python", str(python), *extra]
     return subprocess.run(cmd, capture_output=True, text=True, env=offline_env(home), timeout=900)
@@ -52,12 +71,26 @@ def install(folder: Path, prefix: Path, models: Path, home: Path, *extra: str) -
 
 def test_artifact_holds_a_locked_runtime_without_server_packages(artifact):
     wheels = sorted(p.name for p in (artifact / "wheelhouse").glob("*.whl"))
-    lock = (artifact / "requirements.lock").read_text()
     assert any(w.startswith("llama_cpp_python-0.3.36") for w in wheels)
-    for wheel in wheels:  # every wheel is locked by hash
-        name = wheel.split("-")[0].replace("_", "-")
-        assert f"\n{name}" in lock or f"\n{name}[cpu]" in lock, wheel
-    assert lock.count("--hash=sha256:") == len(wheels)
+    locks = {version: (artifact / f"requirements-cp{version.replace('.', '')}.lock").read_text() for version in PYTHONS}
+    assert sorted(p.name for p in artifact.glob("requirements*.lock")) == sorted(
+        f"requirements-cp{v.replace('.', '')}.lock" for v in PYTHONS)
+    hashes = {subprocess.run(["sha256sum", str(artifact / "wheelhouse" / w)], capture_output=True, text=True,
+                             check=True).stdout.split()[0]: w for w in wheels}
+    locked: set[str] = set()
+    for version, lock in locks.items():
+        lines = [line for line in lock.splitlines() if line and not line.startswith("#")]
+        digests = [line.split("--hash=sha256:")[1] for line in lines]
+        assert len(digests) == len(lines) == len({line.split("=")[0] for line in lines}), version  # one per package
+        for digest in digests:  # every locked wheel is in the wheelhouse, and is built for this Python
+            wheel = hashes[digest]
+            python_tag, abi_tag = wheel[:-4].split("-")[-3:-1]
+            tag = "cp" + version.replace(".", "")
+            assert (python_tag, abi_tag) == (tag, tag) or abi_tag in ("abi3", "none"), (version, wheel)
+        assert any(line.startswith("huatuo-cli[cpu,sign]==") for line in lines), version
+        locked |= set(digests)
+    assert locked == set(hashes)  # every wheel is locked by hash, by at least one Python's lock
+    assert "tomli" in locks["3.10"] and "\ntomli==" not in locks["3.11"]
     for server in ("torch", "transformers", "optimum", "peft", "onnx-", "safetensors"):
         assert not any(w.lower().startswith(server) for w in wheels), server
     sbom = json.loads((artifact / "sbom.cdx.json").read_text())
@@ -131,7 +164,7 @@ def _flip(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("victim", ["wheelhouse/llama_cpp_python-*.whl", "requirements.lock",
+@pytest.mark.parametrize("victim", ["wheelhouse/llama_cpp_python-*.whl", f"requirements-cp{THIS_PYTHON.replace('.', '')}.lock",
                                     "bundles/*/llm-q4_k_m.gguf", "bundles/*/manifest.json"])
 def test_one_changed_byte_stops_the_install_before_it_changes_anything(artifact_copy, tmp_path, victim):
     (target,) = artifact_copy.glob(victim)
@@ -256,3 +289,54 @@ def test_a_pinned_it_key_admits_only_bundles_it_signed(artifact, tmp_path):
     check = subprocess.run([str(prefix / "bin" / "huatuo"), "models", "verify", str(models / bundle.name)],
                            capture_output=True, text=True, env=offline_env(home))
     assert check.returncode == 0 and "signed by trusted key" in check.stdout, check.stdout + check.stderr
+
+
+def test_every_supported_cpython_installs_its_lock_offline_and_answers_the_same(artifact, tmp_path):
+    """Ubuntu 22.04's 3.10, 24.04's 3.12, Debian 13's 3.13 and the build's 3.11: each installs the
+    artifact offline from its own lock (the venv's packages are exactly that lock's) and answers the
+    demo question with the same tokens (greedy decoding on the same bundle)."""
+    scan = str(sample_file())
+    answers = {}
+    for version in PYTHONS:
+        python = Path(sys.base_prefix) / "bin" / f"python{version}" if version == THIS_PYTHON else pyenv_python(version)
+        prefix, models, home = tmp_path / version / "prefix", tmp_path / version / "models", tmp_path / version / "home"
+        done = install(artifact, prefix, models, home, python=python)
+        assert done.returncode == 0, version + ": " + done.stdout[-3000:] + done.stderr[-3000:]
+        venv_python = prefix / "bin" / "huatuo"
+        venv_python = venv_python.resolve().parent / "python"
+        got = subprocess.run([str(venv_python), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        assert got == version
+        frozen = subprocess.run([str(venv_python), "-m", "pip", "list", "--format=freeze", "--exclude", "pip",
+                                 "--exclude", "setuptools", "--disable-pip-version-check"],
+                                capture_output=True, text=True, check=True, env=offline_env(home)).stdout
+        lock = (artifact / f"requirements-cp{version.replace('.', '')}.lock").read_text()
+        want = {line.split(" ")[0].split("[")[0].split("==")[0].lower() + "==" + line.split(" ")[0].split("==")[1]
+                for line in lock.splitlines() if line and not line.startswith("#")}
+        have = {line.split("==")[0].lower().replace("_", "-") + "==" + line.split("==")[1]
+                for line in frozen.splitlines() if "==" in line}
+        assert have == want, (version, have ^ want)
+        (bundle,) = models.iterdir()
+        res = subprocess.run(["unshare", "-n", str(prefix / "bin" / "huatuo"), "ask", "--json", "--model", str(bundle),
+                              "--max-tokens", "16", scan, QUESTION],
+                             capture_output=True, text=True, env=offline_env(home), timeout=900)
+        assert res.returncode == 0, version + ": " + res.stderr[-3000:]
+        reply = json.loads(res.stdout)
+        assert reply["tokens"] > 0 and reply["answer"], version
+        answers[version] = (reply["answer"], reply["tokens"])
+    assert len(set(answers.values())) == 1, answers
+
+
+@pytest.mark.parametrize("version", ["3.9", "pypy"])
+def test_an_unsupported_python_is_refused_naming_the_supported_ones(artifact, tmp_path, version):
+    if version == "pypy":  # any interpreter that is not CPython: a script that answers as PyPy would
+        python = tmp_path / "pypy3"
+        python.write_text("#!/bin/sh\necho pypy 3.11\n")
+        python.chmod(0o755)
+    else:  # Python 3.9: pydicom 3.0 needs 3.10
+        python = pyenv_python(version)
+    done = install(artifact, tmp_path / "prefix", tmp_path / "models", tmp_path / "home", python=python)
+    assert done.returncode != 0
+    assert "this artifact supports CPython 3.10 3.11 3.12 3.13" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "prefix").exists() and not (tmp_path / "models").exists()

@@ -90,8 +90,9 @@ def test_only_the_tui_package_imports_textual():
 def test_every_package_folder_is_installed():
     """pyproject lists packages by hand (`convert/` installs as `huatuo_convert`): a package folder
     missing from the list would work in the editable checkout and be absent from the wheel."""
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     root = Path(__file__).resolve().parent.parent
     setuptools = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]

@@ -92,7 +92,7 @@ def build_record(
         "stopped_by": answer.stopped_by,
         "timings": timings,
         "tokens_per_s": round(answer.tokens_per_s, 3),
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "notice": NOTICE,
     }
 

@@ -12,10 +12,15 @@ quantizations of one checkpoint (same source config hash) are installed, is the 
 from __future__ import annotations
 
 import os
-import tomllib
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the tomli backport (pyproject.toml: tomli>=2; python_version < '3.11')
+    import tomli as tomllib
 
 import platformdirs
 

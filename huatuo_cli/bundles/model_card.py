@@ -9,11 +9,16 @@ shown to a radiologist is the one the conversion server wrote. See docs/model-ca
 
 from __future__ import annotations
 
-import tomllib
+import sys
 from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the tomli backport (pyproject.toml: tomli>=2; python_version < '3.11')
+    import tomli as tomllib
 
 from huatuo_cli.bundles.bundle import Bundle, Manifest, sha256_file
 from huatuo_cli.errors import HuatuoError

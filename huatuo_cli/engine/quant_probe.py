@@ -273,7 +273,7 @@ def _main(argv: list[str]) -> int:
     finally:
         llm.close()
     probe = Probe(args.positions / prefill, args.decode / decode, describe(), threads, args.positions,
-                  dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+                  dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
     print(json.dumps(asdict(probe)), flush=True)
     return 0
 

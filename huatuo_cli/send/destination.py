@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import re
-import tomllib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the tomli backport (pyproject.toml: tomli>=2; python_version < '3.11')
+    import tomli as tomllib
 
 from huatuo_cli.bundles.locate import config_file
 from huatuo_cli.errors import HuatuoError

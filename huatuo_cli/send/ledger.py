@@ -79,7 +79,7 @@ class Ledger:
     def mark(self, sop_instance_uid: str, sha256: str, state: str) -> None:
         key = instance_key(sop_instance_uid)
         record = {"schema": SCHEMA, "uid": key, "sha256": sha256, "state": state,
-                  "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+                  "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
         if not self.path.exists():  # the first line says where these went (no PHI in an address)
             append_line(self.path, json.dumps({"schema": SCHEMA, "destination": self.address}))
         append_line(self.path, json.dumps(record))

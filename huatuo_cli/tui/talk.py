@@ -98,7 +98,7 @@ class StudyChat:
             raise HuatuoError("nothing to export yet: ask a question first")
         if not folder.is_dir():
             raise HuatuoError("the export folder does not exist", hint="pass --export-dir FOLDER")
-        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         try:
             return write_private(folder / f"huatuo-chat-{self.study_key}-{stamp}.md", self.markdown(model_name))
         except OSError as exc:
@@ -106,4 +106,4 @@ class StudyChat:
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
