@@ -14,22 +14,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 from PIL import Image
 
 from huatuo_cli.bundles.bundle import load_bundle
 from huatuo_cli.cli import cli
-from huatuo_cli.engine.encoder import ImageEncoder
 from huatuo_cli.engine.llm import POSITION_SCHEMES
-from huatuo_cli.engine.preprocess import PREPROCESSING, preprocess
-from huatuo_cli.engine.prompt import PROMPT_FORMATS, Turn, prompt_format, render
+from huatuo_cli.engine.preprocess import PREPROCESSING
+from huatuo_cli.engine.prompt import PROMPT_FORMATS, prompt_format
 from huatuo_cli.errors import HuatuoError
-from huatuo_cli.imaging import load_image
 from huatuo_convert.families import all_families
 from huatuo_convert.families.base import ModelFamily
 from huatuo_convert.model_cards import load_cards
 from huatuo_convert.reference import LlavaReference
+from tests.reference_answers import assert_ask_gives_the_reference_tokens
 
 REPO = Path(__file__).resolve().parent.parent
 FAMILIES = all_families()
@@ -68,18 +66,7 @@ def scan(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.name)
 def test_synth_convert_ask_gives_the_reference_tokens(converted, scan, family):
     src, bundle = converted(family)
-    ref = LlavaReference.load(src)
-    config = ImageEncoder.from_folder(bundle / "vision", device="cpu").config
-    pixels = torch.from_numpy(preprocess(load_image(scan).frames, config))
-    embeds, _ = ref.prompt_embeds(render([Turn(QUESTION, images=1)]), pixels)
-    expected = ref.greedy(embeds, N_TOKENS, repetition_penalty=1.2)
-    res = CliRunner().invoke(cli, ["ask", "--json", "--model", str(bundle), "--max-tokens", str(N_TOKENS),
-                                   str(scan), QUESTION])
-    assert res.exit_code == 0, res.output
-    record = json.loads(res.stdout)
-    assert record["prompt_tokens"] == embeds.shape[1]
-    assert record["answer"] == ref.tokenizer.decode(expected).strip()
-    assert record["tokens"] == len(expected)
+    assert_ask_gives_the_reference_tokens(LlavaReference.load(src), bundle, scan, QUESTION, N_TOKENS)
 
 
 @pytest.mark.slow

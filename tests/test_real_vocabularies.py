@@ -11,27 +11,24 @@ of a reference that tokenizes as HuatuoGPT-Vision's `cli.py` does: each chunk be
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import sentencepiece as spm
-import torch
 from click.testing import CliRunner
 from PIL import Image
 
 from huatuo_cli.bundles.bundle import load_bundle
 from huatuo_cli.cli import cli
-from huatuo_cli.engine.encoder import ImageEncoder
 from huatuo_cli.engine.gguf_tokens import MARKERS_KEY, encode_chunks
-from huatuo_cli.engine.preprocess import preprocess
 from huatuo_cli.engine.prompt import Turn, encode_prompt, render, tokenizer_calls
 from huatuo_convert.families.llava_qwen2 import QWEN2_TOKENIZER
 from huatuo_convert.reference import LlavaReference
 from huatuo_convert.reference_tokenizer import load_reference_tokenizer
 from huatuo_convert.synth_tokenizers import real_bpe_tokenizer, real_spm_model
 from tests.real_vocab import LLAMA_SPM, QWEN2, cases, vocab_dir
+from tests.reference_answers import assert_ask_gives_the_reference_tokens
 
 #: HuatuoGPT-Vision-7B's config.json states 152 064 embedding rows (Qwen2-7B's padded vocabulary).
 QWEN2_7B_ROWS = 152064
@@ -143,21 +140,8 @@ def test_convert_all_passes_every_gate_and_ask_gives_the_reference_tokens(
     image_path = tmp_path / "scan.png"
     rng = np.random.default_rng(19)
     Image.fromarray(rng.integers(0, 255, (80, 64), dtype=np.uint8)).save(image_path)
-    from huatuo_cli.imaging import load_image
-
-    config = ImageEncoder.from_folder(bundle / "vision", device="cpu").config
-    pixels = torch.from_numpy(preprocess(load_image(image_path).frames, config))
     for question in QUESTIONS:
-        prompt = render([Turn(question, images=1)])
-        embeds, _ = ref.prompt_embeds(prompt, pixels)  # cli.py's tokenization (reference_tokenizer)
-        expected = ref.greedy(embeds, N_TOKENS, repetition_penalty=1.2)
-        res = CliRunner().invoke(cli, ["ask", "--json", "--model", str(bundle), "--max-tokens", str(N_TOKENS),
-                                       str(image_path), question])
-        assert res.exit_code == 0, res.output
-        record = json.loads(res.stdout)
-        assert record["prompt_tokens"] == embeds.shape[1]
-        assert record["answer"] == ref.tokenizer.decode(expected).strip(), question
-        assert record["tokens"] == len(expected)
+        assert_ask_gives_the_reference_tokens(ref, bundle, image_path, question, N_TOKENS)
 
 
 @pytest.mark.slow

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import openai
 import pytest
 from PIL import Image
-
-openai = pytest.importorskip("openai")
 
 KEY = "test-key-0123456789abcdef"
 QUESTION = "Describe the findings."
