@@ -15,6 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from huatuo_cli.atomic import output_error
 from huatuo_cli.bundles.bundle import Manifest, apply_bundle_modes, describe_files, write_manifest
 from huatuo_cli.bundles.model_card import CARD_NAME, CARD_ROLE, MANIFEST_KEY
 from huatuo_cli.errors import HuatuoError
@@ -140,7 +141,11 @@ def build_bundles(
     ckpt.vision  # noqa: B018  fail early, naming what was looked for, if the tower is missing
     manifests: list[Manifest] = []
     first_out = targets[0][0]
-    with tempfile.TemporaryDirectory(prefix=f".{first_out.name}.shared-", dir=first_out.parent) as shared_dir:
+    try:  # a read-only or full output folder is the user's to fix: one line, nothing left behind
+        shared_tmp = tempfile.TemporaryDirectory(prefix=f".{first_out.name}.shared-", dir=first_out.parent)
+    except OSError as exc:
+        raise output_error(exc, first_out) from exc
+    with shared_tmp as shared_dir:
         shared = Path(shared_dir)
         log("PyTorch reference (loaded once for every bundle)")
         ref = LlavaReference.load(ckpt)  # the LLM checks and the end-to-end checks share it

@@ -120,7 +120,8 @@ def require(module: str) -> ModuleType:
         top = module.split(".")[0]
         native = native_failure(top, exc)  # an extension module's missing system library
         if native is not None and not (sigints or _interrupted(exc)):
-            raise native from exc
+            raise NativeLibraryError(f"the Python package '{top}' is installed but failed to load: {native.args[0]}",
+                                     hint=native.hint) from exc
         hint = install_hint(top)
         if hint is None:
             raise

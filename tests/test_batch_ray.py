@@ -36,6 +36,7 @@ QUESTIONS = ["Describe the findings.", "Any abnormality?"]
 def cluster(tmp_path_factory):
     home = tmp_path_factory.mktemp("ray-nodes")
     env = {var: str(home / var.lower()) for var in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME", "XDG_STATE_HOME")}
+    env["HUATUO_VISION_PRECISION"] = "fp32"  # the actors answer as the local run (conftest pins it per test)
     started = LocalCluster(home, nodes=2, env=env)
     started.data_home = Path(env["XDG_DATA_HOME"])  # type: ignore[attr-defined]
     try:

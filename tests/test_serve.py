@@ -28,6 +28,7 @@ PATIENT = "CompressedSamples^CT1"  # CT_small.dcm's PatientName
 
 def _env(home: Path, key: str | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("HUATUO_API_KEY", "HUATUO_MODEL")}
+    env["HUATUO_VISION_PRECISION"] = "fp32"  # answers compared with ask's (conftest pins it per test)
     for var in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME", "XDG_STATE_HOME"):
         env[var] = str(home / var.lower())
     if key:

@@ -49,7 +49,7 @@ def list_() -> None:
             contradicted = True
         unverified = "? (run models verify)"
         model = as_model(path)
-        table.add_row(path.name, model.ref if model else "?", unverified if contradicted else manifest.architecture,
+        table.add_row(path.name, model.ref if model and not contradicted else "?", unverified if contradicted else manifest.architecture,
                       unverified if contradicted else manifest.quantization, digest[:12], speeds.get(path, ""), str(path))
     Console().print(table)
 
