@@ -58,7 +58,9 @@ def artifact(tmp_path_factory) -> Path:
 
 def offline_env(home: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "XDG_", "HUATUO_", "VIRTUAL_ENV"))}
-    return dict(env, HOME=str(home), PIP_INDEX_URL="http://127.0.0.1:9/nowhere", PATH=os.environ["PATH"])
+    # the exact fp32 vision graph everywhere: answers are compared across installs and CPU kernels
+    return dict(env, HOME=str(home), PIP_INDEX_URL="http://127.0.0.1:9/nowhere", PATH=os.environ["PATH"],
+                HUATUO_VISION_PRECISION="fp32")
 
 
 def install(folder: Path, prefix: Path, models: Path, home: Path, *extra: str,
