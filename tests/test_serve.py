@@ -322,3 +322,46 @@ def test_protocol_reads_history_and_refuses_images_after_the_first_message():
         read_chat_request({"messages": [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"},
                                         *image_message(png, "q2")]}, max_images=6)
     assert err.value.status == 400 and err.value.code == "image_not_first"
+
+
+def test_an_unexpected_exception_is_a_500_logged_by_type_without_its_message(caplog):
+    """Starlette re-raises an unexpected exception after its 500 handler so that the server logs it; uvicorn
+    would print the traceback and the message (here a patient's name). The Guard ends it: type only."""
+    import asyncio
+    import logging
+    import socket
+    import threading
+
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    from huatuo_cli.serve.app import Guard
+
+    async def broken(request):
+        raise RuntimeError(f"cannot read /studies/{PATIENT}/1.dcm")
+
+    from starlette.responses import JSONResponse
+
+    async def internal(request, exc):
+        return JSONResponse({"error": "internal"}, status_code=500)
+
+    app = Guard(Starlette(routes=[Route("/v1/chat/completions", broken, methods=["POST"])],
+                          exception_handlers={Exception: internal}), api_key=None)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
+    with caplog.at_level(logging.DEBUG):
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        response = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json={})
+        server.should_exit = True
+        thread.join(30)
+    assert response.status_code == 500 and response.headers["x-huatuo-notice"].startswith(NOTICE_START)
+    logged = "\n".join(r.getMessage() + (str(r.exc_info) if r.exc_info else "") for r in caplog.records)
+    assert "RuntimeError" in logged
+    assert PATIENT not in logged and "Traceback" not in logged and not any(r.exc_info for r in caplog.records)

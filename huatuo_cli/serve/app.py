@@ -75,6 +75,14 @@ class Guard:
                 await response(scope, receive, send_with_notice)
                 return
             await self.app(scope, receive, send_with_notice)
+        except Exception as exc:
+            # Starlette answers an unexpected exception with our 500 handler (which logs its type) and then
+            # re-raises it for the server to log: uvicorn would print the traceback and the message, which
+            # may quote the request (a file name, a patient's name). It ends here, logged by type alone.
+            if not status[0]:
+                await error_response(ApiError(500, "internal error (see the server's log)", type_="server_error",
+                                              code="internal_error"))(scope, receive, send_with_notice)
+            LOG.error("internal error: %s (details withheld: they may quote the request)", type(exc).__name__)
         finally:
             path = scope.get("path", "")
             shown = path if path in LOGGED_PATHS else "/v1/models/{name}" if path.startswith("/v1/models/") else "<other>"
