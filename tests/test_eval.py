@@ -225,6 +225,11 @@ def test_reference_runs_the_pytorch_oracle(make_checkpoint, tiny_bundle, tmp_pat
     assert ref["overall"]["n"] == 3 and ref["model"].startswith("reference:")
     # an F16 bundle of the same checkpoint picks the same letters as its reference
     assert ref["overall"]["agreement"] == 1.0
+    # the reference answers through the same question rules and audit as the bundle: one record each
+    entries = [e for e in audit.read_entries() if e["command"] == "eval"]
+    by_model = {m: [e for e in entries if e["model_sha256"].startswith("reference:") == m] for m in (True, False)}
+    assert len(by_model[True]) == 3 and len(by_model[False]) == 3
+    assert all(e["outcome"] == "ok" for e in entries)
 
 
 @pytest.mark.slow

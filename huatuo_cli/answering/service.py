@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from PIL import Image
 
@@ -41,6 +41,39 @@ class Stopped(Exception):
     """Raised by a front end's streaming callback when the reader stops the answer (the TUI's Escape)."""
 
 
+Result = TypeVar("Result")
+
+
+def answer_audited(produce: Callable[[str, Callable[[str], None]], Result], question: str,
+                   text_of: Callable[[Result], str], *, command: str, model_sha256: str, study_id: str | None,
+                   node: str | None = None, on_text: Callable[[str], None] | None = None) -> Result:
+    """The question rules and the audit around one answer, whoever produces it: `produce(question,
+    stream)` (the bundle's model in `AnswerService.ask`, or eval's PyTorch reference). Every outcome
+    is audited: ok, stopped (`Stopped` from `on_text`: the characters shown) or error; both are raised again."""
+    question = check_question(question)
+    shown: list[str] = []
+
+    def stream(text: str) -> None:
+        if on_text is not None:
+            on_text(text)  # may raise Stopped: the text was then not shown
+        shown.append(text)
+
+    def record(chars: int, outcome: str) -> None:
+        audit.record(command, model_sha256=model_sha256, study_id=study_id, question=question,
+                     answer_chars=chars, outcome=outcome, node=node)
+
+    try:
+        result = produce(question, stream)
+    except Stopped:
+        record(len("".join(shown)), "stopped")
+        raise
+    except Exception:
+        record(len("".join(shown)), "error")
+        raise
+    record(len(text_of(result)), "ok")
+    return result
+
+
 @dataclass
 class AnswerService:
     """One loaded model answering for one front end (`command` names it in the audit trail; `node`,
@@ -66,25 +99,11 @@ class AnswerService:
         `Stopped` raised by `on_text` ends the answer (audited as stopped, with the characters shown)
         and is raised again; so is any failure (audited as an error).
         """
-        question = check_question(question)
-        shown: list[str] = []
-
-        def stream(text: str) -> None:
-            if on_text is not None:
-                on_text(text)  # may raise Stopped: the text was then not shown
-            shown.append(text)
-
-        try:
-            generation = conversation.ask(question, self.sampling, on_text=stream)
-        except Stopped:
-            self._record(study_id, question, len("".join(shown)), "stopped")
-            raise
-        except Exception:
-            self._record(study_id, question, len("".join(shown)), "error")
-            raise
-        answer = answer_from_generation(generation)
-        self._record(study_id, question, len(answer.text), "ok")
-        return answer
+        generation = answer_audited(lambda q, stream: conversation.ask(q, self.sampling, on_text=stream),
+                                    question, lambda g: g.text, command=self.command,
+                                    model_sha256=self.model.info.model_sha256, study_id=study_id, node=self.node,
+                                    on_text=on_text)
+        return answer_from_generation(generation)
 
     def study_answerer(self) -> AnswerFn:
         """The batch loop's answer function: answer(images, question, study_id) through `ask`, in a
@@ -104,10 +123,6 @@ class AnswerService:
             return result
 
         return answer
-
-    def _record(self, study_id: str | None, question: str, chars: int, outcome: str) -> None:
-        audit.record(self.command, model_sha256=self.model.info.model_sha256, study_id=study_id, question=question,
-                     answer_chars=chars, outcome=outcome, node=self.node)
 
     def close(self) -> None:
         self.model.close()

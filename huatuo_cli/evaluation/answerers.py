@@ -9,9 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from huatuo_cli import audit
 from huatuo_cli.answering.inputs import inputs_from_paths
-from huatuo_cli.engine.prompt import check_question
+from huatuo_cli.answering.service import answer_audited
 from huatuo_cli.evaluation.data import Item
 
 if TYPE_CHECKING:
@@ -55,20 +54,16 @@ def reference_answerer(checkpoint: Path, bundle: Path, sampling: Sampling, *, wi
     config = PreprocessConfig.from_file(Path(bundle) / "vision" / PREPROCESSOR_NAME)
     model = {"name": f"reference:{Path(checkpoint).name}", "sha256": f"reference:{ref.ckpt.config_sha256}"}
 
-    def answer(item: Item) -> str:
-        question = check_question(item.prompt)
-        pictures = _images(item, window, images)
+    def produce(question: str, pictures: list[Image.Image]) -> str:
         pixels = torch.from_numpy(preprocess(pictures, config)) if pictures else None
-        try:
-            embeds, _ = ref.prompt_embeds(render([Turn(question, images=len(pictures))]), pixels)
-            ids = ref.greedy(embeds, sampling.max_tokens, repetition_penalty=sampling.repetition_penalty)
-        except Exception:
-            audit.record("eval", model_sha256=model["sha256"], study_id=f"eval:{item.dataset}:{item.id}",
-                         question=question, answer_chars=0, outcome="error")
-            raise
+        embeds, _ = ref.prompt_embeds(render([Turn(question, images=len(pictures))]), pixels)
+        ids = ref.greedy(embeds, sampling.max_tokens, repetition_penalty=sampling.repetition_penalty)
         text: str = ref.tokenizer.decode(ids).strip()
-        audit.record("eval", model_sha256=model["sha256"], study_id=f"eval:{item.dataset}:{item.id}",
-                     question=question, answer_chars=len(text), outcome="ok")
         return text
+
+    def answer(item: Item) -> str:
+        pictures = _images(item, window, images)
+        return answer_audited(lambda question, _stream: produce(question, pictures), item.prompt, lambda text: text,
+                              command="eval", model_sha256=model["sha256"], study_id=f"eval:{item.dataset}:{item.id}")
 
     return answer, model, lambda: None
