@@ -21,7 +21,7 @@ from huatuo_cli.bundles.model_card import CARD_NAME, CARD_ROLE, MANIFEST_KEY
 from huatuo_cli.errors import HuatuoError
 from huatuo_convert.atomic import atomic_folder, refuse_existing
 from huatuo_convert.bundle_card import render_bundle_card, render_unidentified_card
-from huatuo_convert.checkpoint import LlavaCheckpoint
+from huatuo_convert.checkpoint import QWEN_LAYOUT, LlavaCheckpoint
 from huatuo_convert.gguf_verify import tokenizer_report
 from huatuo_convert.model_cards import CardMatch, identify
 
@@ -138,7 +138,9 @@ def build_bundles(
     ckpt = LlavaCheckpoint.open(src, allow_pickle=allow_pickle)
     if not ckpt.has_vision:
         raise HuatuoError(f"{ckpt.hf_architecture} has no vision tower; a bundle needs a HuatuoGPT-Vision checkpoint")
-    ckpt.vision  # noqa: B018  fail early, naming what was looked for, if the tower is missing
+    qwen = ckpt.layout == QWEN_LAYOUT  # transformers' Qwen2.5-VL: its own model is the reference
+    if not qwen:
+        ckpt.vision  # noqa: B018  fail early, naming what was looked for, if the tower is missing
     manifests: list[Manifest] = []
     first_out = targets[0][0]
     try:  # a read-only or full output folder is the user's to fix: one line, nothing left behind
@@ -148,12 +150,30 @@ def build_bundles(
     with shared_tmp as shared_dir:
         shared = Path(shared_dir)
         log("PyTorch reference (loaded once for every bundle)")
-        ref = LlavaReference.load(ckpt)  # the LLM checks and the end-to-end checks share it
-        log("vision tower + projector -> ONNX fp32/fp16 (validated)")
-        vision = export_vision(ckpt, shared / VISION_DIR, sidecar=False)
+        if qwen:
+            from huatuo_convert.qwen_reference import QwenVLReference, check_chat_template
+            from huatuo_convert.qwen_vision_export import export_qwen_vision
+
+            template = check_chat_template(ckpt)  # before any work: a prompt the model was not trained on stops here
+            qref = QwenVLReference.load(ckpt)
+            # one model in memory: its text-only logits are the LLM gate's oracle (M-RoPE is 1D on text)
+            ref = LlavaReference(ckpt=ckpt, tokenizer=qref.tokenizer, llm=qref.model, vision=None)
+            log("vision tower + patch merger -> ONNX fp32/fp16 (validated against transformers' tower)")
+            vision = export_qwen_vision(qref.model.model.visual, ckpt.config["vision_config"], ckpt.preprocessor_config,
+                                        shared / VISION_DIR, tolerances=ckpt.family.vision_tolerances,
+                                        config_sha256=ckpt.config_sha256)
+            if with_mmproj:
+                log(f"{MMPROJ_NAME}: not written for this family (llama.cpp's Qwen2.5-VL mmproj is not made by huatuo yet)")
+                with_mmproj = False
+        else:
+            ref = LlavaReference.load(ckpt)  # the LLM checks and the end-to-end checks share it
+            log("vision tower + projector -> ONNX fp32/fp16 (validated)")
+            vision = export_vision(ckpt, shared / VISION_DIR, sidecar=False)
         shared_roles = {f"{VISION_DIR}/{name}": _vision_role(name) for name in vision.files}
         shared_roles = {path: role for path, role in shared_roles.items() if role}
         shared_fidelity: dict[str, Any] = {"vision": vision.fidelity}
+        if qwen:
+            shared_fidelity["prompt"] = template
         if with_mmproj:
             from huatuo_convert.mmproj import convert_mmproj
 
@@ -171,7 +191,14 @@ def build_bundles(
                 _, fidelity["llm"] = write_llm_gguf(ckpt, work / llm_file, quant, threads=threads, ref=ref, sidecar=False)
                 fidelity.update(shared_fidelity)
                 log(f"end to end ({out.name}): ONNX embeddings + GGUF vs the reference, first greedy tokens")
-                fidelity["end_to_end"] = e2e = end_to_end(work, llm_file, ref)
+                if qwen:
+                    from huatuo_convert.qwen_reference import qwen_end_to_end
+
+                    e2e = qwen_end_to_end(work, llm_file, qref, question=E2E_QUESTION, tokens=E2E_TOKENS,
+                                          vision_dir=VISION_DIR)
+                else:
+                    e2e = end_to_end(work, llm_file, ref)
+                fidelity["end_to_end"] = e2e
                 if quant in ("f32", "f16") and not e2e["identical"]:
                     raise HuatuoError(
                         f"end-to-end check failed: the bundle's greedy answer diverges from the reference at token "
@@ -202,21 +229,14 @@ def _manifest(ckpt: LlavaCheckpoint, src: Path, bundle_name: str, quant: str, fi
             "checkpoint": src.resolve().name,
             "hf_architecture": ckpt.hf_architecture,
             "config_sha256": ckpt.config_sha256,
-            "vision_layout": ckpt.vision.source,
+            "vision_layout": "embedded" if ckpt.layout == QWEN_LAYOUT else ckpt.vision.source,
             "layout": ckpt.layout,  # "llava" or "llava-hf" (transformers' LlavaForConditionalGeneration files)
         },
         prompt_format=family.prompt_format,
         quantization=quant,
         files=files,
         fidelity=fidelity,
-        vision={
-            "select_layer": ckpt.select_layer,
-            "select_feature": ckpt.select_feature,
-            "image_size": ckpt.vision.config["image_size"],
-            "tokens_per_image": family.vision.tokens_per_image(ckpt.vision.config),
-            "preprocess": family.vision.preprocess,
-            "image_aspect_ratio": ckpt.config.get("image_aspect_ratio", "pad"),
-        },
+        vision=_vision_manifest(ckpt),
         llm={
             "family": ckpt.llm_family,
             "positions": family.positions,
@@ -228,6 +248,27 @@ def _manifest(ckpt: LlavaCheckpoint, src: Path, bundle_name: str, quant: str, fi
         tools=tool_versions(),
         extra={MANIFEST_KEY: card_match.manifest_entry()},
     )
+
+
+def _vision_manifest(ckpt: LlavaCheckpoint) -> dict[str, Any]:
+    """What the runtime's preprocessing needs: LLaVA's fixed image size and token count, or (an image
+    keeping its aspect ratio) the pixel limits the checkpoint was trained with and the attention window."""
+    family = ckpt.family
+    if ckpt.layout == QWEN_LAYOUT:
+        from huatuo_cli.engine.qwen_vision import QwenVisionConfig
+
+        limits = QwenVisionConfig.from_dict(ckpt.preprocessor_config)
+        return {"preprocess": family.vision.preprocess, "tokens_per_image": None, "min_pixels": limits.min_pixels,
+                "max_pixels": limits.max_pixels, "window_size": int(ckpt.config["vision_config"].get("window_size", 112)),
+                "max_tokens_per_image": limits.max_pixels // (limits.factor ** 2)}
+    return {
+        "select_layer": ckpt.select_layer,
+        "select_feature": ckpt.select_feature,
+        "image_size": ckpt.vision.config["image_size"],
+        "tokens_per_image": family.vision.tokens_per_image(ckpt.vision.config),
+        "preprocess": family.vision.preprocess,
+        "image_aspect_ratio": ckpt.config.get("image_aspect_ratio", "pad"),
+    }
 
 
 def _card(manifest: Manifest, card_match: CardMatch, ckpt: LlavaCheckpoint) -> str:

@@ -26,6 +26,9 @@ EMBEDDED_TOWER_PREFIX = "model.vision_tower.vision_tower."
 PROJECTOR_PREFIX = "model.mm_projector."
 #: first name parts of a CLIP vision tower's tensors stored without `vision_model.` (transformers 5)
 BARE_TOWER_ROOTS = frozenset({"embeddings", "pre_layrnorm", "encoder", "post_layernorm"})
+#: `layout` of a transformers Qwen2.5-VL checkpoint (`huatuo_convert.qwen_vl`) and its tower's tensors
+QWEN_LAYOUT = "qwen-vl"
+QWEN_VISUAL_PREFIX = "visual."
 #: CLIP's attention head size; the embedded layout carries no vision config of its own.
 CLIP_HEAD_DIM = 64
 
@@ -178,8 +181,11 @@ def read_config(config_path: Path) -> tuple[dict[str, Any], str, dict[str, Any] 
     model-card identification and every converter read one kind of config.
     """
     config = read_json(config_path)
+    from huatuo_convert import qwen_vl
     from huatuo_convert.llava_hf import LAYOUT_HF, LAYOUT_ORIGINAL, is_hf_config, normalise_config
 
+    if qwen_vl.is_qwen_vl_config(config):
+        return qwen_vl.normalise_config(config, config_path), qwen_vl.LAYOUT, None
     if not is_hf_config(config):
         return config, LAYOUT_ORIGINAL, None
     view, vision = normalise_config(config, config_path)
@@ -221,7 +227,8 @@ class LlavaCheckpoint:
     config: dict[str, Any]
     tensors: TensorFiles
     allow_pickle: bool = False
-    #: the file layout it came from: "llava" (the original) or "llava-hf" (transformers' own, `llava_hf`)
+    #: the file layout it came from: "llava" (the original), "llava-hf" (transformers' own, `llava_hf`)
+    #: or "qwen-vl" (transformers' Qwen2.5-VL, `qwen_vl`)
     layout: str = "llava"
     #: CLIPVisionConfig fields the -hf layout states (the original embedded layout states none)
     hf_vision_config: dict[str, Any] | None = None
@@ -241,6 +248,10 @@ class LlavaCheckpoint:
             from huatuo_convert.llava_hf import rename_tensors
 
             tensors = rename_tensors(tensors, root)
+        elif layout == QWEN_LAYOUT:
+            from huatuo_convert import qwen_vl
+
+            tensors = qwen_vl.rename_tensors(tensors, root)
         return cls(root=root, config=config, tensors=tensors, allow_pickle=allow_pickle, layout=layout,
                    hf_vision_config=vision_config)
 
@@ -301,7 +312,7 @@ class LlavaCheckpoint:
         """Names of the language model's tensors (no projector, no tower)."""
         return [
             n for n in self.tensors.names()
-            if not n.startswith(EMBEDDED_TOWER_PREFIX) and not n.startswith(PROJECTOR_PREFIX)
+            if not n.startswith((EMBEDDED_TOWER_PREFIX, PROJECTOR_PREFIX, QWEN_VISUAL_PREFIX))
         ]
 
     def projector_tensor_names(self) -> list[str]:

@@ -30,6 +30,8 @@ class LlmArch:
     permuted: frozenset[str] = frozenset()
     #: Checkpoint tensors that are derived buffers, not weights (older checkpoints store them).
     ignored_layer_suffixes: tuple[str, ...] = ("self_attn.rotary_emb.inv_freq",)
+    #: M-RoPE (Qwen2-VL): `rope.dimension_sections`, the config's `mrope_section` padded to llama.cpp's four
+    mrope: bool = False
 
     def gguf_name(self, hf_name: str) -> str | None:
         """GGUF name for an HF tensor name, or None when the table has no row for it."""
@@ -67,6 +69,7 @@ class LlmArch:
             "rope.freq_base": ckpt.rope_theta,
             "rope.dimension_count": int(c["hidden_size"]) // heads,
             "attention.layer_norm_rms_epsilon": float(c.get("rms_norm_eps", 1e-6)),
+            **({"rope.dimension_sections": [*(int(x) for x in c["mrope_section"]), 0]} if self.mrope else {}),
         }
 
 

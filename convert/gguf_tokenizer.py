@@ -17,6 +17,7 @@ import json
 from dataclasses import dataclass
 
 from huatuo_cli.engine.gguf_tokens import CHUNK_PREFIX_KEY, MARKERS_KEY
+from huatuo_cli.engine.prompt import prompt_format
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.extras import require
 from huatuo_convert.checkpoint import LlavaCheckpoint
@@ -109,7 +110,7 @@ def bpe_vocab(ckpt: LlavaCheckpoint, n_vocab: int, *, pre: str) -> GgufVocab:
     ids, merges = _special_ids(ckpt, n_vocab, merges=True)
     if not merges:
         raise HuatuoError("the tokenizer has no merges (tokenizer.json or merges.txt); llama.cpp's BPE needs them")
-    ref = load_reference_tokenizer(ckpt.root)
+    ref = load_reference_tokenizer(ckpt.root, prompt_format(ckpt.family.prompt_format))
     return GgufVocab(model="gpt2", pre=pre, tokens=padded, types=padded_types, scores=None, merges=merges,
                      add_space_prefix=None, special_ids=ids, markers=ref.markers)
 
@@ -144,7 +145,7 @@ def spm_vocab(ckpt: LlavaCheckpoint, n_vocab: int) -> GgufVocab:
                      ("unk", proto.trainer_spec.unk_id)):
         if key not in ids and 0 <= idx < n_vocab:
             ids[key] = idx
-    ref = load_reference_tokenizer(ckpt.root)
+    ref = load_reference_tokenizer(ckpt.root, prompt_format(ckpt.family.prompt_format))
     # sentencepiece adds its dummy prefix once per text; llama.cpp's add_space_prefix would also
     # add one after every user-defined token (<|user|>): off here, the runtime prepends it instead.
     return GgufVocab(

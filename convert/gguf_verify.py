@@ -17,7 +17,7 @@ from typing import Any
 
 from huatuo_cli.engine.cpu_backend import llama
 from huatuo_cli.engine.gguf_tokens import encode_chunks, encode_text, marker_style
-from huatuo_cli.engine.prompt import Turn, render
+from huatuo_cli.engine.prompt import DEFAULT_FORMAT, PromptFormat, Turn
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.extras import require
 from huatuo_convert.reference import LlavaReference
@@ -64,9 +64,9 @@ PROMPT_TURNS: tuple[tuple[Turn, ...], ...] = (
     (Turn("List   the   findings:\n1. nodule 4 mm\n2. effusion"),),
 )
 
-def logit_prompts() -> list[str]:
+def logit_prompts(fmt: PromptFormat = DEFAULT_FORMAT) -> list[str]:
     """Text-only prompts for logit parity (image positions need image embeddings: runtime's job)."""
-    return [render([Turn(t.question, 0, t.answer) for t in turns]) for turns in PROMPT_TURNS]
+    return [fmt.render([Turn(t.question, 0, t.answer) for t in turns]) for turns in PROMPT_TURNS]
 
 
 def tokenizer_parity(gguf_path: Path, ref: LlavaReference) -> dict[str, Any]:
@@ -77,7 +77,7 @@ def tokenizer_parity(gguf_path: Path, ref: LlavaReference) -> dict[str, Any]:
         want, got = ref.tokenizer.encode_text(text), encode_text(vocab, text)
         if want != got:
             mismatches.append({"text": text, "reference": want, "gguf": got})
-    prompts = [render(list(turns)) for turns in PROMPT_TURNS]
+    prompts = [ref.tokenizer.fmt.render(list(turns)) for turns in PROMPT_TURNS]
     for prompt in prompts:
         want, got = ref.tokenizer.encode_chunks(prompt), encode_chunks(vocab, prompt)
         if want != got:
@@ -105,7 +105,7 @@ def logit_parity(gguf_path: Path, ref: LlavaReference, threads: int | None = Non
     llama_cpp = llama()
     np = require("numpy")
     torch = require("torch")
-    prompts = [sum(ref.tokenizer.encode_chunks(p), []) for p in logit_prompts()]
+    prompts = [sum(ref.tokenizer.encode_chunks(p), []) for p in logit_prompts(ref.tokenizer.fmt)]
     n_ctx = max(len(ids) for ids in prompts) + 8
     llm = llama_cpp.Llama(str(gguf_path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True,
                           type_k=0, type_v=0, n_threads=threads, verbose=False)  # GGML_TYPE_F32 cache

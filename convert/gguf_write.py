@@ -166,6 +166,8 @@ def write_gguf_file(ckpt: LlavaCheckpoint, path: Path, quant: str, *, label: str
             full = f"{arch.gguf_arch}.{key}"
             if isinstance(value, float):
                 writer.add_float32(full, value)
+            elif isinstance(value, list):
+                writer.add_array(full, value)
             else:
                 writer.add_uint32(full, value)
         writer.add_vocab_size(len(vocab.tokens))

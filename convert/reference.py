@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from huatuo_cli.engine.prompt import prompt_format
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.extras import require
-from huatuo_convert.checkpoint import LlavaCheckpoint
+from huatuo_convert.checkpoint import QWEN_LAYOUT, LlavaCheckpoint
 from huatuo_convert.reference_tokenizer import ReferenceTokenizer, load_reference_tokenizer
 
 
@@ -122,6 +123,27 @@ class VisionEncoder:
         return self.projector(self.features(pixel_values))
 
 
+@dataclass(frozen=True)
+class ReferenceAnswer:
+    """A reference's greedy answer to one question about some images."""
+
+    prompt_tokens: int  # prompt positions, image rows included
+    tokens: list[int]
+    text: str
+
+
+def load_reference(src: Path | str | LlavaCheckpoint) -> Any:
+    """The whole-model oracle of a checkpoint: LLaVA's (`LlavaReference`) or, for transformers'
+    Qwen2.5-VL layout, transformers' own model (`huatuo_convert.qwen_reference.QwenVLReference`).
+    Both answer through `answer(question, images, max_new_tokens, repetition_penalty=...)`."""
+    ckpt = src if isinstance(src, LlavaCheckpoint) else LlavaCheckpoint.open(src)
+    if ckpt.layout == QWEN_LAYOUT:
+        from huatuo_convert.qwen_reference import QwenVLReference
+
+        return QwenVLReference.load(ckpt)
+    return LlavaReference.load(ckpt)
+
+
 @dataclass
 class LlavaReference:
     """The PyTorch oracle: tokenizer, language model, and (for LLaVA checkpoints) the vision path."""
@@ -140,7 +162,8 @@ class LlavaReference:
         if with_vision and ckpt.has_vision:
             clip, projector = build_vision(ckpt)
             vision = VisionEncoder(clip, projector, ckpt.select_layer, ckpt.select_feature)
-        return cls(ckpt=ckpt, tokenizer=load_reference_tokenizer(ckpt.root), llm=build_llm(ckpt), vision=vision)
+        return cls(ckpt=ckpt, tokenizer=load_reference_tokenizer(ckpt.root, prompt_format(ckpt.family.prompt_format)),
+                   llm=build_llm(ckpt), vision=vision)
 
     # -- embeddings ----------------------------------------------------------------------------
     def image_embeds(self, pixel_values):
@@ -173,6 +196,20 @@ class LlavaReference:
                     parts.append(images[i])
                     ids.extend([-200] * images.shape[1])
         return torch.cat(parts).unsqueeze(0), ids
+
+    def answer(self, question: str, images: list[Any], max_new_tokens: int, *, repetition_penalty: float = 1.2,
+               preprocess_config: Any = None) -> ReferenceAnswer:
+        """Greedy answer to one question about `images` (PIL), in the checkpoint's prompt format, the
+        images preprocessed as the runtime does (`preprocess_config`: the bundle's; default the checkpoint's)."""
+        torch = require("torch")
+        from huatuo_cli.engine.preprocess import PreprocessConfig, preprocess
+        from huatuo_cli.engine.prompt import Turn
+
+        config = preprocess_config or PreprocessConfig.from_dict(self.ckpt.preprocessor_config)
+        pixels = torch.from_numpy(preprocess(images, config)) if images else None
+        embeds, _ = self.prompt_embeds(self.tokenizer.fmt.render([Turn(question, images=len(images))]), pixels)
+        ids = self.greedy(embeds, max_new_tokens, repetition_penalty=repetition_penalty)
+        return ReferenceAnswer(prompt_tokens=int(embeds.shape[1]), tokens=ids, text=self.tokenizer.decode(ids).strip())
 
     # -- language model ------------------------------------------------------------------------
     def logits(self, embeds):

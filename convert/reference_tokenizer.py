@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from huatuo_cli.engine.gguf_tokens import MARKERS_AS_TEXT, MARKERS_AS_TOKENS
-from huatuo_cli.engine.prompt import TEMPLATE_MARKERS, encode_prompt
+from huatuo_cli.engine.prompt import DEFAULT_FORMAT, PromptFormat
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.extras import require
 
@@ -34,18 +34,25 @@ class ReferenceTokenizer:
     vocab_size: int
     #: `tokens` or `text`: whether the template's markers are added tokens of this tokenizer
     markers: str
+    #: the prompt format whose chunks `encode_chunks` makes (the checkpoint family's)
+    fmt: PromptFormat = DEFAULT_FORMAT
 
     def encode_chunks(self, prompt: str) -> list[list[int]]:
-        """Token ids of each text chunk between image placeholders, as `cli.py` makes them."""
-        return encode_prompt(prompt, self.encode_text)
+        """Token ids of each text chunk between image placeholders, as the checkpoint's own code makes them."""
+        return self.fmt.encode(prompt, self.encode_text)
 
 
-def marker_style(is_token: Callable[[str], bool]) -> str:
+def marker_style(is_token: Callable[[str], bool], fmt: PromptFormat = DEFAULT_FORMAT) -> str:
     """`tokens` when every template marker is one added token, `text` when none is; a tokenizer that
-    defines only some of them is refused (no published checkpoint does, and neither answer is safe)."""
-    found = {marker: is_token(marker) for marker in TEMPLATE_MARKERS}
+    defines only some of them is refused (no published checkpoint does, and neither answer is safe),
+    and so is one without them where the format's markers are always tokens (ChatML)."""
+    found = {marker: is_token(marker) for marker in fmt.template_markers}
     if all(found.values()):
         return MARKERS_AS_TOKENS
+    if not fmt.markers_may_be_text:
+        missing = ", ".join(m for m, ok in found.items() if not ok)
+        raise HuatuoError(f"the tokenizer lacks the {fmt.name} marker token(s) {missing}",
+                          hint="use the checkpoint's own tokenizer files (tokenizer.json, tokenizer_config.json)")
     if not any(found.values()):
         return MARKERS_AS_TEXT
     defined = ", ".join(m for m, ok in found.items() if ok)
@@ -54,7 +61,8 @@ def marker_style(is_token: Callable[[str], bool]) -> str:
                       hint="a HuatuoGPT-Vision tokenizer defines both markers as added tokens or neither")
 
 
-def load_reference_tokenizer(root: Path) -> ReferenceTokenizer:
+def load_reference_tokenizer(root: Path, fmt: PromptFormat = DEFAULT_FORMAT) -> ReferenceTokenizer:
+    """The checkpoint's own tokenizer, cutting prompts as `fmt` says its code does."""
     root = Path(root)
     cfg_path = root / "tokenizer_config.json"
     cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
@@ -75,7 +83,8 @@ def load_reference_tokenizer(root: Path) -> ReferenceTokenizer:
             bos_id=sp.bos_id() if sp.bos_id() >= 0 else None,
             eos_id=sp.eos_id() if sp.eos_id() >= 0 else None,
             vocab_size=sp.get_piece_size(),
-            markers=marker_style(lambda marker: marker in added),
+            markers=marker_style(lambda marker: marker in added, fmt),
+            fmt=fmt,
         )
     transformers = require("transformers")
     transformers.logging.set_verbosity_error()  # it warns that the LLaVA model type is not one it knows
@@ -87,5 +96,6 @@ def load_reference_tokenizer(root: Path) -> ReferenceTokenizer:
         bos_id=tok.bos_token_id,
         eos_id=tok.eos_token_id,
         vocab_size=len(tok),
-        markers=marker_style(lambda marker: marker in added),
+        markers=marker_style(lambda marker: marker in added, fmt),
+        fmt=fmt,
     )

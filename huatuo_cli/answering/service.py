@@ -23,10 +23,8 @@ from huatuo_cli.answering.record import Answer, answer_from_generation
 from huatuo_cli.engine.prompt import check_question
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from huatuo_cli.bundles.bundle import Bundle
-    from huatuo_cli.engine.llm import Sampling
+    from huatuo_cli.engine.llm import ImageSegment, Sampling
     from huatuo_cli.engine.session import Conversation, VisionLanguageModel
 
 
@@ -111,7 +109,7 @@ class AnswerService:
         from huatuo_cli.engine.session import Conversation
 
         seen: list[list[Image.Image]] = []        # the study whose embeddings are cached (identity)
-        embeds: list[list[np.ndarray]] = []
+        embeds: list[list[ImageSegment]] = []
 
         def answer(images: list[Image.Image], question: str, study_id: str | None) -> Answer:
             if seen and seen[0] is images:

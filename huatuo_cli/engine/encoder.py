@@ -15,9 +15,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from huatuo_cli.engine.llm import ImageEmbeds
 from huatuo_cli.engine.preprocess import PreprocessConfig, preprocess
 from huatuo_cli.engine.prompt import MAX_IMAGES
 from huatuo_cli.engine.providers import CUDA, TENSORRT, fallback_note, plan_providers
+from huatuo_cli.engine.qwen_vision import GRAPH_INPUTS, QwenVisionConfig, graph_inputs, patchify
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.extras import require
 
@@ -109,3 +111,43 @@ class ImageEncoder:
 
     def encode(self, images: Sequence[Image.Image]) -> np.ndarray:
         return self.encode_pixels(preprocess(images, self.config))
+
+
+class QwenImageEncoder:
+    """Qwen2.5-VL's vision graph (`huatuo_convert.qwen_vision_export`): one image per run, any size.
+
+    `encode` returns each image's embeddings with its merged grid (`ImageEmbeds`), which M-RoPE needs.
+    TensorRT is not offered: its engines want fixed shape profiles and this graph's size follows the image.
+    """
+
+    def __init__(self, onnx_path: Path | str, config: QwenVisionConfig, *, device: str = "auto",
+                 threads: int | None = None, device_id: int = 0) -> None:
+        ort = require("onnxruntime")
+        self.path, self.config = Path(onnx_path), config
+        if not self.path.is_file():
+            raise HuatuoError(f"image encoder {self.path.name} not found in {self.path.parent}")
+        available = [p for p in ort.get_available_providers() if p != TENSORRT]
+        self.plan = plan_providers(available, self.path.parent, 0, device, device_id=device_id)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=self.plan.providers)
+        except Exception as exc:  # onnxruntime raises its own types for a corrupt or foreign file
+            raise HuatuoError(f"cannot load image encoder {self.path.name}: {exc}") from exc
+        names = [i.name for i in self.session.get_inputs()]
+        if names[1:] != list(GRAPH_INPUTS):
+            raise HuatuoError(f"image encoder {self.path.name} takes {names}, not a Qwen2.5-VL vision graph's inputs")
+        self.input_name = names[0]
+        self.provider: str = self.session.get_providers()[0]
+        self.fallback_note: str | None = fallback_note(self.plan, self.session.get_providers())
+
+    def encode(self, images: Sequence[Image.Image]) -> list[ImageEmbeds]:
+        out = []
+        for image in images:
+            pixels, grid = patchify(image, self.config)
+            feeds = {self.input_name: pixels, **graph_inputs(grid, self.config)}
+            rows = np.asarray(self.session.run(None, feeds)[0], dtype=np.float32)
+            out.append(ImageEmbeds(rows, (grid[1] // self.config.merge_size, grid[2] // self.config.merge_size)))
+        return out

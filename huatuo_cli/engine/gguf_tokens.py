@@ -4,7 +4,7 @@ The runtime and the converter's verification both call `encode_chunks`, so the t
 workstation sends are the ones whose parity was checked at conversion time.
 
 As HuatuoGPT-Vision's `cli.py` does (docs/model.md "Tokenization"): the prompt is cut into the
-pieces the official code tokenizes one call each (`prompt.encode_prompt`: per turn part, then at
+pieces the official code tokenizes one call each (`PromptFormat.encode`: per turn part, then at
 the `<image>` placeholders), each piece is tokenized whole, and no BOS is added anywhere
 (`tokenizer(chunk, add_special_tokens=False)`). How the template's markers (`<|user|>`,
 `<|assistant|>`) come out depends on the checkpoint, and the converter records which case it is in
@@ -35,10 +35,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from huatuo_cli.engine.prompt import TEMPLATE_MARKERS, encode_prompt
+from huatuo_cli.engine.prompt import PROMPT_FORMAT, PromptFormat, prompt_format
 from huatuo_cli.errors import HuatuoError
 
 CHUNK_PREFIX_KEY = "huatuo.tokenizer.chunk_prefix"
+#: the prompt format the GGUF was converted and checked for (GGUFs from before the key: huatuo-v1)
+PROMPT_FORMAT_KEY = "huatuo.prompt_format"
 MARKERS_KEY = "huatuo.tokenizer.markers"
 #: the values of MARKERS_KEY
 MARKERS_AS_TOKENS = "tokens"
@@ -60,23 +62,31 @@ def marker_style(llama: Any) -> str:
     return style
 
 
-_MARKERS = re.compile("(" + "|".join(re.escape(m) for m in TEMPLATE_MARKERS) + ")")
+def gguf_prompt_format(llama: Any) -> PromptFormat:
+    """The prompt format the GGUF says it was converted for."""
+    return prompt_format(str(llama.metadata.get(PROMPT_FORMAT_KEY, PROMPT_FORMAT)))
 
 
-def encode_text(llama: Any, text: str) -> list[int]:
+def _marker_split(fmt: PromptFormat) -> re.Pattern[str]:
+    return re.compile("(" + "|".join(re.escape(m) for m in fmt.template_markers) + ")")
+
+
+def encode_text(llama: Any, text: str, fmt: PromptFormat | None = None) -> list[int]:
     """One piece of text, as one call of the checkpoint's tokenizer tokenizes it (module docstring); no BOS."""
     if not text:
         return []
+    fmt = fmt or gguf_prompt_format(llama)
     text = chunk_prefix(llama) + text
     if marker_style(llama) == MARKERS_AS_TEXT:
         return list(llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
     ids: list[int] = []
-    for piece in _MARKERS.split(text):
+    for piece in _marker_split(fmt).split(text):
         if piece:
-            ids += llama.tokenize(piece.encode("utf-8"), add_bos=False, special=piece in TEMPLATE_MARKERS)
+            ids += llama.tokenize(piece.encode("utf-8"), add_bos=False, special=piece in fmt.template_markers)
     return ids
 
 
 def encode_chunks(llama: Any, prompt: str) -> list[list[int]]:
     """Token ids of each text chunk between image placeholders (N images give N+1 chunks)."""
-    return encode_prompt(prompt, lambda text: encode_text(llama, text))
+    fmt = gguf_prompt_format(llama)
+    return fmt.encode(prompt, lambda text: encode_text(llama, text, fmt))

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Union, cast
 
 import numpy as np
 
@@ -26,14 +26,67 @@ from huatuo_cli.engine.prompt import DEFAULT_FORMAT
 from huatuo_cli.engine.threads import BusyElsewhere, default_threads, threads_for_now
 from huatuo_cli.errors import HuatuoError
 
-#: One prompt segment: token ids (a text chunk) or an image's embeddings [tokens, n_embd].
-Segment = Union[list[int], np.ndarray]
+
+@dataclass(frozen=True, eq=False)
+class ImageEmbeds:
+    """An image's embeddings with the grid they cover: `rows` [grid rows x grid cols, n_embd] in raster
+    order. Multimodal rotary positions (M-RoPE) need the grid; the linear scheme takes plain arrays too."""
+
+    rows: np.ndarray
+    grid: tuple[int, int]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+#: An image's embeddings [tokens, n_embd], with its grid where the position scheme needs it.
+ImageSegment = Union[np.ndarray, ImageEmbeds]
+#: One prompt segment: token ids (a text chunk) or an image's embeddings.
+Segment = Union[list[int], np.ndarray, ImageEmbeds]
 #: What a KV-cache position holds: a token id, or (digest of an image, row of its embeddings).
 PositionKey = Union[int, tuple[bytes, int]]
-#: Text that ends an answer even if the model forgets to emit end-of-generation.
-#: How prompt positions are numbered: one per prompt entry, text token or image row, in order.
-#: A bundle's manifest names its scheme (`llm.positions`); a scheme not listed here is refused.
-POSITION_SCHEMES = ("linear",)
+#: How prompt positions are numbered. A bundle's manifest names its scheme (`llm.positions`); a
+#: scheme not listed here is refused.
+#: - "linear": one position per prompt entry, text token or image row, in order (LLaVA);
+#: - "mrope": Qwen2-VL's (transformers' `get_rope_index`): a text token at p has (p, p, p); an image
+#:   starting at s has (s, s + row, s + col) for each merged patch, and the text after it starts at
+#:   the image's largest position + 1. llama.cpp takes four sections per embedding row (time, row,
+#:   column, unused 0) and broadcasts a token's one position to all of them.
+POSITION_SCHEMES = ("linear", "mrope")
+
+
+def _image_rows(seg: Segment) -> np.ndarray | None:
+    """The embeddings of an image segment, None for a text chunk."""
+    if isinstance(seg, ImageEmbeds):
+        return seg.rows
+    return seg if isinstance(seg, np.ndarray) else None
+
+
+def prompt_positions(segments: Sequence[Segment], scheme: str) -> np.ndarray:
+    """int32 [entries, 4]: the (time, row, column, 0) position of every prompt entry under `scheme`
+    (the linear scheme repeats its one position)."""
+    out: list[np.ndarray] = []
+    start = 0
+    for seg in segments:
+        n = len(seg)
+        if scheme == "mrope" and _image_rows(seg) is not None:
+            if not isinstance(seg, ImageEmbeds) or seg.grid[0] * seg.grid[1] != n:
+                raise ValueError("M-RoPE needs each image's grid (ImageEmbeds) covering its rows")
+            rows, cols = seg.grid
+            r, c = np.divmod(np.arange(n), cols)
+            block = np.stack([np.full(n, start), start + r, start + c, np.zeros(n, dtype=np.int64)], axis=1)
+            start += max(rows, cols)
+        else:
+            p = start + np.arange(n)
+            block = np.stack([p, p, p, p if scheme == "linear" else np.zeros(n, dtype=np.int64)], axis=1)
+            start += n
+        out.append(block)
+    return np.concatenate(out).astype(np.int32) if out else np.zeros((0, 4), dtype=np.int32)
+
+
+def next_position(positions: np.ndarray) -> int:
+    """Where the first answer token goes: one past the prompt's largest position."""
+    return int(positions[:, :3].max()) + 1 if len(positions) else 0
 
 
 @dataclass(frozen=True)
@@ -91,11 +144,12 @@ def _position_keys(segments: Sequence[Segment]) -> list[PositionKey]:
     """One comparable key per prompt position: the token id, or (digest of the image, row)."""
     keys: list[PositionKey] = []
     for seg in segments:
-        if isinstance(seg, np.ndarray):
-            digest = hashlib.blake2b(np.ascontiguousarray(seg, dtype=np.float32).tobytes(), digest_size=16).digest()
-            keys.extend((digest, row) for row in range(len(seg)))
+        rows = _image_rows(seg)
+        if rows is not None:
+            digest = hashlib.blake2b(np.ascontiguousarray(rows, dtype=np.float32).tobytes(), digest_size=16).digest()
+            keys.extend((digest, row) for row in range(len(rows)))
         else:
-            keys.extend(int(t) for t in seg)
+            keys.extend(int(t) for t in cast(list[int], seg))
     return keys
 
 
@@ -116,9 +170,14 @@ class LlamaEngine:
         n_batch: int = 512,
         n_gpu_layers: int | None = None,
         stop_strings: Sequence[str] = DEFAULT_FORMAT.stop_strings,
+        positions: str = POSITION_SCHEMES[0],
     ) -> None:
         #: text that ends an answer: the prompt format's next-turn marker (as a token or spelled out)
         self.stop_strings = tuple(stop_strings)
+        if positions not in POSITION_SCHEMES:
+            raise HuatuoError(f"position scheme '{positions}' is not supported by this huatuo")
+        #: how prompt positions are numbered (the bundle's `llm.positions`)
+        self.positions = positions
         llama_cpp = cpu_backend.llama()
         self._lib = llama_cpp
         self.cpu_kernels = cpu_backend.describe()
@@ -151,6 +210,7 @@ class LlamaEngine:
         self._vocab = llama_cpp.llama_model_get_vocab(model_handle(self.llm))
         #: what each KV-cache position holds (token id, or (image digest, row)), for prefix reuse
         self._cached: list[PositionKey] = []
+        self._next_pos = 0  # the position after the last prompt entry decoded (M-RoPE: not the entry count)
         self.last_prefill_reused = 0
 
     # -- text ------------------------------------------------------------------------------------
@@ -183,19 +243,32 @@ class LlamaEngine:
         self._lib.llama_memory_clear(mem, True)
         self._cached = []
 
-    def _decode_batch(self, n: int, start: int, want_last: bool, *, tokens: Sequence[int] | None = None,
+    def _decode_batch(self, positions: np.ndarray, want_last: bool, *, tokens: Sequence[int] | None = None,
                       embeds: np.ndarray | None = None) -> None:
-        """One llama_decode of n positions from `start`: token ids, or embedding rows [n, n_embd]."""
+        """One llama_decode of n entries at `positions` [n, 4]: token ids, or embedding rows [n, n_embd].
+
+        A token has one position (llama.cpp gives it to every M-RoPE section); an embedding row of an
+        M-RoPE model has four, section-major (`pos[j * n + i]`), in an array of our own: llama_batch_init
+        allocates one per row.
+        """
         lib = self._lib
+        n = len(positions)
         batch = lib.llama_batch_init(n, 0 if embeds is None else self.n_embd, 1)
+        pos_type = type(batch.pos)
+        allocated_pos = ctypes.cast(batch.pos, ctypes.c_void_p).value or 0  # the address: a field read aliases the field
         try:
             batch.n_tokens = n
             if embeds is not None:
                 ctypes.memmove(batch.embd, embeds.ctypes.data, embeds.nbytes)
+                if self.positions == "mrope":
+                    sections = np.ascontiguousarray(positions.T, dtype=np.int32)  # [4, n]: section-major
+                    own = (ctypes.c_int32 * sections.size).from_buffer_copy(sections.tobytes())
+                    batch.pos = ctypes.cast(own, pos_type)
             for i in range(n):
                 if tokens is not None:
                     batch.token[i] = tokens[i]
-                batch.pos[i] = start + i
+                if embeds is None or self.positions != "mrope":
+                    batch.pos[i] = int(positions[i, 0])
                 batch.n_seq_id[i] = 1
                 batch.seq_id[i][0] = 0
                 batch.logits[i] = 0
@@ -203,21 +276,23 @@ class LlamaEngine:
                 batch.logits[n - 1] = 1
             self._check(lib.llama_decode(self._ctx, batch))
         finally:
+            batch.pos = ctypes.cast(allocated_pos, pos_type)  # llama_batch_free frees what llama_batch_init allocated
             lib.llama_batch_free(batch)
 
-    def _decode_tokens(self, ids: Sequence[int], start: int, want_last: bool) -> None:
+    def _decode_tokens(self, ids: Sequence[int], positions: np.ndarray, want_last: bool) -> None:
         for off in range(0, len(ids), self.n_batch):
             part = ids[off : off + self.n_batch]
-            self._decode_batch(len(part), start + off, want_last and off + len(part) == len(ids), tokens=part)
+            self._decode_batch(positions[off : off + len(part)], want_last and off + len(part) == len(ids), tokens=part)
 
-    def _decode_embeddings(self, embeds: np.ndarray, start: int, want_last: bool) -> None:
+    def _decode_embeddings(self, embeds: np.ndarray, positions: np.ndarray, want_last: bool) -> None:
         embeds = np.ascontiguousarray(embeds, dtype=np.float32)
         if embeds.ndim != 2 or embeds.shape[1] != self.n_embd:
             raise HuatuoError(f"image embeddings have width {embeds.shape[-1]}, the language model expects {self.n_embd}",
                               hint="the bundle's vision and LLM files do not belong together")
         for off in range(0, len(embeds), self.n_batch):
             part = np.ascontiguousarray(embeds[off : off + self.n_batch])
-            self._decode_batch(len(part), start + off, want_last and off + len(part) == len(embeds), embeds=part)
+            self._decode_batch(positions[off : off + len(part)], want_last and off + len(part) == len(embeds),
+                               embeds=part)
 
     @staticmethod
     def _check(code: int) -> None:
@@ -252,6 +327,7 @@ class LlamaEngine:
         keys = _position_keys(segments)
         if not keys:
             raise ValueError("empty prompt")
+        positions = prompt_positions(segments, self.positions)
         self._fit_threads()
         keep = 0
         for a, b in zip(self._cached, keys, strict=False):
@@ -259,8 +335,9 @@ class LlamaEngine:
                 break
             keep += 1
         keep = min(keep, len(keys) - 1)  # the last position is always decoded: its logits are needed
+        keep = self._segment_aligned(segments, keep)
         mem = self._lib.llama_get_memory(self._ctx)
-        if keep == 0 or not self._lib.llama_memory_seq_rm(mem, 0, keep, -1):
+        if keep == 0 or not self._lib.llama_memory_seq_rm(mem, 0, int(positions[keep, 0]), -1):
             self._clear()
             keep = 0
         self._cached = keys[:keep]
@@ -270,14 +347,28 @@ class LlamaEngine:
             if pos + n > keep:
                 skip = max(0, keep - pos)
                 last = pos + n == len(keys)
-                if isinstance(seg, np.ndarray):
-                    self._decode_embeddings(seg[skip:], pos + skip, last)
+                rows = _image_rows(seg)
+                if rows is not None:
+                    self._decode_embeddings(rows[skip:], positions[pos + skip : pos + n], last)
                 else:
-                    self._decode_tokens(list(seg)[skip:], pos + skip, last)
+                    self._decode_tokens(cast(list[int], seg)[skip:], positions[pos + skip : pos + n], last)
             pos += n
         self._cached = keys
+        self._next_pos = next_position(positions)
         self.last_prefill_reused = keep
         return self._last_logits()
+
+    def _segment_aligned(self, segments: Sequence[Segment], keep: int) -> int:
+        """Under M-RoPE an image's rows share one cache position (its time section), so the cache can
+        only be cut before an image, never inside one: `keep` moved back to the image's first row."""
+        if self.positions != "mrope":
+            return keep
+        pos = 0
+        for seg in segments:
+            if pos < keep < pos + len(seg) and _image_rows(seg) is not None:
+                return pos
+            pos += len(seg)
+        return keep
 
     def generate(
         self,
@@ -303,7 +394,7 @@ class LlamaEngine:
         text = ""
         emitted = 0  # characters of `text` already streamed
         stopped_by = "max-tokens"
-        pos = n_prompt
+        pos = self._next_pos
         for _ in range(sampling.max_tokens):
             tok = choose_token(logits, tokens, sampling, rng)
             if self.is_end(tok) or self.piece(tok, special=True).decode("utf-8", "replace") in self.stop_strings:
@@ -320,7 +411,7 @@ class LlamaEngine:
             if on_text and safe > emitted:
                 on_text(text[emitted:safe])
                 emitted = safe
-            self._decode_tokens([tok], pos, True)
+            self._decode_tokens([tok], np.full((1, 4), pos, dtype=np.int32), True)
             self._cached.append(tok)
             pos += 1
             logits = self._last_logits()

@@ -25,8 +25,11 @@ from huatuo_cli.errors import HuatuoError
 #: The preprocessing this module implements, by the name a bundle's manifest gives
 #: (`vision.preprocess`): "llava-pad" pads to square on the mean colour, resizes the shortest edge,
 #: centre-crops and normalises, as LLaVA-1.5's `image_aspect_ratio: pad` does.
-PREPROCESSING = ("llava-pad",)
-_RESAMPLE = {0: Image.Resampling.NEAREST, 1: Image.Resampling.LANCZOS, 2: Image.Resampling.BILINEAR,
+#: "qwen-vl-dynamic" keeps the aspect ratio and resizes to multiples of 28 within the checkpoint's pixel
+#: limits, as Qwen2-VL's processor does (`huatuo_cli.engine.qwen_vision`).
+QWEN_PREPROCESS = "qwen-vl-dynamic"
+PREPROCESSING = ("llava-pad", QWEN_PREPROCESS)
+RESAMPLE = {0: Image.Resampling.NEAREST, 1: Image.Resampling.LANCZOS, 2: Image.Resampling.BILINEAR,
              3: Image.Resampling.BICUBIC, 4: Image.Resampling.BOX, 5: Image.Resampling.HAMMING}
 
 
@@ -64,7 +67,7 @@ class PreprocessConfig:
         if isinstance(crop, int):
             crop = {"height": crop, "width": crop}
         resample = int(raw.get("resample", 3))
-        if resample not in _RESAMPLE:
+        if resample not in RESAMPLE:
             raise HuatuoError(f"unknown resample mode {resample} in preprocessor config")
         return cls(
             image_mean=_triple(raw["image_mean"]),
@@ -115,7 +118,7 @@ def _resize_shortest_edge(image: Image.Image, size: int, resample: int) -> Image
         return image
     new_short, new_long = size, int(size * long / short)
     new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
-    return image.resize((new_w, new_h), resample=_RESAMPLE[resample], reducing_gap=None)
+    return image.resize((new_w, new_h), resample=RESAMPLE[resample], reducing_gap=None)
 
 
 def _center_crop(pixels: np.ndarray, height: int, width: int) -> np.ndarray:

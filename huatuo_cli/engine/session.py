@@ -12,18 +12,22 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
 from PIL import Image
 
 from huatuo_cli.bundles.bundle import Bundle, Manifest, load_bundle
-from huatuo_cli.engine.llm import POSITION_SCHEMES, Generation, LlamaEngine, Sampling, Segment
-from huatuo_cli.engine.preprocess import PREPROCESSING
+from huatuo_cli.engine.llm import POSITION_SCHEMES, Generation, ImageSegment, LlamaEngine, Sampling, Segment
+from huatuo_cli.engine.preprocess import PREPROCESSING, QWEN_PREPROCESS
 from huatuo_cli.engine.prompt import Turn, prompt_format
 from huatuo_cli.errors import HuatuoError
 
+if TYPE_CHECKING:
+    from huatuo_cli.engine.encoder import ImageEncoder, QwenImageEncoder
+    from huatuo_cli.engine.mtmd_encoder import MtmdImageEncoder
 
-def interleave(token_chunks: Sequence[list[int]], image_embeds: Sequence[np.ndarray]) -> list[Segment]:
+
+def interleave(token_chunks: Sequence[list[int]], image_embeds: Sequence[ImageSegment]) -> list[Segment]:
     """Text chunk, image, text chunk, ...: the prompt as llama.cpp is fed (N images, N+1 chunks)."""
     if len(token_chunks) != len(image_embeds) + 1:
         raise ValueError(f"{len(token_chunks) - 1} image markers for {len(image_embeds)} images")
@@ -64,8 +68,12 @@ class BundleImageEncoder:
         from huatuo_cli.engine.preprocess import PreprocessConfig
 
         self.vision = vision
-        self._onnx = self._mtmd = None
-        if vision == "onnx":
+        self._onnx: ImageEncoder | None = None
+        self._mtmd: MtmdImageEncoder | None = None
+        self._qwen: QwenImageEncoder | None = None
+        if bundle.manifest.vision.get("preprocess") == QWEN_PREPROCESS:
+            self._open_qwen(bundle, vision, device, threads)
+        elif vision == "onnx":
             from huatuo_cli.engine.encoder import ImageEncoder, runs_on_cpu, vision_precision
 
             # only files the manifest lists (and verification hashed) are read: never a file that
@@ -92,11 +100,27 @@ class BundleImageEncoder:
         else:
             raise HuatuoError(f"unknown vision path '{vision}'", hint="use onnx (default) or mmproj")
 
-    def encode(self, images: list[Image.Image]) -> np.ndarray:
+    def _open_qwen(self, bundle: Bundle, vision: str, device: str, threads: int | None) -> None:
+        """Qwen2.5-VL's graph: fp16 on CUDA where the bundle has it, else fp32 (or the pinned file)."""
+        from huatuo_cli.engine.encoder import QwenImageEncoder, vision_precision
+        from huatuo_cli.engine.qwen_vision import QwenVisionConfig
+
+        if vision != "onnx":
+            raise HuatuoError(f"bundle {bundle.root.name} has no llama.cpp vision path (mmproj); use --vision onnx")
+        pinned = pinned_precision(bundle)
+        role = "vision-" + (pinned or vision_precision(device, has_fp16=bundle.has("vision-fp16")))
+        config = QwenVisionConfig.from_file(bundle.path("preprocessor"),
+                                            window_size=int(bundle.manifest.vision.get("window_size", 112)))
+        self._qwen = QwenImageEncoder(bundle.path(role), config, device=device, threads=threads)
+        self.provider, self.fallback_note = self._qwen.provider, self._qwen.fallback_note
+
+    def encode(self, images: list[Image.Image]) -> Sequence[ImageSegment]:
+        if self._qwen is not None:
+            return self._qwen.encode(images)
         if self._onnx is not None:
-            return self._onnx.encode(images)
+            return list(self._onnx.encode(images))
         assert self._mtmd is not None
-        return self._mtmd.encode(images, self._config)
+        return list(self._mtmd.encode(images, self._config))
 
     def close(self) -> None:
         if self._mtmd is not None:
@@ -149,7 +173,8 @@ class VisionLanguageModel:
         check_runtime_fit(manifest)
         self.encoder = BundleImageEncoder(self.bundle, vision=vision, device=device, threads=n_threads)
         self.llm = LlamaEngine(self.bundle.path("llm"), n_ctx=n_ctx, n_threads=n_threads,
-                               stop_strings=self.prompt.stop_strings)
+                               stop_strings=self.prompt.stop_strings,
+                               positions=manifest.llm.get("positions", POSITION_SCHEMES[0]))
         self.info = ModelInfo(
             model_sha256=self.bundle.manifest_sha256,
             bundle=self.bundle.root.name,
@@ -162,15 +187,15 @@ class VisionLanguageModel:
             llm_cpu=self.llm.cpu_kernels,
         )
 
-    def encode_images(self, images: Sequence[Image.Image]) -> list[np.ndarray]:
-        """One [tokens, n_embd] array per PIL image."""
+    def encode_images(self, images: Sequence[Image.Image]) -> list[ImageSegment]:
+        """One [tokens, n_embd] array (with its grid where the position scheme needs it) per PIL image."""
         if not images:
             return []
         if len(images) > self.prompt.max_images:
             raise HuatuoError(f"{len(images)} images given; this model takes at most {self.prompt.max_images}")
         return list(self.encoder.encode(list(images)))
 
-    def segments(self, turns: list[Turn], image_embeds: Sequence[np.ndarray]) -> list[Segment]:
+    def segments(self, turns: list[Turn], image_embeds: Sequence[ImageSegment]) -> list[Segment]:
         """Token chunks and image embeddings in prompt order."""
         return interleave(self.llm.tokenize(self.prompt.render(turns)), image_embeds)
 
@@ -187,7 +212,7 @@ class Conversation:
     images: list[Image.Image] = field(default_factory=list)
     turns: list[Turn] = field(default_factory=list)
     #: computed on the first question; pass them in to ask several independent questions of one study
-    image_embeds: list[np.ndarray] | None = None
+    image_embeds: list[ImageSegment] | None = None
 
     def ask(self, question: str, sampling: Sampling = Sampling(),
             on_text: Callable[[str], None] | None = None) -> Generation:

@@ -24,10 +24,9 @@ from huatuo_cli.serve.images import render_images
 from huatuo_cli.serve.protocol import ApiError, ChatRequest, bad_request
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from huatuo_cli.answering.jobs import StudyInputs
     from huatuo_cli.answering.record import Answer
+    from huatuo_cli.engine.llm import ImageSegment
 
 EMBED_CACHE = 4  # studies whose image embeddings are kept
 
@@ -63,7 +62,7 @@ class Worker:
         self.admitted = 0
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="huatuo-serve")
         self.active: set[threading.Event] = set()
-        self._embeds: OrderedDict[tuple[Any, ...], list[np.ndarray]] = OrderedDict()
+        self._embeds: OrderedDict[tuple[Any, ...], list[ImageSegment]] = OrderedDict()
 
     @property
     def max_images(self) -> int:
