@@ -103,6 +103,15 @@ def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = 56
     return h_bar, w_bar
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB with any transparency composited onto white, as transformers' processor and Qwen's own
+    `qwen_vl_utils` do (LLaVA's code instead drops the alpha channel: `preprocess.py`)."""
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return image.convert("RGB")
+
+
 def merged_grid(image_size: tuple[int, int], config: QwenVisionConfig) -> tuple[int, int]:
     """(rows, cols) of merged patches, i.e. of the image's prompt positions, for a (width, height) image."""
     width, height = image_size
@@ -112,7 +121,7 @@ def merged_grid(image_size: tuple[int, int], config: QwenVisionConfig) -> tuple[
 
 def patchify(image: Image.Image, config: QwenVisionConfig) -> tuple[np.ndarray, tuple[int, int, int]]:
     """One image -> (`pixel_values` float32 [patches, 3 * T * P * P], grid (1, h, w) in patches)."""
-    image = image.convert("RGB")
+    image = to_rgb(image)
     h_bar, w_bar = smart_resize(image.height, image.width, config.factor, config.min_pixels, config.max_pixels)
     if (image.width, image.height) != (w_bar, h_bar):
         image = image.resize((w_bar, h_bar), resample=RESAMPLE[config.resample], reducing_gap=None)
