@@ -150,6 +150,7 @@ def build_bundles(
     with shared_tmp as shared_dir:
         shared = Path(shared_dir)
         log("PyTorch reference (loaded once for every bundle)")
+        pending_mmproj = False
         if qwen:
             from huatuo_convert.qwen_reference import QwenVLReference, check_chat_template
             from huatuo_convert.qwen_vision_export import export_qwen_vision
@@ -162,9 +163,13 @@ def build_bundles(
             vision = export_qwen_vision(qref.model.model.visual, ckpt.config["vision_config"], ckpt.preprocessor_config,
                                         shared / VISION_DIR, tolerances=ckpt.family.vision_tolerances,
                                         config_sha256=ckpt.config_sha256)
-            if with_mmproj:
-                log(f"{MMPROJ_NAME}: not written for this family (llama.cpp's Qwen2.5-VL mmproj is not made by huatuo yet)")
+            if with_mmproj:  # for llama.cpp tools; measured once the first LLM GGUF exists (mtmd needs it)
+                from huatuo_convert.qwen_mmproj import write_qwen_mmproj
+
+                log(f"vision tower -> {MMPROJ_NAME} (llama.cpp mtmd's qwen2.5vl_merger; measured, not used for answers)")
+                write_qwen_mmproj(ckpt, shared / MMPROJ_NAME)
                 with_mmproj = False
+                pending_mmproj = True
         else:
             ref = LlavaReference.load(ckpt)  # the LLM checks and the end-to-end checks share it
             log("vision tower + projector -> ONNX fp32/fp16 (validated)")
@@ -174,6 +179,8 @@ def build_bundles(
         shared_fidelity: dict[str, Any] = {"vision": vision.fidelity}
         if qwen:
             shared_fidelity["prompt"] = template
+            if pending_mmproj:
+                shared_roles[MMPROJ_NAME] = "mmproj"
         if with_mmproj:
             from huatuo_convert.mmproj import convert_mmproj
 
@@ -189,6 +196,12 @@ def build_bundles(
                 llm_file = LLM_NAME.format(quant=quant)
                 log(f"language model -> {out.name}/{llm_file} (verified against the PyTorch reference)")
                 _, fidelity["llm"] = write_llm_gguf(ckpt, work / llm_file, quant, threads=threads, ref=ref, sidecar=False)
+                if pending_mmproj:
+                    from huatuo_convert.qwen_mmproj import measure_qwen_mmproj
+
+                    shared_fidelity["mmproj"] = measure_qwen_mmproj(shared / MMPROJ_NAME, qref, work / llm_file,
+                                                                    threads=threads or 2)
+                    pending_mmproj = False
                 fidelity.update(shared_fidelity)
                 log(f"end to end ({out.name}): ONNX embeddings + GGUF vs the reference, first greedy tokens")
                 if qwen:
@@ -299,7 +312,9 @@ def summary(manifest: Manifest) -> str:
     for name, report in f.get("vision", {}).get("files", {}).items():
         lines.append(f"  {name}: min cosine {report['min_cosine']:.6f}, max abs diff {report['max_abs_diff']:.2e}")
     if "mmproj" in f:
-        lines.append(f"  mmproj (llama.cpp graph): mean cosine {f['mmproj']['mean_cosine']:.4f}, min {f['mmproj']['min_cosine']:.4f}")
+        lines.append(f"  mmproj (llama.cpp graph): mean cosine {f['mmproj']['mean_cosine']:.4f}, min {f['mmproj']['min_cosine']:.4f}"
+                     + (f", {f['mmproj']['shape_mismatches']} image(s) resized otherwise by mtmd"
+                        if f["mmproj"].get("shape_mismatches") else ""))
     e2e = f.get("end_to_end", {})
     if e2e:
         verdict = "identical" if e2e["identical"] else f"diverge at token {e2e['first_divergence']}"

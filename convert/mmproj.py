@@ -26,7 +26,7 @@ import numpy as np
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.extras import require
 from huatuo_convert.atomic import atomic_output, refuse_existing, write_text_atomic
-from huatuo_convert.checkpoint import LlavaCheckpoint
+from huatuo_convert.checkpoint import QWEN_LAYOUT, LlavaCheckpoint
 
 #: CLIPVisionModel state-dict name -> GGUF name; `None` = deliberately not written. Anything
 #: not matched is an error: a tensor we do not understand must not be silently dropped.
@@ -190,6 +190,10 @@ def convert_mmproj(src: Path | str | LlavaCheckpoint, out: Path | str, *, ftype:
     if sidecar:
         refuse_existing(record, hint="choose a new file name or remove it")
     ckpt = src if isinstance(src, LlavaCheckpoint) else LlavaCheckpoint.open(src)
+    if ckpt.layout == QWEN_LAYOUT:
+        raise HuatuoError("a Qwen2.5-VL checkpoint's mmproj is written by `huatuo convert all`: llama.cpp's mtmd "
+                          "needs the converted language model to load and measure it",
+                          hint="run huatuo convert all; the bundle holds mmproj-f16.gguf and its figures")
     write_mmproj(ckpt, out, ftype=ftype)
     try:
         report = {"file": out.name, "type": ftype, **measure_mmproj(out, ckpt, threads=threads)}

@@ -24,7 +24,7 @@ from huatuo_cli.engine.providers import INPUT_NAME
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.extras import require
 from huatuo_convert.atomic import atomic_folder, refuse_existing
-from huatuo_convert.checkpoint import LlavaCheckpoint
+from huatuo_convert.checkpoint import QWEN_LAYOUT, LlavaCheckpoint
 from huatuo_convert.onnx_validate import Tolerance, validate_onnx, validation_pixels
 from huatuo_convert.reference import VisionEncoder, build_vision
 
@@ -132,6 +132,19 @@ def export_vision(
     out = Path(out)
     refuse_existing(out, hint="choose a new folder or remove it")
     ckpt = src if isinstance(src, LlavaCheckpoint) else LlavaCheckpoint.open(src)
+    if ckpt.layout == QWEN_LAYOUT:  # transformers' Qwen2.5-VL: its own tower is exported and is the reference
+        from huatuo_convert.qwen_reference import QwenVLReference
+        from huatuo_convert.qwen_vision_export import export_qwen_vision
+
+        model = QwenVLReference.load(ckpt).model
+        result = export_qwen_vision(model.model.visual, ckpt.config["vision_config"], ckpt.preprocessor_config, out,
+                                    tolerances={**ckpt.family.vision_tolerances,
+                                                **{k: t.min_cosine for k, t in (tolerances or {}).items()}},
+                                    config_sha256=ckpt.config_sha256, fp16=fp16, int8=int8)
+        if sidecar:
+            (out / FIDELITY_NAME).write_text(json.dumps(result.fidelity, indent=2))
+            result.files = sorted(p.name for p in out.iterdir())
+        return result
     tower = ckpt.vision  # raises a HuatuoError naming what was looked for
     tolerances = {**{graph: Tolerance(min_cosine=cosine) for graph, cosine in ckpt.family.vision_tolerances.items()},
                   **(tolerances or {})}

@@ -253,4 +253,4 @@ def test_a_config_without_valid_mrope_sections_is_refused(checkpoint, tmp_path, 
 def test_the_mmproj_path_is_refused_for_this_family_with_a_message(bundle, tmp_path):
     scan = Path(get_testdata_file("CT_small.dcm", download=False))
     res = CliRunner().invoke(cli, ["ask", "--model", str(bundle()), "--vision", "mmproj", str(scan), QUESTION])
-    assert res.exit_code == 1 and "no llama.cpp vision path" in res.output and "Traceback" not in res.output
+    assert res.exit_code == 1 and "answers with its ONNX vision graph only" in res.output and "Traceback" not in res.output

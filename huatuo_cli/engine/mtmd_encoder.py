@@ -39,7 +39,9 @@ class MtmdImageEncoder:
     """`MtmdImageEncoder(mmproj).encode_prepared([uint8 HxWx3, ...]) -> float32 [N, tokens, n_embd]`."""
 
     def __init__(self, mmproj_path: Path | str, *, threads: int = 2, use_gpu: bool = False,
-                 verbose: bool = False) -> None:
+                 verbose: bool = False, text_model: Any = None) -> None:
+        """`text_model`: a loaded `llama_cpp.Llama` for projectors whose image chunk is wrapped in the
+        language model's own marker tokens (Qwen2.5-VL's `<|vision_start|>`...): mtmd tokenizes them with it."""
         llama_cpp = llama()
         self.mtmd = require("llama_cpp.mtmd_cpp")
         llama_cpp.llama_backend_init()
@@ -52,7 +54,11 @@ class MtmdImageEncoder:
         params.n_threads = threads
         params.print_timings = False
         params.warmup = False
-        self.ctx = self.mtmd.mtmd_init_from_file(str(self.path).encode(), None, params)
+        from huatuo_cli.engine.llama_handles import model_handle
+
+        self._text_model = text_model  # kept alive as long as the context uses it
+        handle = model_handle(text_model) if text_model is not None else None
+        self.ctx = self.mtmd.mtmd_init_from_file(str(self.path).encode(), handle, params)
         if not self.ctx:
             raise HuatuoError(f"llama.cpp could not load mmproj {self.path.name} (run with --verbose for its log)")
         if not self.mtmd.mtmd_support_vision(self.ctx):
@@ -82,7 +88,8 @@ class MtmdImageEncoder:
             parts = (ctypes.POINTER(m.mtmd_input_part) * 1)(ctypes.pointer(part))
             if m.mtmd_tokenize_from_parts(self.ctx, chunks, parts, 1, False) != 0:
                 raise HuatuoError("llama.cpp mtmd could not preprocess the image")
-            chunk = m.mtmd_input_chunks_get(chunks, 0)
+            chunk = next(c for c in (m.mtmd_input_chunks_get(chunks, i) for i in range(m.mtmd_input_chunks_size(chunks)))
+                         if m.mtmd_input_chunk_get_type(c) == m.MTMD_INPUT_CHUNK_TYPE_IMAGE)
             n_tokens = m.mtmd_input_chunk_get_n_tokens(chunk)
             if m.mtmd_encode_chunk(self.ctx, chunk) != 0:
                 raise HuatuoError("llama.cpp mtmd failed to encode the image")
@@ -100,7 +107,7 @@ class MtmdImageEncoder:
             reader = require("gguf").GGUFReader(str(self.path))
             bias = next((t for t in reader.tensors if t.name == "mm.2.bias"), None)
             if bias is None:
-                raise HuatuoError(f"{self.path.name} is not an MLP (LLaVA) mmproj: no mm.2.bias")
+                raise HuatuoError(f"{self.path.name} has no MLP projector (mm.2.bias)")
             self._n_embd = int(bias.shape[0])
         return self._n_embd
 

@@ -106,7 +106,9 @@ class BundleImageEncoder:
         from huatuo_cli.engine.qwen_vision import QwenVisionConfig
 
         if vision != "onnx":
-            raise HuatuoError(f"bundle {bundle.root.name} has no llama.cpp vision path (mmproj); use --vision onnx")
+            raise HuatuoError(f"bundle {bundle.root.name} answers with its ONNX vision graph only: its mmproj is for "
+                              "llama.cpp tools (mtmd resizes small images otherwise; docs/model.md)",
+                              hint="use --vision onnx (the default)")
         pinned = pinned_precision(bundle)
         role = "vision-" + (pinned or vision_precision(device, has_fp16=bundle.has("vision-fp16")))
         config = QwenVisionConfig.from_file(bundle.path("preprocessor"),
