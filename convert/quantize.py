@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal
+import threading
 from pathlib import Path
 
 from huatuo_cli.engine.cpu_backend import llama
@@ -48,7 +50,16 @@ def llama_quantize(src: Path, dst: Path, quant: str, *, threads: int | None = No
     child = multiprocessing.get_context("spawn").Process(
         target=_quantize_child, args=(str(src), str(dst), quant, threads or os.cpu_count() or 1, verbose()),
         name="huatuo-quantize", daemon=True)
-    child.start()
+    # The child is a new interpreter: a Ctrl-C while it imports its modules would end it with a traceback
+    # of its own. Started with SIGINT ignored, it inherits that (CPython then installs no handler), and the
+    # parent, which kills it on Ctrl-C, listens again as soon as it runs.
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
+        child.start()
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
     try:
         child.join()
     except BaseException:  # Ctrl-C: stop the quantizer now, not when it is done
@@ -62,7 +73,6 @@ def llama_quantize(src: Path, dst: Path, quant: str, *, threads: int | None = No
 
 def _quantize_child(src: str, dst: str, quant: str, threads: int, verbose: bool) -> None:
     """The child's side: SIGINT is the parent's to handle (it kills this process)."""
-    import signal
     import sys
 
     from huatuo_cli.logs import setup

@@ -106,7 +106,7 @@ def measure_qwen_mmproj(mmproj: Path, ref: Any, llm_gguf: Path, *, threads: int 
     from huatuo_convert.qwen_vision_export import validation_set
 
     config = QwenVisionConfig.from_dict(ref.ckpt.preprocessor_config)
-    rows = []
+    rows: list[dict[str, Any]] = []
     text = llama().Llama(str(llm_gguf), n_ctx=256, verbose=False)  # mtmd tokenizes the image's marker tokens with it
     with MtmdImageEncoder(mmproj, threads=threads, text_model=text) as enc:
         for name, image in validation_set(config):
@@ -120,10 +120,12 @@ def measure_qwen_mmproj(mmproj: Path, ref: Any, llm_gguf: Path, *, threads: int 
                 continue
             rows.append({"name": name, "size": [w, h], **embedding_metrics(expected[None], got[None])[0]})
     compared = [r for r in rows if "cosine" in r]
+    cosines = [float(r["cosine"]) for r in compared]
+    diffs = [float(r["max_abs_diff"]) for r in compared]
     return {"reference": "transformers Qwen2_5_VisionTransformerPretrainedModel (PyTorch fp32)",
             "engine": "llama.cpp mtmd (llama-cpp-python), CPU",
-            "mean_cosine": float(np.mean([r["cosine"] for r in compared])) if compared else float("nan"),
-            "min_cosine": min((r["cosine"] for r in compared), default=float("nan")),
-            "max_abs_diff": max((r["max_abs_diff"] for r in compared), default=float("nan")),
+            "mean_cosine": float(np.mean(cosines)) if cosines else float("nan"),
+            "min_cosine": min(cosines, default=float("nan")),
+            "max_abs_diff": max(diffs, default=float("nan")),
             "shape_mismatches": len(rows) - len(compared), "images": rows}
 

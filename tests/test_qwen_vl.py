@@ -254,3 +254,36 @@ def test_the_mmproj_path_is_refused_for_this_family_with_a_message(bundle, tmp_p
     scan = Path(get_testdata_file("CT_small.dcm", download=False))
     res = CliRunner().invoke(cli, ["ask", "--model", str(bundle()), "--vision", "mmproj", str(scan), QUESTION])
     assert res.exit_code == 1 and "answers with its ONNX vision graph only" in res.output and "Traceback" not in res.output
+
+
+# -- every front end answers with it unchanged -------------------------------------------------------------
+
+@pytest.mark.slow
+def test_batch_writes_results_and_a_valid_sr_with_a_qwen_bundle(bundle, tmp_path):
+    import subprocess
+
+    from tests.batch_helpers import sample_folder
+
+    studies = sample_folder(tmp_path / "studies", truncated=False, text_file=False)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["batch", str(studies), "--out", str(out), "--model", str(bundle()), "-q", QUESTION,
+                                   "--max-tokens", "6", "--sr"])
+    assert res.exit_code == 0, res.output
+    lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert len(lines) == 3 and all(x["answer"] and x["model"]["architecture"] == FAMILY.name for x in lines)
+    srs = sorted(out.rglob("*.dcm"))
+    assert len(srs) == 3
+    check = subprocess.run(["dciodvfy", str(srs[0])], capture_output=True, text=True)
+    assert "Error" not in check.stdout + check.stderr
+
+
+@pytest.mark.slow
+def test_eval_with_the_pytorch_reference_agrees_with_the_qwen_bundle(checkpoint, bundle, tmp_path):
+    from tests.eval_data import write_eval_set
+
+    data = write_eval_set(tmp_path / "set")
+    res = CliRunner().invoke(cli, ["eval", str(bundle()), str(data), "--out", str(tmp_path / "out"), "--reference",
+                                   str(checkpoint()), "--json", "--max-tokens", "4", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["reference"]["overall"]["n"] == 3 and summary["reference"]["overall"]["agreement"] == 1.0

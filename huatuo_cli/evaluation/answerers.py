@@ -45,20 +45,17 @@ def reference_answerer(checkpoint: Path, bundle: Path, sampling: Sampling, *, wi
     if sampling.temperature > 0:
         raise HuatuoError("--reference decodes greedily only", hint="leave --temperature at 0 (and --sampling greedy)")
     reference = require("huatuo_convert.reference")
-    torch = require("torch")
     from huatuo_cli.engine.encoder import PREPROCESSOR_NAME
-    from huatuo_cli.engine.preprocess import PreprocessConfig, preprocess
-    from huatuo_cli.engine.prompt import Turn, render
+    from huatuo_cli.engine.preprocess import PreprocessConfig
 
-    ref = reference.LlavaReference.load(checkpoint)
-    config = PreprocessConfig.from_file(Path(bundle) / "vision" / PREPROCESSOR_NAME)
+    ref = reference.load_reference(checkpoint)  # LLaVA's oracle, or transformers' own Qwen2.5-VL
+    fixed = ref.ckpt.family.vision.fixed_size  # LLaVA: the bundle's preprocessing; Qwen: transformers' processor
+    config = PreprocessConfig.from_file(Path(bundle) / "vision" / PREPROCESSOR_NAME) if fixed else None
     model = {"name": f"reference:{Path(checkpoint).name}", "sha256": f"reference:{ref.ckpt.config_sha256}"}
 
     def produce(question: str, pictures: list[Image.Image]) -> str:
-        pixels = torch.from_numpy(preprocess(pictures, config)) if pictures else None
-        embeds, _ = ref.prompt_embeds(render([Turn(question, images=len(pictures))]), pixels)
-        ids = ref.greedy(embeds, sampling.max_tokens, repetition_penalty=sampling.repetition_penalty)
-        text: str = ref.tokenizer.decode(ids).strip()
+        text: str = ref.answer(question, pictures, sampling.max_tokens, repetition_penalty=sampling.repetition_penalty,
+                               preprocess_config=config).text
         return text
 
     def answer(item: Item) -> str:
