@@ -4,6 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 DEMO := demo-out
+# the demo's model family (`huatuo convert synth --arch`): llava-qwen2 (7B), llava-llama (34B), qwen2.5-vl
+ARCH ?= llava-qwen2
 
 .PHONY: venv install system-deps demo check test test-fast package bench clean
 
@@ -37,7 +39,7 @@ system-deps:
 # synthetic checkpoint -> verified bundle -> one question about a sample CT -> a batch over sample studies
 demo: install
 	rm -rf $(DEMO) && mkdir -p $(DEMO)
-	$(BIN)/huatuo convert synth $(DEMO)/checkpoint --arch llava-qwen2 --vision-layout folder
+	$(BIN)/huatuo convert synth $(DEMO)/checkpoint --arch $(ARCH) --vision-layout folder
 	$(BIN)/huatuo convert all $(DEMO)/checkpoint $(DEMO)/bundle --quant q4_k_m
 	$(BIN)/huatuo ask --model $(DEMO)/bundle --max-tokens 48 "$$($(BIN)/python -m demo.samples scan)" "Is there a pleural effusion?"
 	$(BIN)/python -m demo.samples studies $(DEMO)/studies

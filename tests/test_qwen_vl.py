@@ -287,3 +287,33 @@ def test_eval_with_the_pytorch_reference_agrees_with_the_qwen_bundle(checkpoint,
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
     assert summary["reference"]["overall"]["n"] == 3 and summary["reference"]["overall"]["agreement"] == 1.0
+
+
+def test_finetune_refuses_a_qwen_checkpoint_with_a_message(checkpoint, tmp_path):
+    """Not implemented for this family (docs/model.md): one clear line, nothing written, no traceback."""
+    from tests.finetune_data import write_dataset
+
+    data = write_dataset(tmp_path / "data")
+    res = CliRunner().invoke(cli, ["finetune", "--model", str(checkpoint()), "--data", str(data), "--out",
+                                   str(tmp_path / "run"), "--max-steps", "1"])
+    assert res.exit_code == 1 and "does not fine-tune" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_serve_answers_as_ask_with_a_qwen_bundle(bundle, tmp_path):
+    """The OpenAI-compatible server, spoken to with the real openai client, answers a DICOM question
+    with exactly `ask`'s answer (one answering path for every front end)."""
+    from tests.test_serve import QUESTION as ASK, Server, ask_json, data_url, image_message
+
+    scan = Path(get_testdata_file("US1_UNCR.dcm", download=False))
+    (tmp_path / "home").mkdir()
+    server = Server(bundle(), tmp_path / "home")
+    try:
+        expected = ask_json(server, bundle(), "--max-tokens", "12", str(scan), ASK)[0]
+        reply = server.client().chat.completions.create(model=bundle().name, max_tokens=12, temperature=0,
+                                                        messages=image_message(data_url(scan, "application/dicom")))
+        assert reply.choices[0].message.content == expected["answer"]
+        assert reply.usage.prompt_tokens == expected["prompt_tokens"]
+    finally:
+        server.stop()

@@ -268,6 +268,11 @@ def _open_base(model: str | Path) -> LlavaCheckpoint:
     ckpt = LlavaCheckpoint.open(model)
     if not ckpt.has_vision:
         raise HuatuoError(f"{ckpt.hf_architecture} has no vision tower; huatuo finetune needs a HuatuoGPT-Vision checkpoint")
+    if not ckpt.family.vision.fixed_size:  # the Qwen2.5-VL family: its own images, positions and layout
+        raise HuatuoError(f"huatuo finetune does not fine-tune {ckpt.family.summary} checkpoints yet "
+                          "(it trains the LLaVA-1.5 layout: CLIP tower, mlp2x_gelu projector)",
+                          hint="convert this checkpoint as it is (huatuo convert all), or fine-tune it with "
+                               "transformers/peft and convert the merged result")
     if ckpt.get("model.embed_tokens.weight").dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise HuatuoError("the base weights are not 16- or 32-bit floats; LoRA is trained and merged on full-precision weights only")
     return ckpt
