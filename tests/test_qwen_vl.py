@@ -304,7 +304,8 @@ def test_finetune_refuses_a_qwen_checkpoint_with_a_message(checkpoint, tmp_path)
 def test_serve_answers_as_ask_with_a_qwen_bundle(bundle, tmp_path):
     """The OpenAI-compatible server, spoken to with the real openai client, answers a DICOM question
     with exactly `ask`'s answer (one answering path for every front end)."""
-    from tests.test_serve import QUESTION as ASK, Server, ask_json, data_url, image_message
+    from tests.test_serve import QUESTION as ASK
+    from tests.test_serve import Server, ask_json, data_url, image_message
 
     scan = Path(get_testdata_file("US1_UNCR.dcm", download=False))
     (tmp_path / "home").mkdir()
