@@ -280,8 +280,8 @@ def test_merge_keeps_a_vision_tower_folder_and_refuses_unfinished_runs(make_chec
     # the merge check: a merged checkpoint that is not the trained model never gets its name
     real_write = merge_mod._write_weights
 
-    def write_unmerged(ckpt, state, work):
-        real_write(ckpt, load_base(LlavaCheckpoint.open(base)).state_dict(), work)
+    def write_unmerged(ckpt, state, work, *names):
+        real_write(ckpt, load_base(LlavaCheckpoint.open(base)).state_dict(), work, *names)
 
     monkeypatch.setattr(merge_mod, "_write_weights", write_unmerged)
     with pytest.raises(HuatuoError, match="does not reproduce the trained model"):

@@ -289,15 +289,48 @@ def test_eval_with_the_pytorch_reference_agrees_with_the_qwen_bundle(checkpoint,
     assert summary["reference"]["overall"]["n"] == 3 and summary["reference"]["overall"]["agreement"] == 1.0
 
 
-def test_finetune_refuses_a_qwen_checkpoint_with_a_message(checkpoint, tmp_path):
-    """Not implemented for this family (docs/model.md): one clear line, nothing written, no traceback."""
-    from tests.finetune_data import write_dataset
+@pytest.mark.slow
+def test_finetune_lora_on_the_llm_and_merger_then_the_merged_checkpoint_converts_and_answers_as_trained(
+        checkpoint, bundle, tmp_path):
+    """LoRA on the Qwen2.5 language model, the merger trained, the tower frozen; the merged checkpoint keeps
+    the base's files, names and dtypes, passes every gate of `convert all`, and answers what it learnt."""
+    from safetensors.torch import load_file
 
+    from huatuo_convert.checkpoint import LlavaCheckpoint
+    from tests.finetune_data import QUESTION as TRAINED_QUESTION
+    from tests.finetune_data import SAMPLES, write_dataset
+    from tests.test_finetune import FAST
+
+    base = checkpoint("4.x", "nested")  # the stored names differ from transformers' own: merged back as stored
     data = write_dataset(tmp_path / "data")
-    res = CliRunner().invoke(cli, ["finetune", "--model", str(checkpoint()), "--data", str(data), "--out",
-                                   str(tmp_path / "run"), "--max-steps", "1"])
-    assert res.exit_code == 1 and "does not fine-tune" in res.output and "Traceback" not in res.output
-    assert not (tmp_path / "run").exists()
+    out, merged, trained_bundle = tmp_path / "run", tmp_path / "merged", tmp_path / "bundle"
+    res = CliRunner().invoke(cli, ["finetune", "--model", str(base), "--data", str(data), "--out", str(out),
+                                   "--max-steps", "30", *FAST, "--merge", str(merged)])
+    assert res.exit_code == 0, res.output
+    assert "merge check: top-1 100.00%" in res.output
+    adapter = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    lora = [n for n in adapter if ".lora_" in n]
+    assert lora and all(".language_model.layers." in n for n in lora)
+    assert any(".visual.merger." in n for n in adapter) and not any(".visual.blocks." in n for n in adapter)
+    b, m = LlavaCheckpoint.open(base), LlavaCheckpoint.open(merged)
+    assert (merged / "config.json").read_bytes() == (base / "config.json").read_bytes()
+    assert sorted(b.tensors.inner.names()) == sorted(m.tensors.inner.names())  # the stored (nested) names
+    for name in b.tensors.names():
+        assert m.get(name).dtype == b.get(name).dtype
+        changed = not torch.equal(m.get(name), b.get(name))
+        expected = name.startswith("visual.merger.") or (name.startswith("model.layers.") and name.endswith(
+            ("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight", "gate_proj.weight",
+             "up_proj.weight", "down_proj.weight")))
+        assert changed == expected, name
+    res = CliRunner().invoke(cli, ["convert", "all", str(merged), str(trained_bundle), "--quant", "f16", "--no-mmproj"])
+    assert res.exit_code == 0, res.output
+    learnt = 0
+    for image, (window, answer) in SAMPLES.items():
+        ask = ["ask", str(data.parent / "img" / image), TRAINED_QUESTION, "--window", window,
+               "--repetition-penalty", "1.0", "--max-tokens", "24"]
+        learnt += CliRunner().invoke(cli, [*ask, "--model", str(trained_bundle)]).stdout.strip() == answer
+        assert CliRunner().invoke(cli, [*ask, "--model", str(bundle())]).stdout.strip() != answer
+    assert learnt == len(SAMPLES)
 
 
 @pytest.mark.slow

@@ -7,8 +7,9 @@ pixels `huatuo ask` will feed the ONNX encoder.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -19,6 +20,9 @@ from huatuo_convert.finetune.encode import Encoded, encode_turns
 from huatuo_convert.finetune.records import DataFile, Problem, Sample
 from huatuo_convert.reference_tokenizer import ReferenceTokenizer
 
+if TYPE_CHECKING:
+    from huatuo_convert.finetune.qwen import QwenTraining
+
 
 @dataclass(frozen=True)
 class Item:
@@ -26,12 +30,15 @@ class Item:
     encoded: Encoded
 
 
-def encode_file(data: DataFile, tokenizer: ReferenceTokenizer, tokens_per_image: int, max_length: int) -> list[Item]:
-    """Encode every valid sample; tokenization and length problems join `data.problems`."""
+def encode_file(data: DataFile, tokenizer: ReferenceTokenizer, tokens_per_image: int, max_length: int,
+                qwen: QwenTraining | None = None) -> list[Item]:
+    """Encode every valid sample; tokenization and length problems join `data.problems`. `qwen`: the
+    Qwen2.5-VL base's encoding (ChatML, each image its own number of positions) instead of LLaVA's."""
     items: list[Item] = []
     for sample in data.samples:
         try:
-            encoded = encode_turns(tokenizer, sample.turns, tokens_per_image)
+            encoded = (qwen.encode(tokenizer, sample.turns, qwen.image_counts(sample)) if qwen is not None
+                       else encode_turns(tokenizer, sample.turns, tokens_per_image))
         except HuatuoError as exc:
             data.problems.append(Problem(sample.line, str(exc)))
             continue
@@ -55,12 +62,16 @@ def pixel_values(sample: Sample, config: PreprocessConfig) -> Any:
 class Samples(torch.utils.data.Dataset[tuple[Encoded, Any]]):
     """A map-style dataset (what torch's DataLoader needs: len and getitem) of (Encoded, pixels)."""
 
-    def __init__(self, items: list[Item], config: PreprocessConfig) -> None:
-        self.items, self.config = items, config
+    def __init__(self, items: list[Item], config: PreprocessConfig | None, pixels: Callable[[Sample], Any] | None = None) -> None:
+        """`pixels`: the base's own image inputs for a sample (Qwen2.5-VL's); default LLaVA's with `config`."""
+        self.items, self.config, self.pixels = items, config, pixels
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> tuple[Encoded, Any]:
         item = self.items[index]
+        if self.pixels is not None:
+            return item.encoded, self.pixels(item.sample)
+        assert self.config is not None
         return item.encoded, pixel_values(item.sample, self.config)

@@ -96,5 +96,9 @@ def collate(items: Sequence[tuple[Encoded, Any]], pad_id: int) -> dict[str, Any]
         mask[row, :n] = 1
     pixels = [p for _, p in items if p is not None and len(p)]
     batch: dict[str, Any] = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+    if pixels and isinstance(pixels[0], dict):  # Qwen2.5-VL: patches of every image and their grids
+        batch["pixel_values"] = torch.cat([p["pixel_values"] for p in pixels])
+        batch["image_grid_thw"] = torch.cat([p["image_grid_thw"] for p in pixels])
+        return batch
     batch["pixel_values"] = torch.cat(pixels) if pixels else None
     return batch

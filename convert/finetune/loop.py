@@ -28,11 +28,12 @@ from huatuo_cli.errors import HuatuoError
 from huatuo_cli.extras import require
 from huatuo_cli.privacy import append_line, write_private
 from huatuo_convert.atomic import atomic_folder, write_text_atomic
-from huatuo_convert.checkpoint import LlavaCheckpoint
+from huatuo_convert.checkpoint import QWEN_LAYOUT, LlavaCheckpoint
 from huatuo_convert.finetune import state as ckpt_state
 from huatuo_convert.finetune.dataset import Item, Samples, encode_file
 from huatuo_convert.finetune.encode import IGNORE, collate
-from huatuo_convert.finetune.model import add_lora, enable_checkpointing, load_base
+from huatuo_convert.finetune.model import add_lora, enable_checkpointing, load_base, tower_eval
+from huatuo_convert.finetune.qwen import QwenTraining
 from huatuo_convert.finetune.records import DataFile, read_data_file, report
 from huatuo_convert.reference_tokenizer import load_reference_tokenizer
 
@@ -92,10 +93,10 @@ def precision_of(choice: str) -> str:
 
 
 def validated(path: Path, tokenizer: Any, tokens_per_image: int, max_length: int, skip_bad: bool,
-              warn: Callable[[str], None]) -> tuple[DataFile, list[Item]]:
+              warn: Callable[[str], None], qwen: QwenTraining | None = None) -> tuple[DataFile, list[Item]]:
     """Read, check and encode a data file; refuse on problems unless skip_bad."""
     data = read_data_file(path)
-    items = encode_file(data, tokenizer, tokens_per_image, max_length)
+    items = encode_file(data, tokenizer, tokens_per_image, max_length, qwen)
     if data.problems:
         text = report(data.problems, path.name)
         if not skip_bad:
@@ -116,8 +117,9 @@ def train(s: Settings, *, log: Callable[[str], None] = lambda m: print(m, file=s
     main = accelerator.is_main_process
     say = log if main else (lambda _m: None)
     ckpt = _open_base(s.model)
-    tokenizer = load_reference_tokenizer(ckpt.root)
-    train_file, train_items, eval_file, eval_items = _read_data(s, ckpt, tokenizer, say)
+    qwen = QwenTraining(ckpt) if ckpt.layout == QWEN_LAYOUT else None  # transformers' Qwen2.5-VL: its own steps
+    tokenizer = qwen.tokenizer() if qwen else load_reference_tokenizer(ckpt.root)
+    train_file, train_items, eval_file, eval_items = _read_data(s, ckpt, tokenizer, say, qwen)
     run = _run_record(s, ckpt, train_file, len(train_items), eval_file, len(eval_items))
     out = Path(s.out)
     _check_out(out, run, s.resume)
@@ -125,9 +127,11 @@ def train(s: Settings, *, log: Callable[[str], None] = lambda m: print(m, file=s
     if main:
         out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out / RUN_FILE, json.dumps(run, indent=2))
-    pre = PreprocessConfig.from_dict(ckpt.preprocessor_config, pad_to_square=ckpt.config.get("image_aspect_ratio", "pad") == "pad")
+    pre = (None if qwen else
+           PreprocessConfig.from_dict(ckpt.preprocessor_config, pad_to_square=ckpt.config.get("image_aspect_ratio", "pad") == "pad"))
+    pixels = qwen.pixels if qwen else None
 
-    model, optimizer, scheduler, params, total, updates_per_epoch = _prepare_training(s, ckpt, accelerator, train_items)
+    model, optimizer, scheduler, params, total, updates_per_epoch = _prepare_training(s, ckpt, accelerator, train_items, qwen)
 
     step = 0
     if s.resume:
@@ -140,7 +144,7 @@ def train(s: Settings, *, log: Callable[[str], None] = lambda m: print(m, file=s
     pad_id = tokenizer.eos_id if tokenizer.eos_id is not None else 0
     loader_args: dict[str, Any] = dict(batch_size=s.batch_size, collate_fn=functools.partial(collate, pad_id=pad_id),
                                        num_workers=s.num_workers)
-    eval_loader = (accelerator.prepare(torch.utils.data.DataLoader(Samples(eval_items, pre), shuffle=False, **loader_args))
+    eval_loader = (accelerator.prepare(torch.utils.data.DataLoader(Samples(eval_items, pre, pixels), shuffle=False, **loader_args))
                    if eval_items else None)
     metrics_path = out / METRICS_FILE
     if main and metrics_path.is_file():
@@ -158,7 +162,7 @@ def train(s: Settings, *, log: Callable[[str], None] = lambda m: print(m, file=s
 
     try:
         while step < total:
-            loader = _epoch_loader(s, accelerator, Samples(train_items, pre), loader_args, step, updates_per_epoch)
+            loader = _epoch_loader(s, accelerator, Samples(train_items, pre, pixels), loader_args, step, updates_per_epoch)
             losses: list[torch.Tensor] = []
             for batch in loader:
                 losses.append(_learn(accelerator, model, optimizer, scheduler, params, batch, s.max_grad_norm))
@@ -203,19 +207,23 @@ def train(s: Settings, *, log: Callable[[str], None] = lambda m: print(m, file=s
     return result
 
 
-def _prepare_training(s: Settings, ckpt: LlavaCheckpoint, accelerator: Any,
-                      train_items: list[Any]) -> tuple[Any, Any, Any, list[Any], int, int]:
+def _prepare_training(s: Settings, ckpt: LlavaCheckpoint, accelerator: Any, train_items: list[Any],
+                      qwen: QwenTraining | None = None) -> tuple[Any, Any, Any, list[Any], int, int]:
     """The LoRA model, its optimizer and schedule, prepared by accelerate: (model, optimizer,
     scheduler, trainable params, total optimizer steps, optimizer steps per epoch)."""
     accelerate = require("accelerate")
     base_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
     torch.manual_seed(s.seed)
-    model = add_lora(load_base(ckpt, base_dtype), rank=s.lora_rank, alpha=s.lora_alpha, dropout=s.lora_dropout,
-                     train_projector=s.train_projector, linears=tuple(s.lora_targets))
+    if qwen:
+        model = qwen.add_lora(qwen.load_base(base_dtype), rank=s.lora_rank, alpha=s.lora_alpha, dropout=s.lora_dropout,
+                              train_projector=s.train_projector, linears=tuple(s.lora_targets))
+    else:
+        model = add_lora(load_base(ckpt, base_dtype), rank=s.lora_rank, alpha=s.lora_alpha, dropout=s.lora_dropout,
+                         train_projector=s.train_projector, linears=tuple(s.lora_targets))
     if s.gradient_checkpointing:
         enable_checkpointing(model)
     model.train()
-    model.base_model.model.vision_tower.eval()
+    tower_eval(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=s.learning_rate, weight_decay=s.weight_decay)
     batches_per_epoch = math.ceil(len(train_items) / (s.batch_size * accelerator.num_processes))
@@ -268,25 +276,20 @@ def _open_base(model: str | Path) -> LlavaCheckpoint:
     ckpt = LlavaCheckpoint.open(model)
     if not ckpt.has_vision:
         raise HuatuoError(f"{ckpt.hf_architecture} has no vision tower; huatuo finetune needs a HuatuoGPT-Vision checkpoint")
-    if not ckpt.family.vision.fixed_size:  # the Qwen2.5-VL family: its own images, positions and layout
-        raise HuatuoError(f"huatuo finetune does not fine-tune {ckpt.family.summary} checkpoints yet "
-                          "(it trains the LLaVA-1.5 layout: CLIP tower, mlp2x_gelu projector)",
-                          hint="convert this checkpoint as it is (huatuo convert all), or fine-tune it with "
-                               "transformers/peft and convert the merged result")
     if ckpt.get("model.embed_tokens.weight").dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise HuatuoError("the base weights are not 16- or 32-bit floats; LoRA is trained and merged on full-precision weights only")
     return ckpt
 
 
 def _read_data(s: Settings, ckpt: LlavaCheckpoint, tokenizer: Any, say: Callable[[str], None],
-               ) -> tuple[DataFile, list[Item], DataFile | None, list[Item]]:
+               qwen: QwenTraining | None = None) -> tuple[DataFile, list[Item], DataFile | None, list[Item]]:
     """The training and (with --eval) evaluation records, validated against the base's limits."""
-    vision = ckpt.vision.config
-    tokens_per_image = (vision["image_size"] // vision["patch_size"]) ** 2
+    vision = None if qwen else ckpt.vision.config
+    tokens_per_image = (vision["image_size"] // vision["patch_size"]) ** 2 if vision else 0
     max_length = s.max_length or int(ckpt.config.get("tokenizer_model_max_length")
                                      or ckpt.config.get("max_position_embeddings", 4096))
-    train_file, train_items = validated(Path(s.data), tokenizer, tokens_per_image, max_length, s.skip_bad, say)
-    eval_file, eval_items = (validated(Path(s.eval_data), tokenizer, tokens_per_image, max_length, s.skip_bad, say)
+    train_file, train_items = validated(Path(s.data), tokenizer, tokens_per_image, max_length, s.skip_bad, say, qwen)
+    eval_file, eval_items = (validated(Path(s.eval_data), tokenizer, tokens_per_image, max_length, s.skip_bad, say, qwen)
                              if s.eval_data else (None, []))
     return train_file, train_items, eval_file, eval_items
 
@@ -310,7 +313,7 @@ def evaluate(model: Any, loader: Any, accelerator: Any) -> float:
             tokens = (batch["labels"][:, 1:] != IGNORE).sum()
             total += torch.stack([loss.float() * tokens, tokens.float()])
     model.train()
-    accelerator.unwrap_model(model).base_model.model.vision_tower.eval()
+    tower_eval(accelerator.unwrap_model(model))
     total = accelerator.reduce(total, "sum")
     return float(total[0] / total[1].clamp(min=1))
 

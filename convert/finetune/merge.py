@@ -27,11 +27,12 @@ from huatuo_cli.engine.prompt import Turn
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.extras import require
 from huatuo_convert.atomic import refuse_existing
-from huatuo_convert.checkpoint import EMBEDDED_TOWER_PREFIX, PROJECTOR_PREFIX, LlavaCheckpoint, PickleTensorFiles
+from huatuo_convert.checkpoint import EMBEDDED_TOWER_PREFIX, PROJECTOR_PREFIX, QWEN_LAYOUT, LlavaCheckpoint, PickleTensorFiles
 from huatuo_convert.finetune.encode import prompt_ids
 from huatuo_convert.finetune.loop import RESULT_FILE
 from huatuo_convert.finetune.model import LLM_PREFIX, PROJECTOR, load_base
 from huatuo_convert.finetune.provenance import PROVENANCE_FILE, provenance
+from huatuo_convert.finetune.qwen import QwenTraining
 from huatuo_convert.finetune.state import ADAPTER
 from huatuo_convert.reference_tokenizer import load_reference_tokenizer
 
@@ -62,8 +63,10 @@ def merge_run(run_dir: Path, merged: Path, *, base: Path | None = None, force: b
     if isinstance(ckpt.tensors, PickleTensorFiles):
         raise HuatuoError("the base holds pickle weights; convert it to safetensors before fine-tuning")
     log(f"merging {run_dir / ADAPTER} into {ckpt.root.name} (float32, written back in the base's dtype)")
-    trained = peft.PeftModel.from_pretrained(load_base(ckpt, torch.float32), str(run_dir / ADAPTER)).eval()
-    probe = _probe(ckpt)
+    qwen = QwenTraining(ckpt) if ckpt.layout == QWEN_LAYOUT else None  # transformers' Qwen2.5-VL: its own steps
+    base_model = qwen.load_base(torch.float32) if qwen else load_base(ckpt, torch.float32)
+    trained = peft.PeftModel.from_pretrained(base_model, str(run_dir / ADAPTER)).eval()
+    probe = qwen.probe() if qwen else _probe(ckpt)
     with torch.no_grad():
         trained_logits = trained(**probe).logits[0].float()
     state = dict(trained.merge_and_unload().state_dict())
@@ -71,10 +74,10 @@ def merge_run(run_dir: Path, merged: Path, *, base: Path | None = None, force: b
     try:
         work.chmod(ckpt.root.stat().st_mode & 0o777)
         _copy_layout(ckpt.root, work)
-        _write_weights(ckpt, state, work)
+        _write_weights(ckpt, state, work, qwen.checkpoint_name if qwen else checkpoint_name)
         del trained, state  # one float32 model in memory at a time: the merged one is loaded next
         gc.collect()
-        check = compare(trained_logits, _merged_logits(work, probe), _stored_dtype(ckpt))
+        check = compare(trained_logits, _merged_logits(work, probe, qwen is not None), _stored_dtype(ckpt))
         log(f"merge check: top-1 {check['top1_agreement']:.2%} at {check['decisive_positions']} decisive positions, "
             f"max |dlogit| {check['max_abs_logit_delta']:.3g} ({check['max_rel_logit_delta']:.2g} of max |logit|)")
         if not check["passed"]:
@@ -117,10 +120,13 @@ def checkpoint_name(state_name: str) -> str | None:
     return None
 
 
-def _write_weights(ckpt: LlavaCheckpoint, state: dict[str, Any], work: Path) -> None:
-    """The base's shard files with the same names, order and dtypes; LLM and projector merged."""
+def _write_weights(ckpt: LlavaCheckpoint, state: dict[str, Any], work: Path,
+                   name_of: Callable[[str], str | None] = checkpoint_name) -> None:
+    """The base's shard files with the same names, order and dtypes; LLM and projector merged.
+    `name_of`: a trained model's state-dict name -> the checkpoint's (view) name, None where not stored."""
     save_file = require("safetensors.torch").save_file
-    merged = {name: tensor for key, tensor in state.items() if (name := checkpoint_name(key)) is not None}
+    merged = {name: tensor for key, tensor in state.items() if (name := name_of(key)) is not None}
+    stored_as = getattr(ckpt.tensors, "stored", {})  # a renamed view (Qwen2.5-VL): files keep their own names
     by_file: dict[Path, list[str]] = {}
     for name, path in ckpt.tensors.files.items():
         by_file.setdefault(path, []).append(name)
@@ -133,7 +139,7 @@ def _write_weights(ckpt: LlavaCheckpoint, state: dict[str, Any], work: Path) -> 
             if name.startswith(EMBEDDED_TOWER_PREFIX):
                 tensors[name] = stored.contiguous()
             elif name in merged:
-                tensors[name] = merged[name].detach().to(stored.dtype).contiguous()
+                tensors[stored_as.get(name, name)] = merged[name].detach().to(stored.dtype).contiguous()
             else:
                 raise HuatuoError(f"tensor {name} of the base has no counterpart in the trained model")
         save_file(tensors, str(work / path.name), metadata={"format": "pt"})
@@ -151,8 +157,9 @@ def _probe(ckpt: LlavaCheckpoint) -> dict[str, Any]:
     return {"input_ids": torch.tensor([ids]), "pixel_values": torch.from_numpy(preprocess([image], config))}
 
 
-def _merged_logits(folder: Path, probe: dict[str, Any]) -> torch.Tensor:
-    model = load_base(LlavaCheckpoint.open(folder), torch.float32).eval()
+def _merged_logits(folder: Path, probe: dict[str, Any], qwen: bool = False) -> torch.Tensor:
+    ckpt = LlavaCheckpoint.open(folder)
+    model = (QwenTraining(ckpt).load_base(torch.float32) if qwen else load_base(ckpt, torch.float32)).eval()
     with torch.no_grad():
         logits: torch.Tensor = model(**probe).logits[0].float()
     return logits

@@ -99,11 +99,21 @@ def add_lora(model: LlavaForTraining, *, rank: int, alpha: int, dropout: float, 
 def enable_checkpointing(model: Any) -> None:
     """Recompute the language model's layer activations in the backward pass (non-reentrant: the
     inputs are embeddings of a frozen table, which need no gradient)."""
-    llm = model.base_model.model.language_model
+    inner = model.base_model.model
+    llm = inner.language_model if hasattr(inner, "language_model") else inner.qwen  # LLaVA's wrapper, or Qwen2.5-VL's
     if hasattr(llm, "activation_checkpointing_enable"):  # transformers >= 5.23's name
         llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:
         llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def tower_eval(model: Any) -> None:
+    """The frozen vision tower in eval mode inside a peft model being trained (no dropout, fixed norms)."""
+    inner = model.base_model.model
+    if hasattr(inner, "tower_eval"):
+        inner.tower_eval()
+    else:
+        inner.vision_tower.eval()
 
 
 def trainable_names(model: Any) -> list[str]:
