@@ -44,6 +44,7 @@ REACH: dict[tuple[str, str], set[tuple[str, ...]]] = {
     ("huatuo_cli/serve/security.py", "--tls-key"): {("serve",)},
     ("huatuo_cli/engine/llm.py", "--max-tokens"): {ASK, BATCH, TUI},  # convert all's e2e check sizes n_ctx to fit
     ("huatuo_cli/engine/providers.py", "--device"): {ASK, BATCH, TUI},  # only for an asked-for --device cuda/tensorrt
+    ("huatuo_cli/engine/session.py", "--vision"): {ASK, BATCH, TUI},  # --vision mmproj with a Qwen2.5-VL bundle
     ("huatuo_cli/answering/inputs.py", "--frame"): {ASK, BATCH},  # render: inputs_from_paths (ask), jobs_from_folder (batch)
     ("huatuo_cli/answering/inputs.py", "--images"): {ASK},  # inputs_from_paths
     # refuse_existing, the one "already exists" check: llm_gguf's check_target/atomic_output (gguf),

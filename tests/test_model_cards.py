@@ -90,8 +90,7 @@ def _config_folder(tmp_path: Path, config: dict) -> Path:
 def test_the_three_checkpoints_have_cards_and_only_they():
     cards = {c.id: c for c in load_cards()}
     assert set(cards) == {"huatuogpt-vision-7b", "huatuogpt-vision-34b", "huatuogpt-vision-7b-qwen2.5vl"}
-    assert cards["huatuogpt-vision-7b-qwen2.5vl"].status == "not supported yet"
-    for card_id in ("huatuogpt-vision-7b", "huatuogpt-vision-34b"):
+    for card_id in ("huatuogpt-vision-7b", "huatuogpt-vision-34b", "huatuogpt-vision-7b-qwen2.5vl"):
         card = cards[card_id]
         assert card.supported
         # the card names an architecture the converter knows, as the same huatuo arch id
@@ -116,7 +115,13 @@ def test_every_card_carries_every_field_the_issue_lists(path):
             assert word.lower() in text.lower(), (path.name, heading, word)
     limitations = card.section("Known limitations").lower()
     assert "language" in limitations
-    if card.supported:
+    if card.supported and card.meta["benchmarks"]["metric"] == "not applicable":
+        # supported, no published figures (HuatuoGPT-Vision-7B-Qwen2.5VL): said so, none borrowed
+        assert "2-d" in limitations and "6 images" in limitations
+        assert "not stated" in card.section("Benchmark figures").lower()
+        assert not any(name in card.meta["benchmarks"] for name in BENCHMARKS)
+        assert card.meta["identify"]["config"] and card.meta["identify"]["dimensions"]
+    elif card.supported:
         # single 2-D images, 6 images at most; figures with their source; fixed image geometry
         assert "2-d" in limitations and "6 images" in limitations
         for name in BENCHMARKS:
@@ -172,11 +177,13 @@ def test_a_malformed_config_is_a_clear_error(tmp_path, text):
     assert res.exception is None or isinstance(res.exception, SystemExit)
 
 
-def test_qwen25vl_checkpoint_is_named_and_refused_before_any_work(tmp_path):
+def test_a_qwen25vl_config_alone_is_refused_before_any_work(tmp_path):
+    """The Qwen2.5-VL card is supported now; a folder with its architecture but no M-RoPE sections or
+    weights is one clear line, and nothing is written."""
     src = _config_folder(tmp_path, {"architectures": ["Qwen2_5_VLForConditionalGeneration"], "model_type": "qwen2_5_vl"})
     res = CliRunner().invoke(cli, ["convert", "all", str(src), str(tmp_path / "b")])
     assert res.exit_code == 1, res.output
-    assert "HuatuoGPT-Vision-7B-Qwen2.5VL" in res.output and "not supported yet" in res.output
+    assert "no M-RoPE sections" in res.output and "Traceback" not in res.output
     assert res.exception is None or isinstance(res.exception, SystemExit)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
 

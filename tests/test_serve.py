@@ -336,7 +336,10 @@ def test_an_unexpected_exception_is_a_500_logged_by_type_without_its_message(cap
     from starlette.applications import Starlette
     from starlette.routing import Route
 
+    from huatuo_cli.logs import setup
     from huatuo_cli.serve.app import Guard
+
+    setup()  # as `huatuo serve` configures logging (huatuo's logger stops propagating)
 
     async def broken(request):
         raise RuntimeError(f"cannot read /studies/{PATIENT}/1.dcm")
@@ -351,9 +354,13 @@ def test_an_unexpected_exception_is_a_500_logged_by_type_without_its_message(cap
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", log_config=None))
     thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
-    with caplog.at_level(logging.DEBUG):
+    # whatever an earlier test configured (huatuo's logger does not propagate): both loggers straight to caplog
+    loggers = [logging.getLogger(name) for name in ("huatuo.serve", "uvicorn.error", "uvicorn")]
+    for logger in loggers:
+        logger.addHandler(caplog.handler)
+    with caplog.at_level(logging.DEBUG), caplog.at_level(logging.DEBUG, logger="huatuo.serve"):
         thread.start()
         deadline = time.monotonic() + 30
         while not server.started and time.monotonic() < deadline:
@@ -361,6 +368,8 @@ def test_an_unexpected_exception_is_a_500_logged_by_type_without_its_message(cap
         response = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json={})
         server.should_exit = True
         thread.join(30)
+    for logger in loggers:
+        logger.removeHandler(caplog.handler)
     assert response.status_code == 500 and response.headers["x-huatuo-notice"].startswith(NOTICE_START)
     logged = "\n".join(r.getMessage() + (str(r.exc_info) if r.exc_info else "") for r in caplog.records)
     assert "RuntimeError" in logged
