@@ -351,3 +351,29 @@ def test_serve_answers_as_ask_with_a_qwen_bundle(bundle, tmp_path):
         assert reply.usage.prompt_tokens == expected["prompt_tokens"]
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_tui_answers_as_ask_with_a_qwen_bundle(bundle, tmp_path):
+    """The terminal app (Textual's Pilot) streams exactly the answer `ask`'s engine gives, follow-up included."""
+    from huatuo_cli.tui.app import make_app
+    from tests.test_tui import QUESTION as TUI_QUESTION
+    from tests.test_tui import SIZE, ask, oracle_answer, wait_answer
+    from tests.tui_helpers import screen_text, select_series, settle, studies_folder
+
+    expected = oracle_answer(bundle(), "lung")
+    app = make_app(studies_folder(tmp_path / "studies"), model=bundle(), graphics="halfblock", export_dir=tmp_path)
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await settle(pilot, lambda: app.model is not None and app.picture is not None)
+        assert f"model {bundle().name}" in screen_text(app)
+        select_series(app, "CT")
+        await pilot.press("w")
+        await settle(pilot, lambda: app.view.window == "lung" and app.picture[0] == app.view.key())
+        await ask(pilot, app, TUI_QUESTION)
+        await wait_answer(pilot, app)
+        chat = app.chats[app.view.study.key]
+        assert chat.exchanges[0].outcome == "ok" and chat.exchanges[0].answer == expected
+        await ask(pilot, app, "And the other lung?")
+        await wait_answer(pilot, app, 2)
+        assert chat.exchanges[1].outcome == "ok" and len(chat._conversation.turns) == 2
