@@ -1,8 +1,8 @@
 """Qwen2.5-VL's vision tower + merger as llama.cpp's own `qwen2.5vl_merger` mmproj, and how close
-llama.cpp's mtmd path comes to transformers with it (docs/model.md "Qwen2.5-VL: which vision path").
+llama.cpp's mtmd path comes to transformers with it (docs/model.md "Qwen2.5-VL", "Which vision path: measured").
 
 Keys and tensor names are those llama.cpp's `convert_hf_to_gguf.py --mmproj` writes for
-`Qwen2_5_VLForConditionalGeneration` (its `conversion/qwenvl.py`, in the llama-cpp-python 0.3.36
+Qwen2.5-VL checkpoints (its `conversion/qwenvl.py`, in the llama-cpp-python 0.3.36
 sdist): names from gguf's own MMPROJ tensor map, the fused `qkv` split into q, k, v, the Conv3d
 patch embedding split into its two temporal Conv2d kernels (`v.patch_embd.weight` and `.weight.1`),
 `clip.vision.n_wa_pattern` = the first full-attention block + 1 (the blocks must be evenly spaced).

@@ -1,6 +1,6 @@
 """Fine-tuning a Qwen2.5-VL checkpoint (HuatuoGPT-Vision-7B-Qwen2.5VL): what differs from LLaVA's.
 
-The trainable model is transformers' own `Qwen2_5_VLForConditionalGeneration` (the model
+The trainable model is transformers' own class of the family (its `hf_architecture`: the model
 `huatuo convert all` verifies against), LoRA on its language model's decoder linears only (a regex
 anchored on `model.language_model.layers`: the tower's blocks have `mlp.*_proj` too), the patch
 merger trained in full and saved with the adapters (peft `modules_to_save`), the vision transformer
