@@ -23,6 +23,7 @@ projector, several feature layers, tensors with no place) is a HuatuoError namin
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -145,13 +146,13 @@ def view_name(stored: str) -> str | None:
     return None
 
 
-def rename_tensors(tensors: TensorFiles, root: Path) -> RenamedTensorFiles:
-    """The -hf checkpoint's tensors under the original names; refuses tensors with no place, two
-    stored names for one tensor, and a checkpoint that lacks the language model, projector or tower."""
+def stored_names(tensors: TensorFiles, root: Path, view_of: Callable[[str], str | None]) -> tuple[dict[str, str], list[str]]:
+    """(view name -> stored name, stored names with no place) of a checkpoint read as another layout's
+    view (`view_of`: None where a name has no place); two stored names for one view name are refused."""
     stored: dict[str, str] = {}
     unknown: list[str] = []
     for name in tensors.names():
-        view = view_name(name)
+        view = view_of(name)
         if view is None:
             unknown.append(name)
         elif view in stored:
@@ -159,6 +160,13 @@ def rename_tensors(tensors: TensorFiles, root: Path) -> RenamedTensorFiles:
                               hint="a checkpoint mixes transformers 4.x and 5.x key names; keep one set of shards")
         else:
             stored[view] = name
+    return stored, unknown
+
+
+def rename_tensors(tensors: TensorFiles, root: Path) -> RenamedTensorFiles:
+    """The -hf checkpoint's tensors under the original names; refuses tensors with no place, two
+    stored names for one tensor, and a checkpoint that lacks the language model, projector or tower."""
+    stored, unknown = stored_names(tensors, root, view_name)
     if unknown:
         raise HuatuoError(f"{root}: {len(unknown)} tensor(s) have no place in a {HF_ARCHITECTURE} HuatuoGPT-Vision "
                           f"checkpoint: {', '.join(sorted(unknown)[:5])}",

@@ -112,6 +112,26 @@ def _convert_int8(src: Path, dst: Path) -> None:
 OPTIONAL = ("int8",)
 
 
+def gate_files(folder: Path, files: dict[str, str], results: dict[str, dict], reference: str) -> dict[str, dict]:
+    """Apply the validation figures to the exported files in `folder`: an OPTIONAL file that missed its
+    bound is deleted and returned with its figures (the rejected ones); any other miss is a HuatuoError
+    (nothing is published). `results`: file name -> report with `passed`, `min_cosine`, `max_abs_diff`,
+    `tolerance`; the rejected are removed from it."""
+    rejected = {}
+    for precision in OPTIONAL:
+        name = files.get(precision)
+        if name and not results[name]["passed"]:  # not faithful enough to be offered: left out
+            rejected[name] = results.pop(name)
+            (folder / name).unlink()
+    failed = {name: r for name, r in results.items() if not r["passed"]}
+    if failed:
+        detail = "; ".join(f"{name}: min cosine {r['min_cosine']:.7f} (needs >= {r['tolerance']['min_cosine']}), "
+                           f"max abs diff {r['max_abs_diff']:.3g}" for name, r in failed.items())
+        raise HuatuoError(f"exported vision encoder does not match {reference}: {detail}",
+                          hint="nothing was written; this is a converter bug or an unsupported tower, please report it")
+    return rejected
+
+
 def export_vision(
     src: Path | str,
     out: Path | str,
@@ -177,22 +197,7 @@ def export_vision(
         for precision, name in files.items():
             report = validate_onnx(tmp / name, pixels, expected, tolerances[precision])
             results[name] = report
-        rejected = {}
-        for precision in OPTIONAL:
-            name = files.get(precision)
-            if name and not results[name]["passed"]:  # not faithful enough to be offered: left out
-                rejected[name] = results.pop(name)
-                (tmp / name).unlink()
-        failed = {name: r for name, r in results.items() if not r["passed"]}
-        if failed:
-            detail = "; ".join(
-                f"{name}: min cosine {r['min_cosine']:.7f} (needs >= {r['tolerance']['min_cosine']}), "
-                f"max abs diff {r['max_abs_diff']:.3g}" for name, r in failed.items()
-            )
-            raise HuatuoError(
-                f"exported vision encoder does not match the PyTorch reference: {detail}",
-                hint="nothing was written; this is a converter bug or an unsupported tower, please report it",
-            )
+        rejected = gate_files(tmp, files, results, "the PyTorch reference")
         fidelity = {
             "reference": "huatuo_convert.reference.VisionEncoder (PyTorch fp32, eager attention)",
             "provider": "CPUExecutionProvider",

@@ -26,10 +26,9 @@ import numpy as np
 
 from huatuo_cli.engine.encoder import FP16_NAME, FP32_NAME, INT8_NAME, PREPROCESSOR_NAME
 from huatuo_cli.engine.qwen_vision import GRAPH_INPUTS, QWEN_PREPROCESS, QwenVisionConfig, graph_inputs, patchify
-from huatuo_cli.errors import HuatuoError
 from huatuo_cli.extras import require
 from huatuo_convert.atomic import atomic_folder, refuse_existing
-from huatuo_convert.onnx_export import OPSET, OPTIONAL, OUTPUT_NAME, VisionExport, _convert_fp16, _convert_int8
+from huatuo_convert.onnx_export import OPSET, OUTPUT_NAME, VisionExport, _convert_fp16, _convert_int8, gate_files
 from huatuo_convert.onnx_validate import Tolerance, embedding_metrics, validation_images
 
 PIXELS_NAME = "pixel_values"
@@ -157,18 +156,7 @@ def export_qwen_vision(visual: Any, vision_config: Mapping[str, Any], preprocess
             results[file] = {"passed": min_cos >= tolerance.min_cosine, "min_cosine": min_cos,
                              "max_abs_diff": max(m["max_abs_diff"] for m in metrics),
                              "tolerance": {"min_cosine": tolerance.min_cosine, "max_abs_diff": None}, "images": metrics}
-        rejected = {}
-        for precision in OPTIONAL:
-            file = files.get(precision)
-            if file and not results[file]["passed"]:
-                rejected[file] = results.pop(file)
-                (tmp / file).unlink()
-        failed = {file: r for file, r in results.items() if not r["passed"]}
-        if failed:
-            detail = "; ".join(f"{file}: min cosine {r['min_cosine']:.7f} (needs >= {r['tolerance']['min_cosine']})"
-                               for file, r in failed.items())
-            raise HuatuoError(f"exported vision encoder does not match transformers' Qwen2.5-VL tower: {detail}",
-                              hint="nothing was written; this is a converter bug or an unsupported tower, please report it")
+        rejected = gate_files(tmp, files, results, "transformers' Qwen2.5-VL tower")
         fidelity: dict[str, Any] = {
             "reference": "transformers Qwen2_5_VisionTransformerPretrainedModel (PyTorch fp32), pooler_output",
             "provider": "CPUExecutionProvider", "opset": OPSET,

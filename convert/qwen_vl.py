@@ -24,7 +24,7 @@ from typing import Any
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.extras import require
 from huatuo_convert.checkpoint import QWEN_LAYOUT, QWEN_VISUAL_PREFIX, TensorFiles
-from huatuo_convert.llava_hf import RenamedTensorFiles
+from huatuo_convert.llava_hf import RenamedTensorFiles, stored_names
 
 #: `architectures[0]` and `model_type` of the layout
 HF_ARCHITECTURE = "Qwen2_5_VLForConditionalGeneration"
@@ -91,17 +91,7 @@ def view_name(stored: str) -> str | None:
 def rename_tensors(tensors: TensorFiles, root: Path) -> RenamedTensorFiles:
     """The checkpoint's tensors under the view's names; refuses unknown and doubly stored tensors and
     a checkpoint without its language model or tower."""
-    stored: dict[str, str] = {}
-    unknown: list[str] = []
-    for name in tensors.names():
-        view = view_name(name)
-        if view is None:
-            unknown.append(name)
-        elif view in stored:
-            raise HuatuoError(f"{root}: tensors {stored[view]} and {name} are the same weight stored twice",
-                              hint="a checkpoint mixes two generations of key names; keep one set of shards")
-        else:
-            stored[view] = name
+    stored, unknown = stored_names(tensors, root, view_name)
     if unknown:
         raise HuatuoError(f"{root}: {len(unknown)} tensor(s) have no place in a {HF_ARCHITECTURE} checkpoint: "
                           f"{', '.join(sorted(unknown)[:5])}",

@@ -52,6 +52,20 @@ def runs_on_cpu(device: str) -> bool:
     return device == "cpu" or (device == "auto" and CUDA not in available and TENSORRT not in available)
 
 
+def open_session(path: Path, providers: list[Any], threads: int | None) -> Any:
+    """An ONNX Runtime session on `providers` (quiet; `threads` intra-op threads when given); a corrupt
+    or foreign file is a HuatuoError naming it."""
+    ort = require("onnxruntime")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own types for a corrupt or foreign file
+        raise HuatuoError(f"cannot load image encoder {path.name}: {exc}") from exc
+
+
 class ImageEncoder:
     """`ImageEncoder(path).encode([img, ...]) -> float32 [N, tokens, hidden]`."""
 
@@ -76,14 +90,7 @@ class ImageEncoder:
                                    self.image_size, device, device_id=device_id)
         if TENSORRT in self.plan.names:
             Path(self.plan.options(TENSORRT)["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=self.plan.providers)
-        except Exception as exc:  # onnxruntime raises its own types for a corrupt or foreign file
-            raise HuatuoError(f"cannot load image encoder {self.path.name}: {exc}") from exc
+        self.session = open_session(self.path, self.plan.providers, threads)
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         if list(inp.shape[1:]) != [3, self.image_size, self.image_size]:
@@ -128,14 +135,7 @@ class QwenImageEncoder:
             raise HuatuoError(f"image encoder {self.path.name} not found in {self.path.parent}")
         available = [p for p in ort.get_available_providers() if p != TENSORRT]
         self.plan = plan_providers(available, self.path.parent, 0, device, device_id=device_id)
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=self.plan.providers)
-        except Exception as exc:  # onnxruntime raises its own types for a corrupt or foreign file
-            raise HuatuoError(f"cannot load image encoder {self.path.name}: {exc}") from exc
+        self.session = open_session(self.path, self.plan.providers, threads)
         names = [i.name for i in self.session.get_inputs()]
         if names[1:] != list(GRAPH_INPUTS):
             raise HuatuoError(f"image encoder {self.path.name} takes {names}, not a Qwen2.5-VL vision graph's inputs")
