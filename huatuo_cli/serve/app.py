@@ -159,10 +159,15 @@ def create_app(worker: Worker, *, model_name: str, model_sha256: str, api_key: s
 
         future = loop.run_in_executor(worker.executor, worker.answer, chat_request, stop, on_text)
 
-        def finished(_: Any) -> None:
+        def finished(done: asyncio.Future[Result]) -> None:
             ticket.release()
             worker.active.discard(stop)
             events.put_nowait(("done", None))
+            if not done.cancelled():
+                # retrieved here, whoever reads it later: a job whose client left (Stopped) is otherwise never
+                # read, and asyncio prints "Future exception was never retrieved" with its traceback (paths,
+                # the request's text) into the server's log
+                done.exception()
 
         future.add_done_callback(finished)
         first = await _next_event(request, events, stop)
