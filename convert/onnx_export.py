@@ -108,6 +108,18 @@ def _convert_int8(src: Path, dst: Path) -> None:
                                   op_types_to_quantize=["MatMul", "Gemm"])
 
 
+def derive_files(folder: Path, *, fp16: bool, int8: bool) -> dict[str, str]:
+    """From `folder`/FP32_NAME, the fp16 and int8 files asked for; precision -> file name, fp32 included."""
+    files = {"fp32": FP32_NAME}
+    if fp16:
+        _convert_fp16(folder / FP32_NAME, folder / FP16_NAME)
+        files["fp16"] = FP16_NAME
+    if int8:
+        _convert_int8(folder / FP32_NAME, folder / INT8_NAME)
+        files["int8"] = INT8_NAME
+    return files
+
+
 #: optional files: one that misses its tolerance is left out (figures kept), not a failed export
 OPTIONAL = ("int8",)
 
@@ -185,14 +197,8 @@ def export_vision(
 
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_folder(out) as tmp:  # the folder appears only if both files passed
-        files = {"fp32": FP32_NAME}
         _export_fp32(export_encoder, image_size, tmp / FP32_NAME, metadata)
-        if fp16:
-            _convert_fp16(tmp / FP32_NAME, tmp / FP16_NAME)
-            files["fp16"] = FP16_NAME
-        if int8:
-            _convert_int8(tmp / FP32_NAME, tmp / INT8_NAME)
-            files["int8"] = INT8_NAME
+        files = derive_files(tmp, fp16=fp16, int8=int8)
         results = {}
         for precision, name in files.items():
             report = validate_onnx(tmp / name, pixels, expected, tolerances[precision])

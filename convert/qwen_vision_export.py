@@ -24,11 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from huatuo_cli.engine.encoder import FP16_NAME, FP32_NAME, INT8_NAME, PREPROCESSOR_NAME
+from huatuo_cli.engine.encoder import FP32_NAME, PREPROCESSOR_NAME
 from huatuo_cli.engine.qwen_vision import GRAPH_INPUTS, QWEN_PREPROCESS, QwenVisionConfig, graph_inputs, patchify
 from huatuo_cli.extras import require
 from huatuo_convert.atomic import atomic_folder, refuse_existing
-from huatuo_convert.onnx_export import OPSET, OUTPUT_NAME, VisionExport, _convert_fp16, _convert_int8, gate_files
+from huatuo_convert.onnx_export import OPSET, OUTPUT_NAME, VisionExport, derive_files, gate_files
 from huatuo_convert.onnx_validate import Tolerance, embedding_metrics, validation_images
 
 PIXELS_NAME = "pixel_values"
@@ -139,14 +139,8 @@ def export_qwen_vision(visual: Any, vision_config: Mapping[str, Any], preprocess
                 "huatuo.source_config_sha256": config_sha256}
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_folder(out) as tmp:
-        files = {"fp32": FP32_NAME}
         _export_fp32(visual, config, tmp / FP32_NAME, metadata)
-        if fp16:
-            _convert_fp16(tmp / FP32_NAME, tmp / FP16_NAME)
-            files["fp16"] = FP16_NAME
-        if int8:
-            _convert_int8(tmp / FP32_NAME, tmp / INT8_NAME)
-            files["int8"] = INT8_NAME
+        files = derive_files(tmp, fp16=fp16, int8=int8)
         results: dict[str, dict[str, Any]] = {}
         for precision, file in files.items():
             metrics = [{"name": name, "grid": list(grid), **embedding_metrics(expected[None], run_graph(tmp / file, feeds)[None])[0]}

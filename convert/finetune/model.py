@@ -29,12 +29,13 @@ PROJECTOR = "mm_projector"
 TOWER = "vision_tower"
 
 
-def target_regex(linears: tuple[str, ...] = LLM_LINEARS) -> str:
-    """peft `target_modules` as a regex (full match): only decoder layers of the language model."""
+def target_regex(linears: tuple[str, ...] = LLM_LINEARS, layers: str = LLM_PREFIX + "model.layers.") -> str:
+    """peft `target_modules` as a regex (full match): only decoder layers of the language model, whose
+    module names start with `layers` (LLaVA's wrapper by default; Qwen2.5-VL's in `finetune.qwen`)."""
     unknown = sorted(set(linears) - set(LLM_LINEARS))
     if unknown:
         raise ValueError(f"unknown LoRA target(s) {unknown}; choose from {LLM_LINEARS}")
-    return re.escape(LLM_PREFIX) + r"model\.layers\.\d+\.(?:self_attn|mlp)\.(?:" + "|".join(linears) + ")"
+    return re.escape(layers) + r"\d+\.(?:self_attn|mlp)\.(?:" + "|".join(linears) + ")"
 
 
 class LlavaForTraining(torch.nn.Module):

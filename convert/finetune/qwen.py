@@ -12,27 +12,26 @@ labels cover each answer and its `<|im_end|>`. Pixels are the runtime's own Qwen
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from huatuo_cli.engine.prompt import IM_END, IMAGE_PAD, Turn, prompt_format
+from huatuo_cli.engine.prompt import IM_END, Turn, prompt_format
 from huatuo_cli.engine.qwen_vision import QwenVisionConfig, merged_grid, patchify
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.extras import require
 from huatuo_cli.imaging import load_image
 from huatuo_convert.checkpoint import LlavaCheckpoint
 from huatuo_convert.finetune.encode import IGNORE, Encoded
+from huatuo_convert.finetune.model import LLM_LINEARS, target_regex
 from huatuo_convert.finetune.records import Sample
 from huatuo_convert.reference_tokenizer import ReferenceTokenizer, load_reference_tokenizer
 
 #: the wrapper's attribute holding transformers' model: state-dict names start with it
 MODEL = "qwen."
 MERGER = "merger"
-LLM_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 class QwenForTraining(torch.nn.Module):
@@ -131,19 +130,11 @@ class QwenTraining:
         model.qwen.model.visual.merger.float()
         return model
 
-    @staticmethod
-    def target_regex(linears: Sequence[str] = LLM_LINEARS) -> str:
-        unknown = sorted(set(linears) - set(LLM_LINEARS))
-        if unknown:
-            raise ValueError(f"unknown LoRA target(s) {unknown}; choose from {LLM_LINEARS}")
-        return (re.escape(MODEL) + r"model\.language_model\.layers\.\d+\.(?:self_attn|mlp)\.(?:"
-                + "|".join(linears) + ")")
-
     def add_lora(self, model: QwenForTraining, *, rank: int, alpha: int, dropout: float, train_projector: bool,
                  linears: Sequence[str] = LLM_LINEARS) -> Any:
         peft = require("peft")
         config = peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, bias="none",
-                                 target_modules=self.target_regex(linears),
+                                 target_modules=target_regex(tuple(linears), MODEL + "model.language_model.layers."),
                                  modules_to_save=[MERGER] if train_projector else None)
         return peft.get_peft_model(model, config)
 
@@ -169,5 +160,3 @@ class QwenTraining:
         return {"input_ids": torch.tensor([ids]), "pixel_values": torch.from_numpy(pv),
                 "image_grid_thw": torch.tensor([grid])}
 
-
-__all__ = ["IMAGE_PAD", "QwenForTraining", "QwenTraining"]
