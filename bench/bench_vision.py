@@ -1,52 +1,138 @@
-"""Image encoding speed: ONNX Runtime vs PyTorch eager vs llama.cpp mtmd, in one run.
+"""Image encoding speed on this CPU: every faithful way to run the tower, beside PyTorch eager, in one run.
 
 A random tower shaped like CLIP ViT-L/14-336 (hidden 1024, 24 layers, 16 heads, MLP 4096, 576
-patches) with an `mlp2x_gelu` projector to 896 (Qwen2-0.5B's width) is written as a synthetic
-checkpoint, exported with `huatuo convert vision` and `huatuo convert mmproj`, then each engine
-encodes the same preprocessed image. Figures are medians; ratios are against PyTorch eager fp32
-measured in the same run, on the same threads. Fidelity (cosine to the reference) is printed too.
+patches) with an `mlp2x_gelu` projector to 3584 (Qwen2-7B's width) is written as a synthetic
+checkpoint, exported with `huatuo convert vision` (fp32, fp16 and int8 files, each held to its
+cosine bound; an int8 file that misses it is left out) and `huatuo convert mmproj`, then each
+engine encodes the same preprocessed image:
 
-    PYTHONPATH=$PWD python bench/bench_vision.py --threads 2 --runs 5
+- PyTorch eager fp32 (the reference) and ONNX Runtime's CPU provider on each exported file;
+- ONNX Runtime bf16: checked in the run, not measured: ONNX Runtime's CPU provider has no
+  bfloat16 MatMul kernel (a bf16 graph is refused with NOT_IMPLEMENTED), so a bf16 file could only
+  run with a cast back to fp32 before every MatMul;
+- OpenVINO's execution provider (the `onnxruntime-openvino` wheel: ONNX Runtime 1.24 with OpenVINO
+  inside), where a venv with it is given (`--openvino-venv`). That wheel ships its own
+  `onnxruntime` module, so it cannot be installed beside huatuo's onnxruntime; make the venv with
+      python -m venv bench/out/openvino-venv && bench/out/openvino-venv/bin/pip install onnxruntime-openvino numpy
+  It runs in a child process of that venv, with the CPU provider fallback disabled (every node
+  on OpenVINO, or the row says it could not);
+- llama.cpp mtmd on the mmproj (f16, f32).
+Every engine's embeddings of the 4 validation images are held to the bound of the file's own
+precision (`convert/onnx_validate.py`, the family's vision tolerances); figures are medians, ratios
+against PyTorch eager fp32 measured in the same run, on the same threads.
+
+    PYTHONPATH=$PWD nice python bench/bench_vision.py --threads 2 --runs 5 --workdir bench/out/vision
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
+import subprocess
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+import onnxruntime
 import torch
-from _common import median_seconds
+from _common import OUT, median_seconds
 
-from huatuo_cli.engine.encoder import ImageEncoder
+from huatuo_cli.engine.encoder import FP16_NAME, FP32_NAME, INT8_NAME, ImageEncoder
 from huatuo_cli.engine.mtmd_encoder import MtmdImageEncoder
 from huatuo_cli.engine.preprocess import PreprocessConfig, prepare_image, preprocess
 from huatuo_convert.checkpoint import LlavaCheckpoint
 from huatuo_convert.mmproj import write_mmproj
-from huatuo_convert.onnx_export import export_vision
+from huatuo_convert.onnx_export import FIDELITY_NAME, export_vision
 from huatuo_convert.onnx_validate import embedding_metrics, validation_images
 from huatuo_convert.reference import VisionEncoder, build_vision
 from huatuo_convert.synth import SynthSpec, write_synthetic_checkpoint
 
 CLIP_L_336 = SynthSpec(
     vision_hidden_size=1024, vision_intermediate_size=4096, vision_layers=24, image_size=336, patch_size=14,
-    hidden_size=896, intermediate_size=1024, num_layers=1, num_heads=14, num_kv_heads=2, shards=1, dtype="bf16",
+    hidden_size=3584, intermediate_size=1024, num_layers=1, num_heads=28, num_kv_heads=4, shards=1, dtype="bf16",
 )
+#: --shape tiny: the test suite's tower, to check the script in seconds
+SPECS = {"clip-l": CLIP_L_336, "tiny": SynthSpec(shards=1)}
+FILES = {"fp32": FP32_NAME, "fp16": FP16_NAME, "int8": INT8_NAME}
+OPENVINO_VENV = OUT / "openvino-venv"
+
+#: run by the OpenVINO venv's python: only numpy and its own onnxruntime there
+OPENVINO_CHILD = r"""
+import json, statistics, sys, time
+import numpy as np, onnxruntime as ort
+model, one, batch, out, threads, runs = sys.argv[1:7]
+options = ort.SessionOptions()
+options.log_severity_level = 3
+options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")  # every node on OpenVINO, or fail
+provider = ("OpenVINOExecutionProvider", {"device_type": "CPU", "num_of_threads": threads})
+session = ort.InferenceSession(model, options, providers=[provider])
+name = session.get_inputs()[0].name
+x1, xs = np.load(one), np.load(batch)
+session.run(None, {name: x1})  # warm-up: OpenVINO compiles the graph on the first run
+times = []
+for _ in range(int(runs)):
+    t = time.perf_counter()
+    session.run(None, {name: x1})
+    times.append(time.perf_counter() - t)
+np.save(out, np.concatenate([session.run(None, {name: xs[i:i + 1]})[0] for i in range(len(xs))]))
+print(json.dumps({"seconds": statistics.median(times), "providers": session.get_providers(), "ort": ort.__version__}))
+"""
+
+
+def bf16_refused() -> str:
+    """ONNX Runtime's answer, in this run, to a bf16 MatMul on its CPU provider."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    a, b, c = (helper.make_tensor_value_info(n, TensorProto.BFLOAT16, s) for n, s in (("a", [4, 8]), ("b", [8, 4]), ("c", [4, 4])))
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "bf16", [a, b], [c])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    try:
+        onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's own exception types
+        return str(exc).split(":", 2)[-1].strip()
+    return ""
+
+
+def openvino_rows(venv: Path, vision: Path, one: np.ndarray, batch: np.ndarray, threads: int, runs: int) -> list:
+    """(name, seconds or None, embeddings or None, note) per ONNX file, through OpenVINO's EP in `venv`."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-openvino-") as tmp:
+        np.save(Path(tmp) / "one.npy", one)
+        np.save(Path(tmp) / "batch.npy", batch)
+        for precision, name in FILES.items():
+            if not (vision / name).exists():
+                continue
+            out = Path(tmp) / f"{precision}.npy"
+            proc = subprocess.run([str(venv / "bin" / "python"), "-c", OPENVINO_CHILD, str(vision / name),
+                                   str(Path(tmp) / "one.npy"), str(Path(tmp) / "batch.npy"), str(out), str(threads), str(runs)],
+                                  capture_output=True, text=True)
+            label = f"OpenVINO EP (onnxruntime-openvino) on the {precision} file"
+            if proc.returncode != 0:
+                rows.append((label, precision, None, None, f"failed: {proc.stderr.strip().splitlines()[-1][:160]}"))
+                continue
+            got = json.loads(proc.stdout.strip().splitlines()[-1])
+            rows.append((label, precision, got["seconds"], np.load(out), f"onnxruntime {got['ort']}"))
+    return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--shape", choices=list(SPECS), default="clip-l")
     ap.add_argument("--workdir", type=Path, default=None, help="reuse a folder (keeps the 1 GB of models)")
+    ap.add_argument("--openvino-venv", type=Path, default=OPENVINO_VENV,
+                    help="a venv with onnxruntime-openvino (default bench/out/openvino-venv; skipped when absent)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-vision-"))
     src = work / "checkpoint"
     if not src.exists():
-        write_synthetic_checkpoint(src, CLIP_L_336)
+        write_synthetic_checkpoint(src, SPECS[args.shape])
     ckpt = LlavaCheckpoint.open(src)
     t = time.perf_counter()
     if not (work / "vision").exists():
@@ -55,10 +141,11 @@ def main() -> None:
     for ftype in ("f16", "f32"):
         if not (work / f"mmproj-{ftype}.gguf").exists():
             write_mmproj(ckpt, work / f"mmproj-{ftype}.gguf", ftype=ftype)
+    fidelity = json.loads((work / "vision" / FIDELITY_NAME).read_text())
+    bounds = ckpt.family.vision_tolerances
 
     config = PreprocessConfig.from_dict(ckpt.preprocessor_config)
-    named = validation_images(336)
-    images = [img for _, img in named]
+    images = [img for _, img in validation_images(SPECS[args.shape].image_size)]
     pixels = preprocess(images, config)
     prepared = [prepare_image(img, config) for img in images]
     one_px, one_prep = pixels[:1], prepared[:1]
@@ -71,26 +158,52 @@ def main() -> None:
         with torch.no_grad():
             reference(torch.from_numpy(one_px))
 
-    rows = [("PyTorch eager fp32", median_seconds(torch_eager, args.runs), expected)]
-    for name in ("vision-fp32.onnx", "vision-fp16.onnx"):
+    # (engine, precision whose bound applies, seconds per image, embeddings of the 4 images, note)
+    rows: list = [("PyTorch eager fp32", "fp32", median_seconds(torch_eager, args.runs), expected, "the reference")]
+    for precision, name in FILES.items():
+        if not (work / "vision" / name).exists():
+            rejected = fidelity.get("rejected", {}).get(name, {})
+            rows.append((f"ONNX Runtime CPU {precision} file", precision, None, None,
+                         f"left out by the export's gate (min cosine {rejected.get('min_cosine', float('nan')):.6f})"))
+            continue
         enc = ImageEncoder(work / "vision" / name, device="cpu", threads=args.threads)
-        rows.append((f"ONNX Runtime {enc.provider.removesuffix('ExecutionProvider')} {name[7:11]}",
-                     median_seconds(lambda enc=enc: enc.encode_pixels(one_px), args.runs), enc.encode_pixels(pixels)))
+        rows.append((f"ONNX Runtime {enc.provider.removesuffix('ExecutionProvider')} {precision} file", precision,
+                     median_seconds(lambda enc=enc: enc.encode_pixels(one_px), args.runs), enc.encode_pixels(pixels),
+                     f"onnxruntime {onnxruntime.__version__}"))
+    refusal = bf16_refused()
+    rows.append(("ONNX Runtime CPU bf16", "bf16", None, None,
+                 f"no bf16 MatMul kernel: {refusal}" if refusal else "bf16 MatMul accepted: add a bf16 file and measure it"))
+    if (args.openvino_venv / "bin" / "python").exists():
+        rows += openvino_rows(args.openvino_venv, work / "vision", one_px, pixels, args.threads, args.runs)
+    else:
+        rows.append(("OpenVINO EP", "fp32", None, None, f"not measured: no venv at {args.openvino_venv}"))
     for ftype in ("f16", "f32"):
         with MtmdImageEncoder(work / f"mmproj-{ftype}.gguf", threads=args.threads) as enc:
-            rows.append((f"llama.cpp mtmd mmproj {ftype}", median_seconds(lambda: enc.encode_prepared(one_prep), args.runs),
-                         enc.encode_prepared(prepared)))
+            rows.append((f"llama.cpp mtmd mmproj {ftype}", "fp16" if ftype == "f16" else "fp32",
+                         median_seconds(lambda: enc.encode_prepared(one_prep), args.runs), enc.encode_prepared(prepared),
+                         "upstream graph differs (README 'Vision')"))
 
-    base = rows[0][1]
-    print(f"# CLIP-L/336-shaped random tower + projector to 896, 1 image, {args.threads} threads, "
-          f"median of {args.runs}; {platform.processor() or platform.machine()}, torch {torch.__version__}")
-    print(f"# export + validation (fp32 and fp16, 4 images): {export_s:.0f} s")
-    print("| engine | s / image | speed vs PyTorch eager | min cosine to reference (4 images) |")
-    print("|---|---:|---:|---:|")
-    for name, sec, embeds in rows:
+    base = rows[0][2]
+    tower = "CLIP-L/336-shaped random tower + projector to 3584" if args.shape == "clip-l" else "tiny tower"
+    print(f"# {tower}, 1 image, {args.threads} threads, median of {args.runs}; "
+          f"{_cpu()}, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}")
+    print(f"# export + validation (fp32, fp16, int8; 4 images): {export_s:.0f} s (0 when --workdir already had them)")
+    print("| engine | s / image | speed vs PyTorch eager | min cosine to reference (4 images) | bound | faithful | note |")
+    print("|---|---:|---:|---:|---:|---|---|")
+    for name, precision, sec, embeds, note in rows:
+        if sec is None:
+            print(f"| {name} | - | - | - | {bounds.get(precision, '-')} | - | {note} |")
+            continue
         cos = min(m["cosine"] for m in embedding_metrics(expected, embeds))
-        print(f"| {name} | {sec:.3f} | {base / sec:.2f}x | {cos:.6f} |")
+        print(f"| {name} | {sec:.3f} | {base / sec:.2f}x | {cos:.6f} | {bounds[precision]} | "
+              f"{'yes' if cos >= bounds[precision] else 'no'} | {note} |")
     print(f"# workdir: {work}")
+
+
+def _cpu() -> str:
+    from huatuo_cli.engine.cpu_verdicts import cpu_model
+
+    return cpu_model() or platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":
