@@ -16,11 +16,12 @@ $(BIN)/python:
 # torch first, pinned to the CPU wheel that ships on local disk. llama-cpp-python is huatuo's portable
 # build (every x86-64 CPU variant, chosen at run time; packaging/llama_wheel.py): built once per
 # machine into a folder keyed by its build flags (~/.cache/huatuo-build), never taken from pip's
-# cache, which is keyed by the sdist alone and would hand back a -march=native build.
+# cache, which is keyed by the sdist alone and would hand back a -march=native build. Its tools (zig,
+# auditwheel) come first: packaging/build-requirements.txt.
 # The tests also get the optional `dicom-gpl` extra (both paths of 12-bit JPEG are tested) and `cluster`
 # (Ray: `batch --ray` is tested on a two-node local cluster).
 install: $(BIN)/python
-	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q $(TORCH) -r packaging/build-requirements.txt
 	$(BIN)/python packaging/llama_wheel.py --install $(BIN)/python
 	$(BIN)/pip install -q -e '.[cpu,convert,train,dev,dicom-gpl,cluster]'
 

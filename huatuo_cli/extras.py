@@ -51,6 +51,8 @@ SYSTEM_LIBRARIES: dict[str, str] = {
     "libssl.so.3": "OpenSSL 3: apt install libssl3 (Debian, Ubuntu), dnf install openssl-libs (RHEL, Rocky, Alma)",
     "libcrypto.so.3": "OpenSSL 3: apt install libssl3 (Debian, Ubuntu), dnf install openssl-libs (RHEL, Rocky, Alma)",
 }
+#: the libraries of huatuo's own llama.cpp build (llama_cpp/lib): missing means a damaged install
+OWN_LIBRARIES = ("libggml", "libllama", "libmtmd")
 #: what the dynamic loader says when a library cannot be used (dlerror texts)
 _LOADER_PROBLEM = re.compile(
     r"(?P<lib>[\w.+-]+\.so[\w.]*): (?P<problem>cannot open shared object file|file too short|invalid ELF header"
@@ -75,7 +77,10 @@ def native_failure(package: str, exc: BaseException) -> NativeLibraryError | Non
     if missing is None:
         return None
     lib = missing["lib"].rsplit("/", 1)[-1]
-    provider = SYSTEM_LIBRARIES.get(lib, f"install the system package that provides {lib}, or reinstall huatuo")
+    if lib.startswith(OWN_LIBRARIES):
+        provider = f"{lib} comes with huatuo's llama.cpp build: reinstall huatuo (install.sh of the offline package)"
+    else:
+        provider = SYSTEM_LIBRARIES.get(lib, f"install the system package that provides {lib}, or reinstall huatuo")
     return NativeLibraryError(f"{package}'s native code could not be loaded: {lib} {missing['problem']}",
                               hint=provider)
 

@@ -33,6 +33,7 @@ import tarfile
 import tempfile
 import zipfile
 from pathlib import Path
+from types import ModuleType
 
 from huatuo_cli.bundles.bundle import sha256_file
 
@@ -45,9 +46,9 @@ _WHEEL_NAME = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+)-")
 #: pydicom 3.0 needs 3.10 (packaging/README.md)
 PYTHONS = ("3.10", "3.11", "3.12", "3.13")
 #: the platforms pip may pick wheels for, newest first: manylinux_2_28 (glibc 2.28: RHEL 8, Debian 10,
-#: Ubuntu 18.10) and older; linux_x86_64 only for our own llama-cpp-python wheel (PyPI refuses that tag)
+#: Ubuntu 18.10) and older; our own llama-cpp-python wheel is built for manylinux_2_28 too
 PLATFORMS = (*(f"manylinux_2_{minor}_x86_64" for minor in range(28, 16, -1)), "manylinux2014_x86_64",
-             "manylinux2010_x86_64", "manylinux1_x86_64", "linux_x86_64")
+             "manylinux2010_x86_64", "manylinux1_x86_64")
 
 
 def _version() -> str:
@@ -55,11 +56,27 @@ def _version() -> str:
     return re.search(r'__version__ = "([^"]+)"', text).group(1)
 
 
-def _llama_wheel(cuda_archs: str | None) -> Path:
+def _llama_wheel_module() -> ModuleType:
     spec = importlib.util.spec_from_file_location("llama_wheel", HERE / "llama_wheel.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def _llama_wheel(cuda_archs: str | None) -> Path:
+    module = _llama_wheel_module()
     return module.build(module.build_key(cuda_archs), None)
+
+
+def refuse_newer_than_the_floor(folder: Path, cuda_archs: str | None = None) -> None:
+    """Every wheel a workstation gets must load on the artifact's glibc floor (2.28 for the CPU artifact:
+    RHEL/Rocky/Alma 8, Ubuntu 20.04; the CUDA one's is its llama.cpp build's, docs/deploy.md) with only
+    the manylinux libraries (`auditwheel show`): a newer one would fail there long after the build."""
+    module = _llama_wheel_module()
+    glibc = module.floor(cuda_archs)
+    refused = [why for wheel in sorted(folder.glob("*.whl")) if (why := module.loads_on_glibc(wheel, glibc))]
+    if refused:
+        sys.exit(f"build_offline: refused, the floor is glibc {glibc}:\n  " + "\n  ".join(refused))
 
 
 def wheelhouse(out: Path, cuda_archs: str | None = None) -> dict[str, list[Path]]:
@@ -101,6 +118,7 @@ def wheelhouse(out: Path, cuda_archs: str | None = None) -> dict[str, list[Path]
     unused = sorted(w.name for w in out.glob("*.whl") if not any(w in ws for ws in per_python.values()))
     if unused:
         sys.exit(f"build_offline: wheels no Python's lock uses: {unused}")
+    refuse_newer_than_the_floor(out, cuda_archs)
     return per_python
 
 

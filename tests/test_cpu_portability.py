@@ -68,6 +68,18 @@ CORRECT = """
 """
 #: the .rodata those loads read in the built library: colsb[0..7], then rows[0..7]
 RODATA = {0x18b540: bytes.fromhex("40004000200020004000400040004000"), 0x18b550: bytes.fromhex("0808101010101010")}
+#: the same function as zig's clang 22 compiles it (the CPU build): rows through an immediate in a
+#: register, colsb from .rodata below the code (a negative %rip offset)
+CLANG = """
+   9c6b0:	vpxor  %xmm0,%xmm0,%xmm0
+   9c6b4:	vmovdqa64 %zmm0,0xc0(%rsp)
+   9c6bc:	movb   $0x1,0xc0(%rsp)
+   9c6c4:	movabs $0x1010101010100808,%rcx
+   9c6ce:	mov    %rcx,0xf0(%rsp)
+   9c6d6:	vmovdqa -0x777ae(%rip),%xmm0        # 24f30 <_ZL13kvalues_iq4nl+0x480>
+   9c6de:	vmovdqa %xmm0,0xd0(%rsp)
+   9c6e7:	ldtilecfg 0xc0(%rsp)
+"""
 
 
 def test_tile_config_check_tells_the_miscompiled_kernel_from_a_correct_one():
@@ -79,6 +91,10 @@ def test_tile_config_check_tells_the_miscompiled_kernel_from_a_correct_one():
     assert wheel.tile_configs(MISCOMPILED, read) == [bytes([1]) + bytes(63)]  # palette only: rows 0, colsb 0
     wrong_rows = {**RODATA, 0x18b550: bytes.fromhex("0808080810101010")}
     assert wheel.tile_configs(CORRECT, lambda a, n: wrong_rows[a][:n]) != [wheel.AMX_TILE_CONFIG]
+    clang_rodata = {0x24f30: RODATA[0x18b540]}
+    assert wheel.tile_configs(CLANG, lambda a, n: clang_rodata[a][:n]) == [wheel.AMX_TILE_CONFIG]
+    wrong = CLANG.replace("$0x1010101010100808", "$0x1010101008080808")
+    assert wheel.tile_configs(wrong, lambda a, n: clang_rodata[a][:n]) != [wheel.AMX_TILE_CONFIG]
 
 
 def test_installed_build_is_portable_with_every_cpu_variant():
@@ -294,6 +310,33 @@ def test_a_gpu_backend_that_finds_no_gpu_leaves_the_answer_to_the_cpu(tmp_path, 
     assert seen.exists()  # huatuo offered llama.cpp the GPU backend
     record, expected = json.loads(done.stdout), json.loads(baseline.stdout)
     assert record["provider"]["llm_gpu_offload"] is False and record["answer"] == expected["answer"]
+
+
+@pytest.mark.slow
+def test_the_cuda_runtime_is_taken_from_nvidias_wheels(tmp_path, tiny_bundle, child_env):
+    """libggml-cuda.so needs libcudart.so.13 and cuBLAS, which the GPU artifact installs as NVIDIA's wheels
+    (site-packages/nvidia/cu13/lib), out of the backend's own search path: huatuo loads them first, so
+    the backend is offered to llama.cpp. Stand-ins here; without them on the path, it is not."""
+    folder, site = tmp_path / "variants", tmp_path / "site"
+    nvidia = site / "nvidia" / "cu13" / "lib"
+    folder.mkdir()
+    nvidia.mkdir(parents=True)
+    for lib in LIB_DIR.glob("libggml-cpu-*.so"):
+        (folder / lib.name).symlink_to(lib)
+    (tmp_path / "stub.c").write_text("int huatuo_stub(void) { return 0; }\n")
+    for name in cpu_backend.CUDA_LIBRARIES:
+        subprocess.run(["cc", "-shared", "-fPIC", f"-Wl,-soname,{name}", "-o", str(nvidia / name),
+                        str(tmp_path / "stub.c")], check=True)
+    (tmp_path / "cuda.c").write_text(NO_GPU_BACKEND)
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(folder / "libggml-cuda.so"), str(tmp_path / "cuda.c"),
+                    "-Wl,--no-as-needed", *(str(nvidia / name) for name in cpu_backend.CUDA_LIBRARIES)], check=True)
+    env = dict(child_env, HUATUO_CPU_VARIANTS_DIR=str(folder))
+    without, with_wheels = tmp_path / "asked-without", tmp_path / "asked-with"
+    done = ask(tiny_bundle, dict(env, FAKE_GPU_SEEN=str(without)))
+    assert done.returncode == 0 and not without.exists()  # libcudart.so.13 not found: not offered, CPU answers
+    done = ask(tiny_bundle, dict(env, FAKE_GPU_SEEN=str(with_wheels), PYTHONPATH=str(site)))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert with_wheels.exists()
 
 
 def test_a_variant_whose_plain_kernels_compute_wrong_numbers_is_not_usable(tmp_path):
