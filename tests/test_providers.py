@@ -139,3 +139,20 @@ def test_vision_precision_is_the_one_rule_for_the_fp16_graph(monkeypatch):
     ]:
         monkeypatch.setattr(onnxruntime, "get_available_providers", lambda available=available: available)
         assert vision_precision(device, has_fp16=has_fp16) == expected, (available, device, has_fp16)
+
+
+@pytest.mark.parametrize("device,supported,layers,offload", [
+    ("auto", True, -1, True),  # a CUDA build that found a GPU: every layer on it
+    ("cpu", True, 0, False),  # --device cpu keeps the LLM on the CPU even where a GPU is there
+    ("auto", False, 0, False),  # the CPU build, or no GPU: the CPU answers
+])
+def test_llm_layers_follow_the_device_and_the_build(tiny_bundle, monkeypatch, device, supported, layers, offload):
+    """Which layers go to a GPU is decided by the build's answer (llama_supports_gpu_offload) and
+    --device; the CPU build here stands in for both answers (a real GPU: bench/gpu_check.py)."""
+    from huatuo_cli.engine import cpu_backend
+    from huatuo_cli.engine.session import VisionLanguageModel
+
+    llama_cpp = cpu_backend.llama()
+    monkeypatch.setattr(llama_cpp, "llama_supports_gpu_offload", lambda: supported)
+    model = VisionLanguageModel(tiny_bundle, device=device)
+    assert model.llm.n_gpu_layers == layers and model.info.llm_gpu_offload is offload

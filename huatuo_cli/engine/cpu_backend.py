@@ -130,7 +130,10 @@ def activate(*, route_logs: bool = True) -> CpuBackend:
         path = variants_dir / f"libggml-cpu-{backend.variant}.so"
         if not load_variant(lib_dir, path):
             raise HuatuoError(f"llama.cpp could not load its CPU backend {path.name}")
-        for gpu in gpu_backends(variants_dir):  # a CUDA build (packaging/llama_wheel.py --cuda)
+        gpus = gpu_backends(variants_dir)  # a CUDA build (packaging/llama_wheel.py --cuda)
+        if gpus:
+            preload_cuda_libraries(nvidia_library_dirs())
+        for gpu in gpus:
             load_variant(lib_dir, gpu)  # no driver or no GPU: it does not register, the CPU answers
     set_repack(llama_cpp, backend.repack)
     _ACTIVE = backend
@@ -176,6 +179,34 @@ def _close_devnull_at_exit() -> None:
 def gpu_backends(folder: Path) -> list[Path]:
     """ggml's other loadable backends in the build (libggml-cuda.so, ...): not base, not CPU."""
     return [p for p in sorted(folder.glob("libggml-*.so")) if not p.name.startswith(("libggml-base", "libggml-cpu"))]
+
+
+#: what ggml's CUDA backend links (packaging/llama_wheel.py --cuda), in load order: cuBLAS needs cuBLASLt
+CUDA_LIBRARIES = ("libcudart.so.13", "libcublasLt.so.13", "libcublas.so.13")
+
+
+def nvidia_library_dirs() -> list[Path]:
+    """The library folders of NVIDIA's wheels (nvidia-cuda-runtime, nvidia-cublas: site-packages/nvidia/
+    cu13/lib), which the GPU artifact installs beside onnxruntime-gpu."""
+    return sorted({d for entry in sys.path if entry for d in Path(entry).glob("nvidia/*/lib") if d.is_dir()})
+
+
+def preload_cuda_libraries(folders: list[Path]) -> list[str]:
+    """Load the CUDA runtime and cuBLAS from `folders` (the first that has each), so that dlopen of
+    libggml-cuda.so finds them already loaded by soname: its own search path ($ORIGIN) does not reach
+    another wheel's folder. One missing (a CPU artifact, or the wheels not installed) is left out; the
+    CUDA backend then does not load and the CPU answers. Returns what was loaded."""
+    loaded = []
+    for name in CUDA_LIBRARIES:
+        for folder in folders:
+            if (folder / name).is_file():
+                try:
+                    ctypes.CDLL(str(folder / name), mode=ctypes.RTLD_GLOBAL)
+                except OSError:
+                    continue
+                loaded.append(name)
+                break
+    return loaded
 
 
 def load_variant(lib_dir: Path, path: Path) -> bool:

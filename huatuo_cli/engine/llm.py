@@ -181,8 +181,10 @@ class LlamaEngine:
         llama_cpp = cpu_backend.llama()
         self._lib = llama_cpp
         self.cpu_kernels = cpu_backend.describe()
-        self.gpu_offload = bool(llama_cpp.llama_supports_gpu_offload())
-        layers = (-1 if self.gpu_offload else 0) if n_gpu_layers is None else n_gpu_layers
+        supported = bool(llama_cpp.llama_supports_gpu_offload())
+        layers = (-1 if supported else 0) if n_gpu_layers is None else n_gpu_layers
+        #: layers on a GPU: all where the build has a GPU backend that found one, none with --device cpu
+        self.gpu_offload = supported and layers != 0
         #: None: follow the idle physical cores before each answer (`threads`); else fixed (--threads)
         self._busy = None if n_threads else BusyElsewhere()
         threads = n_threads or default_threads()

@@ -175,6 +175,7 @@ class VisionLanguageModel:
         check_runtime_fit(manifest)
         self.encoder = BundleImageEncoder(self.bundle, vision=vision, device=device, threads=n_threads)
         self.llm = LlamaEngine(self.bundle.path("llm"), n_ctx=n_ctx, n_threads=n_threads,
+                               n_gpu_layers=0 if device == "cpu" else None,  # --device cpu: no layer on a GPU
                                stop_strings=self.prompt.stop_strings,
                                positions=manifest.llm.get("positions", POSITION_SCHEMES[0]))
         self.info = ModelInfo(
