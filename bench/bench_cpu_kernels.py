@@ -16,6 +16,7 @@ loaded as any user of a GGML_BACKEND_DL build must. Both take turns in every rou
 
     PYTHONPATH=$PWD python bench/bench_cpu_kernels.py --rounds 3
     PYTHONPATH=$PWD python bench/bench_cpu_kernels.py --load-only      # only the busy-neighbour table
+    PYTHONPATH=$PWD python bench/bench_cpu_kernels.py --against /tmp/gcc-build --shapes 1.5B  # two builds
 """
 
 from __future__ import annotations
@@ -209,6 +210,46 @@ def kernels_table(args) -> None:
                       f"{median(d, 'decode_tps'):.2f} | {rd:.3f} |", flush=True)
 
 
+def builds_table(args) -> None:
+    """huatuo on the installed llama.cpp build against another build of the same llama.cpp (--against DIR:
+    a folder holding that build's `llama_cpp` package, e.g. `pip install --target DIR --no-deps WHEEL`), on
+    the same models, variants and threads, in turns: what a change of compiler, OpenMP or flags costs."""
+    from huatuo_cli.engine.cpu_backend import AMX_VARIANTS, activate
+    from huatuo_cli.engine.threads import default_threads
+
+    threads = default_threads()
+    ranked = activate().ranked
+    variants = [ranked[0]] + (["haswell"] if "haswell" in ranked and ranked[0] != "haswell" else [])
+    other = {"PYTHONPATH": os.pathsep.join(filter(None, [str(args.against), BASE_ENV.get("PYTHONPATH")]))}
+    info = json.loads((args.against / "llama_cpp" / "huatuo_build.json").read_text())
+    print(f"\n# builds: installed (A) against {args.against} (B: {info['compiler']}, {' '.join(info['cmake_flags'])}); "
+          f"prompt {args.prompt}, decode {args.decode}, {threads} threads, median of {args.rounds} rounds, A and B "
+          f"in turns; {platform.machine()}, {_cpu_name()}")
+    print("| model | quant | kernels | A prefill tok/s | B prefill tok/s | A/B prefill | A decode tok/s | "
+          "B decode tok/s | A/B decode |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    for shape in args.shapes:
+        for quant in QUANTS:
+            model = llm_gguf(shape, quant)
+            for variant in variants:
+                repack = variant in AMX_VARIANTS  # huatuo's rule (cpu_backend.wants_repack)
+                got: dict[str, list[dict]] = {"A": [], "B": []}
+                for round_ in range(args.rounds):
+                    for build in (("A", "B") if round_ % 2 == 0 else ("B", "A")):
+                        got[build].append(measure("huatuo", model, variant, repack, args, threads,
+                                                  other if build == "B" else None))
+                errors = [r["error"] for rows in got.values() for r in rows if "error" in r]
+                if errors:
+                    print(f"| {shape} | {quant} | {variant} | failed: {errors[0]} |")
+                    continue
+                a, b = got["A"], got["B"]
+                rp = statistics.median(x["prefill_tps"] / y["prefill_tps"] for x, y in zip(a, b, strict=False))
+                rd = statistics.median(x["decode_tps"] / y["decode_tps"] for x, y in zip(a, b, strict=False))
+                print(f"| {shape} | {quant} | {a[0]['kernels']} | {median(a, 'prefill_tps'):.1f} | "
+                      f"{median(b, 'prefill_tps'):.1f} | {rp:.3f} | {median(a, 'decode_tps'):.2f} | "
+                      f"{median(b, 'decode_tps'):.2f} | {rd:.3f} |", flush=True)
+
+
 def load_table(args) -> None:
     """Prefill and decode of the 0.5B Q4_K_M model with one busy process beside it (a viewer), and idle."""
     from huatuo_cli.engine.cpu_backend import activate
@@ -259,6 +300,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES))
     parser.add_argument("--load-only", action="store_true")
+    parser.add_argument("--against", type=Path, help="only the builds table: the installed llama.cpp build "
+                        "against the one whose llama_cpp package is in this folder")
     args = parser.parse_args()
     if args.child == "huatuo":
         print(json.dumps(child_huatuo(args.model, args.prompt, args.decode, args.threads)))
@@ -269,6 +312,9 @@ def main() -> None:
                                       args.variant, bool(args.repack))))
     else:
         OUT.mkdir(parents=True, exist_ok=True)
+        if args.against:
+            builds_table(args)
+            return
         if not args.load_only:
             kernels_table(args)
         load_table(args)
