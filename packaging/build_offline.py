@@ -74,7 +74,8 @@ def refuse_newer_than_the_floor(folder: Path, cuda_archs: str | None = None) -> 
     the manylinux libraries (`auditwheel show`): a newer one would fail there long after the build."""
     module = _llama_wheel_module()
     glibc = module.floor(cuda_archs)
-    refused = [why for wheel in sorted(folder.glob("*.whl")) if (why := module.loads_on_glibc(wheel, glibc))]
+    provided = module.CUDA_LIBRARIES if cuda_archs else ()
+    refused = [why for wheel in sorted(folder.glob("*.whl")) if (why := module.loads_on_glibc(wheel, glibc, provided))]
     if refused:
         sys.exit(f"build_offline: refused, the floor is glibc {glibc}:\n  " + "\n  ".join(refused))
 

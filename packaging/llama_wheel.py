@@ -189,8 +189,10 @@ def cache_root() -> Path:
 # manylinux check
 
 
-_CONSISTENT = re.compile(r'consistent with the following platform tag:\s*"([^"]+)"')
 _MANYLINUX = {"manylinux1_x86_64": (2, 5), "manylinux2010_x86_64": (2, 12), "manylinux2014_x86_64": (2, 17)}
+#: what the CUDA build's backend links that NVIDIA's wheels provide (the `gpu` extra installs them;
+#: huatuo_cli.engine.cpu_backend.CUDA_LIBRARIES loads them): allowed outside the manylinux set there
+CUDA_LIBRARIES = ("libcudart.so.13", "libcublasLt.so.13", "libcublas.so.13")
 
 
 def glibc_needed(tag: str) -> tuple[int, int] | None:
@@ -201,29 +203,31 @@ def glibc_needed(tag: str) -> tuple[int, int] | None:
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
-def auditwheel_platform(wheel: Path) -> str | None:
-    """The newest platform tag `auditwheel show` finds the wheel consistent with (its symbol versions and
-    the system libraries it needs), or None for a wheel without native code."""
-    out = subprocess.run([sys.executable, "-m", "auditwheel", "show", str(wheel)], capture_output=True, text=True)
-    text = " ".join((out.stdout + out.stderr).split())
-    if "does not look like a platform wheel" in text:
+def audit(wheel: Path) -> dict | None:
+    """`auditwheel show --json`: the platform the wheel's symbol versions need (`sym_tag`), the libraries
+    it needs outside every manylinux set (`external_libs`); None for a wheel without native code."""
+    out = subprocess.run([sys.executable, "-m", "auditwheel", "show", "--json", str(wheel)], capture_output=True,
+                         text=True)
+    report = json.loads(out.stdout) if out.stdout.strip().startswith("{") else {}
+    if report.get("pure") or "no ELF" in report.get("error", "") or "not look like a platform wheel" in out.stderr:
         return None
-    m = _CONSISTENT.search(text)
-    if out.returncode != 0 or m is None:
-        raise RuntimeError(f"auditwheel show {wheel.name} failed: {text[-400:]}")
-    return m.group(1)
+    if out.returncode != 0 or "sym_tag" not in report:
+        raise RuntimeError(f"auditwheel show {wheel.name} failed: {(out.stderr or out.stdout)[-400:]}")
+    return report
 
 
-def loads_on_glibc(wheel: Path, glibc: str = GLIBC) -> str | None:
-    """None when every library in `wheel` loads on `glibc` with nothing outside the manylinux set, else
-    why not (auditwheel's verdict)."""
-    found = auditwheel_platform(wheel)
-    needed = glibc_needed(found) if found else (0, 0)
-    limit = tuple(int(part) for part in glibc.split("."))
-    if needed is None:
-        return f"{wheel.name} needs libraries outside the manylinux set (auditwheel: {found})"
-    if needed > limit:
-        return f"{wheel.name} needs glibc {needed[0]}.{needed[1]} (auditwheel: {found}); the floor is {glibc}"
+def loads_on_glibc(wheel: Path, glibc: str = GLIBC, provided: tuple[str, ...] = ()) -> str | None:
+    """None when every library in `wheel` loads on `glibc` needing nothing outside the manylinux set but
+    `provided` (libraries another wheel of the same install brings), else why not."""
+    report = audit(wheel)
+    if report is None:
+        return None
+    outside = sorted(set(report["external_libs"]) - set(provided))
+    if outside:
+        return f"{wheel.name} needs libraries outside the manylinux set: {', '.join(outside)}"
+    needed = glibc_needed(report["sym_tag"]) or (99, 0)
+    if needed > tuple(int(part) for part in glibc.split(".")):
+        return f"{wheel.name} needs glibc {needed[0]}.{needed[1]} (auditwheel: {report['sym_tag']}); the floor is {glibc}"
     return None
 
 
@@ -383,7 +387,8 @@ def finish(wheel: Path, info: dict, work: Path) -> Path:
     stored in the keyed cache folder; a refused wheel is kept under `refused/<key>/` for a look."""
     glibc = floor(cuda_archs(info))
     wheel = prune(wheel, work / "prune")
-    why = _verify_wheel(wheel, work / "check") or loads_on_glibc(wheel, glibc)
+    provided = CUDA_LIBRARIES if cuda_archs(info) else ()
+    why = _verify_wheel(wheel, work / "check") or loads_on_glibc(wheel, glibc, provided)
     if why:
         kept = cache_root() / "refused" / info["key"] / wheel.name
         kept.parent.mkdir(parents=True, exist_ok=True)

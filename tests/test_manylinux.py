@@ -38,13 +38,19 @@ SOURCE = "#include <pthread.h>\nstatic void *run(void *a) { return a; }\n" \
          "int start(void) { pthread_t t; return pthread_create(&t, 0, run, 0); }\n"
 
 
-def _wheel(folder: Path, glibc: str) -> Path:
-    """A platform wheel holding one library built by zig against glibc `glibc`'s symbol versions."""
+def _wheel(folder: Path, glibc: str, needs: str | None = None) -> Path:
+    """A platform wheel holding one library built by zig against glibc `glibc`'s symbol versions (and
+    linked to a library `needs` that the wheel does not hold)."""
     (folder / "src.c").write_text(SOURCE)
-    lib = folder / "libdemo.so"
-    subprocess.run([*llama_wheel._zig(), "cc", "-target", f"x86_64-linux-gnu.{glibc}", "-shared", "-fPIC",
-                    "-o", str(lib), str(folder / "src.c")], check=True, capture_output=True)
-    name = f"demo{glibc.replace('.', '')}"
+    lib, zig = folder / "libdemo.so", [*llama_wheel._zig(), "cc", "-target", f"x86_64-linux-gnu.{glibc}"]
+    other = []
+    if needs:
+        subprocess.run([*zig, "-shared", "-fPIC", f"-Wl,-soname,{needs}", "-o", str(folder / needs),
+                        str(folder / "src.c")], check=True, capture_output=True)
+        other = ["-Wl,--no-as-needed", str(folder / needs)]
+    subprocess.run([*zig, "-shared", "-fPIC", "-o", str(lib), str(folder / "src.c"), *other], check=True,
+                   capture_output=True)
+    name = f"demo{glibc.replace('.', '')}" + ("cuda" if needs else "")
     files = {f"{name}/__init__.py": b"", f"{name}/libdemo.so": lib.read_bytes(),
              f"{name}-1.0.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n".encode(),
              f"{name}-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: false\n"
@@ -77,6 +83,24 @@ def test_the_build_refuses_a_wheel_linked_for_a_newer_glibc(tmp_path):
         build_offline.refuse_newer_than_the_floor(new)
     assert "demo234-1.0-py3-none-linux_x86_64.whl needs glibc 2.34" in str(refused.value)
     build_offline.refuse_newer_than_the_floor(new, "80")  # the CUDA artifact's floor is 2.35
+
+
+def test_only_the_cuda_artifact_may_need_nvidias_libraries(tmp_path):
+    """The CUDA build's backend links the CUDA runtime, which NVIDIA's wheels in the same install provide:
+    allowed in the CUDA artifact, refused in the CPU one."""
+    _wheel(tmp_path, "2.28", needs="libcudart.so.13")
+    for stray in tmp_path.glob("lib*"):
+        stray.unlink()  # only the wheel remains: the library it needs is nowhere here
+    build_offline.refuse_newer_than_the_floor(tmp_path, "80;89;90")
+    with pytest.raises(SystemExit) as refused:
+        build_offline.refuse_newer_than_the_floor(tmp_path)
+    assert "needs libraries outside the manylinux set: libcudart.so.13" in str(refused.value)
+
+
+def test_the_cuda_libraries_allowed_are_the_ones_huatuo_loads():
+    from huatuo_cli.engine import cpu_backend
+
+    assert llama_wheel.CUDA_LIBRARIES == cpu_backend.CUDA_LIBRARIES
 
 
 def test_huatuos_llama_wheel_loads_on_glibc_2_28_without_openmp_or_openssl():
