@@ -3,8 +3,8 @@
     python bench/gpu_check.py BUNDLE [--image scan.dcm] [--runs 3] [--json gpu-check.json]
 
 The same question is asked with `--device cpu`, `--device cuda` and, where ONNX Runtime offers it,
-`--device tensorrt`, each `--runs` times in a fresh `huatuo ask --json` process (the first GPU run is
-a warm-up: TensorRT builds its engine then). It checks, and prints as a table:
+`--device tensorrt`, each `--runs` + 1 times in a fresh `huatuo ask --json` process (the first run is
+a warm-up, not timed: TensorRT builds its engine then). It checks, and prints as a table:
 
   offload    the LLM's layers went to the GPU (llama.cpp's CUDA backend found it: `llm_gpu_offload`)
   encoder    the image encoder ran on the provider asked for (CUDA / TensorRT), with no fallback note
@@ -66,8 +66,8 @@ def ttft(record: dict) -> float:
 
 
 def judge(device: str, cpu: list[dict], gpu: list[dict]) -> dict:
-    """The four checks for one GPU device, from the CPU's and this device's records (first GPU run:
-    warm-up, not timed)."""
+    """The four checks for one GPU device, from the CPU's and this device's records (the first run of
+    each: a warm-up, compared but not timed)."""
     if any("error" in r for r in gpu):
         return {"device": device, "ok": False, "failed": [next(r["error"] for r in gpu if "error" in r)]}
     last = gpu[-1]
@@ -79,7 +79,7 @@ def judge(device: str, cpu: list[dict], gpu: list[dict]) -> dict:
         "offload": bool(provider.get("llm_gpu_offload")),
         "encoder": provider.get("vision") == expected and not provider.get("vision_note"),
         "answer": all(r["answer"] == cpu[0]["answer"] for r in gpu),
-        "ttft_cpu_s": statistics.median(ttft(r) for r in cpu),
+        "ttft_cpu_s": statistics.median(ttft(r) for r in cpu[1:] or cpu),
         "ttft_gpu_s": statistics.median(ttft(r) for r in timed),
         "vision_provider": provider.get("vision"),
     }
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         image = args.image
     env_note = {k: v for k, v in os.environ.items() if k.startswith("HUATUO_")}
-    cpu = [ask(args.bundle, image, "cpu") for _ in range(args.runs)]
+    cpu = [ask(args.bundle, image, "cpu") for _ in range(args.runs + 1)]
     if any("error" in r for r in cpu):
         print(f"gpu_check: the CPU run failed: {next(r['error'] for r in cpu if 'error' in r)}", file=sys.stderr)
         return 1

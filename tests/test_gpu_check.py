@@ -44,7 +44,7 @@ def _as_gpu(record: dict, **provider) -> dict:
 def test_a_gpu_run_that_matches_passes_with_its_speedup(cpu_records):
     assert "error" not in cpu_records[0] and cpu_records[0]["provider"]["llm_gpu_offload"] is False
     result = gpu_check.judge("cuda", cpu_records, [_as_gpu(r) for r in cpu_records])
-    assert result["ok"] and result["speedup"] == pytest.approx(4.0, rel=0.5)
+    assert result["ok"] and result["speedup"] == pytest.approx(4.0)  # the timed runs: the second of each
 
 
 @pytest.mark.parametrize("change,failed", [
