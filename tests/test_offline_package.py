@@ -105,6 +105,21 @@ def test_artifact_holds_a_locked_runtime_without_server_packages(artifact):
     assert list((artifact / "bundles").glob("*/manifest.json"))
 
 
+def test_every_wheel_loads_on_glibc_2_28(artifact):
+    """Issue 26: RHEL/Rocky/Alma 8 and Ubuntu 20.04 workstations. `auditwheel show` over the shipped
+    wheelhouse itself (the build refuses a newer wheel; this reads what actually shipped)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("llama_wheel", ROOT / "packaging" / "llama_wheel.py")
+    llama_wheel = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(llama_wheel)
+    wheels = sorted((artifact / "wheelhouse").glob("*.whl"))
+    verdicts = {w.name: llama_wheel.loads_on_glibc(w, "2.28") for w in wheels}
+    assert not {name: why for name, why in verdicts.items() if why}
+    assert any(n.startswith("llama_cpp_python-") and n.endswith("manylinux_2_28_x86_64.whl") for n in verdicts)
+    assert any(n.startswith("cryptography-") and "manylinux_2_28" in n for n in verdicts), sorted(verdicts)
+
+
 def test_install_with_no_network_then_ask_natively_and_on_an_older_cpu(artifact, tmp_path):
     prefix, models, home = tmp_path / "prefix", tmp_path / "models", tmp_path / "home"
     done = install(artifact, prefix, models, home)
