@@ -68,13 +68,28 @@ def _llama_wheel(cuda_archs: str | None) -> Path:
     return module.build(module.build_key(cuda_archs), None)
 
 
+#: what a GPU workstation's system provides beside the wheelhouse: the NVIDIA driver's libcuda, and TensorRT
+#: where IT installs it (ONNX Runtime's TensorRT provider needs it; without it the CUDA provider answers)
+GPU_SYSTEM_LIBRARIES = frozenset({"libcuda.so.1", "libnvinfer.so.10", "libnvonnxparser.so.10"})
+
+
+def nvidia_wheel_libraries(folder: Path) -> set[str]:
+    """The libraries NVIDIA's wheels in `folder` bring (nvidia_*: the CUDA runtime, cuBLAS, cuDNN, ...)."""
+    found: set[str] = set()
+    for wheel in folder.glob("nvidia_*.whl"):
+        with zipfile.ZipFile(wheel) as zf:
+            found |= {name.rsplit("/", 1)[-1] for name in zf.namelist() if re.search(r"/lib[^/]*\.so[.\d]*$", name)}
+    return found
+
+
 def refuse_newer_than_the_floor(folder: Path, cuda_archs: str | None = None) -> None:
     """Every wheel a workstation gets must load on the artifact's glibc floor (2.28 for the CPU artifact:
     RHEL/Rocky/Alma 8, Ubuntu 20.04; the CUDA one's is its llama.cpp build's, docs/deploy.md) with only
-    the manylinux libraries (`auditwheel show`): a newer one would fail there long after the build."""
+    the manylinux libraries (`auditwheel show`): a newer one would fail there long after the build. The
+    CUDA artifact's wheels may also need what its NVIDIA wheels bring, the driver and TensorRT."""
     module = _llama_wheel_module()
     glibc = module.floor(cuda_archs)
-    provided = module.CUDA_LIBRARIES if cuda_archs else ()
+    provided = tuple(sorted(nvidia_wheel_libraries(folder) | GPU_SYSTEM_LIBRARIES)) if cuda_archs else ()
     refused = [why for wheel in sorted(folder.glob("*.whl")) if (why := module.loads_on_glibc(wheel, glibc, provided))]
     if refused:
         sys.exit(f"build_offline: refused, the floor is glibc {glibc}:\n  " + "\n  ".join(refused))

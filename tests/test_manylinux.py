@@ -38,9 +38,9 @@ SOURCE = "#include <pthread.h>\nstatic void *run(void *a) { return a; }\n" \
          "int start(void) { pthread_t t; return pthread_create(&t, 0, run, 0); }\n"
 
 
-def _wheel(folder: Path, glibc: str, needs: str | None = None) -> Path:
-    """A platform wheel holding one library built by zig against glibc `glibc`'s symbol versions (and
-    linked to a library `needs` that the wheel does not hold)."""
+def _wheel(folder: Path, glibc: str, needs: str | None = None, name: str | None = None) -> Path:
+    """A platform wheel `name` holding one library built by zig against glibc `glibc`'s symbol versions
+    (and linked to a library `needs` that the wheel does not hold)."""
     (folder / "src.c").write_text(SOURCE)
     lib, zig = folder / "libdemo.so", [*llama_wheel._zig(), "cc", "-target", f"x86_64-linux-gnu.{glibc}"]
     other = []
@@ -50,8 +50,12 @@ def _wheel(folder: Path, glibc: str, needs: str | None = None) -> Path:
         other = ["-Wl,--no-as-needed", str(folder / needs)]
     subprocess.run([*zig, "-shared", "-fPIC", "-o", str(lib), str(folder / "src.c"), *other], check=True,
                    capture_output=True)
-    name = f"demo{glibc.replace('.', '')}" + ("cuda" if needs else "")
-    files = {f"{name}/__init__.py": b"", f"{name}/libdemo.so": lib.read_bytes(),
+    name = name or f"demo{glibc.replace('.', '')}" + ("cuda" if needs else "")
+    return _pack(folder, name, {f"{name}/__init__.py": b"", f"{name}/lib/{lib.name}": lib.read_bytes()})
+
+
+def _pack(folder: Path, name: str, contents: dict[str, bytes]) -> Path:
+    files = {**contents,
              f"{name}-1.0.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n".encode(),
              f"{name}-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: false\n"
                                            b"Tag: py3-none-linux_x86_64\n"}
@@ -86,11 +90,16 @@ def test_the_build_refuses_a_wheel_linked_for_a_newer_glibc(tmp_path):
 
 
 def test_only_the_cuda_artifact_may_need_nvidias_libraries(tmp_path):
-    """The CUDA build's backend links the CUDA runtime, which NVIDIA's wheels in the same install provide:
-    allowed in the CUDA artifact, refused in the CPU one."""
+    """The CUDA build's backend links the CUDA runtime: allowed in the CUDA artifact when one of its NVIDIA
+    wheels brings it, refused without that wheel and in the CPU artifact."""
     _wheel(tmp_path, "2.28", needs="libcudart.so.13")
+    runtime = (tmp_path / "libcudart.so.13").read_bytes()
     for stray in tmp_path.glob("lib*"):
         stray.unlink()  # only the wheel remains: the library it needs is nowhere here
+    with pytest.raises(SystemExit) as refused:
+        build_offline.refuse_newer_than_the_floor(tmp_path, "80;89;90")
+    assert "needs libraries outside the manylinux set: libcudart.so.13" in str(refused.value)
+    _pack(tmp_path, "nvidia_cuda_runtime", {"nvidia/cu13/lib/libcudart.so.13": runtime})
     build_offline.refuse_newer_than_the_floor(tmp_path, "80;89;90")
     with pytest.raises(SystemExit) as refused:
         build_offline.refuse_newer_than_the_floor(tmp_path)
