@@ -144,6 +144,15 @@ def test_install_with_no_network_then_ask_natively_and_on_an_older_cpu(artifact,
     same_kernels = ask(str(huatuo), "ask", HUATUO_CPU_VARIANT="haswell")
     assert emulated["answer"] == same_kernels["answer"] and emulated["tokens"] == same_kernels["tokens"]
 
+    # a minimal workstation (issue 26): without GCC's OpenMP runtime and OpenSSL the installed engine answers the same
+    from tests.test_native_libraries import UNNEEDED, _system_library, hidden
+
+    bare = hidden(tmp_path / "bare", [_system_library(name) for name in UNNEEDED],
+                  ["unshare", "-n", str(huatuo), "ask", "--json", "--model", str(bundle), "--max-tokens", "16", scan,
+                   QUESTION], env)
+    assert bare.returncode == 0, bare.stderr[-3000:]
+    assert json.loads(bare.stdout)["answer"] == native["answer"]
+
     # the installed program serves too: the server's packages are in the artifact
     server = subprocess.Popen([str(huatuo), "serve", "--model", str(bundle), "--port", "0"], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
