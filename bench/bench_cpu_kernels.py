@@ -30,6 +30,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from _common import OUT
@@ -193,21 +195,27 @@ def kernels_table(args) -> None:
         for quant in QUANTS:
             model = llm_gguf(shape, quant)
             for variant, repack in kernel_sets():
-                got: dict[str, list[dict]] = {"huatuo": [], "direct": []}
-                for round_ in range(args.rounds):
-                    for driver in (("huatuo", "direct") if round_ % 2 == 0 else ("direct", "huatuo")):
-                        got[driver].append(measure(driver, model, variant, repack, args, threads))
-                if any("error" in r for rows in got.values() for r in rows):
-                    errors = [r["error"] for rows in got.values() for r in rows if "error" in r]
-                    print(f"| {shape} | {quant} | {variant}, repack {'on' if repack else 'off'} | failed: {errors[0]} |")
-                    continue
-                h, d = got["huatuo"], got["direct"]
-                # ratios pair by pair (the two ran back to back), then their median: robust to drift
-                rp = statistics.median(a["prefill_tps"] / b["prefill_tps"] for a, b in zip(h, d, strict=False))
-                rd = statistics.median(a["decode_tps"] / b["decode_tps"] for a, b in zip(h, d, strict=False))
-                print(f"| {shape} | {quant} | {h[0]['kernels']} | {median(h, 'prefill_tps'):.1f} | "
-                      f"{median(d, 'prefill_tps'):.1f} | {rp:.3f} | {median(h, 'decode_tps'):.2f} | "
-                      f"{median(d, 'decode_tps'):.2f} | {rd:.3f} |", flush=True)
+                in_turns(f"{shape} | {quant}", f"{variant}, repack {'on' if repack else 'off'}", args.rounds,
+                         partial(measure, "huatuo", model, variant, repack, args, threads),
+                         partial(measure, "direct", model, variant, repack, args, threads))
+
+
+def in_turns(row: str, kernels: str, rounds: int, a: Callable[[], dict], b: Callable[[], dict]) -> None:
+    """Measure `a` and `b` back to back, order alternating, and print one table row: medians, and the
+    ratios a/b pair by pair (the two ran back to back), then their median: robust to drift."""
+    got: dict[str, list[dict]] = {"a": [], "b": []}
+    for round_ in range(rounds):
+        for side in (("a", "b") if round_ % 2 == 0 else ("b", "a")):
+            got[side].append((a if side == "a" else b)())
+    errors = [r["error"] for rows in got.values() for r in rows if "error" in r]
+    if errors:
+        print(f"| {row} | {kernels} | failed: {errors[0]} |")
+        return
+    x, y = got["a"], got["b"]
+    rp = statistics.median(p["prefill_tps"] / q["prefill_tps"] for p, q in zip(x, y, strict=False))
+    rd = statistics.median(p["decode_tps"] / q["decode_tps"] for p, q in zip(x, y, strict=False))
+    print(f"| {row} | {x[0]['kernels']} | {median(x, 'prefill_tps'):.1f} | {median(y, 'prefill_tps'):.1f} | "
+          f"{rp:.3f} | {median(x, 'decode_tps'):.2f} | {median(y, 'decode_tps'):.2f} | {rd:.3f} |", flush=True)
 
 
 def builds_table(args) -> None:
@@ -233,21 +241,9 @@ def builds_table(args) -> None:
             model = llm_gguf(shape, quant)
             for variant in variants:
                 repack = variant in AMX_VARIANTS  # huatuo's rule (cpu_backend.wants_repack)
-                got: dict[str, list[dict]] = {"A": [], "B": []}
-                for round_ in range(args.rounds):
-                    for build in (("A", "B") if round_ % 2 == 0 else ("B", "A")):
-                        got[build].append(measure("huatuo", model, variant, repack, args, threads,
-                                                  other if build == "B" else None))
-                errors = [r["error"] for rows in got.values() for r in rows if "error" in r]
-                if errors:
-                    print(f"| {shape} | {quant} | {variant} | failed: {errors[0]} |")
-                    continue
-                a, b = got["A"], got["B"]
-                rp = statistics.median(x["prefill_tps"] / y["prefill_tps"] for x, y in zip(a, b, strict=False))
-                rd = statistics.median(x["decode_tps"] / y["decode_tps"] for x, y in zip(a, b, strict=False))
-                print(f"| {shape} | {quant} | {a[0]['kernels']} | {median(a, 'prefill_tps'):.1f} | "
-                      f"{median(b, 'prefill_tps'):.1f} | {rp:.3f} | {median(a, 'decode_tps'):.2f} | "
-                      f"{median(b, 'decode_tps'):.2f} | {rd:.3f} |", flush=True)
+                in_turns(f"{shape} | {quant}", variant, args.rounds,
+                         partial(measure, "huatuo", model, variant, repack, args, threads),
+                         partial(measure, "huatuo", model, variant, repack, args, threads, other))
 
 
 def load_table(args) -> None:
