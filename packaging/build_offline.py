@@ -45,10 +45,13 @@ _WHEEL_NAME = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+)-")
 #: the workstation CPythons: one wheelhouse, one lock each (requirements-cp310.lock, ...). 3.9 cannot be:
 #: pydicom 3.0 needs 3.10 (packaging/README.md)
 PYTHONS = ("3.10", "3.11", "3.12", "3.13")
-#: the platforms pip may pick wheels for, newest first: manylinux_2_28 (glibc 2.28: RHEL 8, Debian 10,
-#: Ubuntu 18.10) and older; our own llama-cpp-python wheel is built for manylinux_2_28 too
-PLATFORMS = (*(f"manylinux_2_{minor}_x86_64" for minor in range(28, 16, -1)), "manylinux2014_x86_64",
-             "manylinux2010_x86_64", "manylinux1_x86_64")
+def platforms(glibc: str) -> tuple[str, ...]:
+    """The platforms pip may pick wheels for, newest first: manylinux tags from the artifact's glibc floor
+    (2.28 for the CPU artifact: RHEL 8, Debian 10, Ubuntu 18.10; 2.35 for the CUDA one, whose llama.cpp
+    wheel is built for it) down to manylinux1."""
+    floor_minor = int(glibc.split(".")[1])
+    return (*(f"manylinux_2_{minor}_x86_64" for minor in range(floor_minor, 16, -1)), "manylinux2014_x86_64",
+            "manylinux2010_x86_64", "manylinux1_x86_64")
 
 
 def _version() -> str:
@@ -111,7 +114,8 @@ def wheelhouse(out: Path, cuda_archs: str | None = None) -> dict[str, list[Path]
             # --find-links: llama-cpp-python==0.3.36 resolves to the portable wheel, never to PyPI's sdist
             download = [*pip, "download", "-q", "-d", tmp, "--find-links", str(out), "--only-binary=:all:",
                         "--python-version", version, "--implementation", "cp", "--abi", tag,
-                        *[arg for platform_tag in PLATFORMS for arg in ("--platform", platform_tag)]]
+                        *[arg for tag_ in platforms(_llama_wheel_module().floor(cuda_archs))
+                          for arg in ("--platform", tag_)]]
             subprocess.run([*download, f"{ours}[{_extra(cuda_archs)}]"], check=True)
             # pip evaluates `python_version` markers for the Python it runs on, not --python-version: what
             # the target Python needs besides (tomli, exceptiongroup on 3.10) is fetched until nothing is missing
