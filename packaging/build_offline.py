@@ -45,6 +45,9 @@ _WHEEL_NAME = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+)-")
 #: the workstation CPythons: one wheelhouse, one lock each (requirements-cp310.lock, ...). 3.9 cannot be:
 #: pydicom 3.0 needs 3.10 (packaging/README.md)
 PYTHONS = ("3.10", "3.11", "3.12", "3.13")
+#: the CUDA artifact's: onnxruntime-gpu for CUDA 13 (1.31 and later) publishes no CPython 3.10 wheel, so a GPU
+#: workstation needs 3.11 or newer (install.sh reads the supported ones from the locks present)
+GPU_PYTHONS = ("3.11", "3.12", "3.13")
 def platforms(glibc: str) -> tuple[str, ...]:
     """The platforms pip may pick wheels for, newest first: manylinux tags from the artifact's glibc floor
     (2.28 for the CPU artifact: RHEL 8, Debian 10, Ubuntu 18.10; 2.35 for the CUDA one, whose llama.cpp
@@ -108,7 +111,7 @@ def wheelhouse(out: Path, cuda_archs: str | None = None) -> dict[str, list[Path]
     shutil.copy2(_llama_wheel(cuda_archs), out)
     (ours,) = out.glob("huatuo_cli-*.whl")
     per_python: dict[str, list[Path]] = {}
-    for version in PYTHONS:
+    for version in GPU_PYTHONS if cuda_archs else PYTHONS:
         tag = "cp" + version.replace(".", "")
         with tempfile.TemporaryDirectory(prefix=f"huatuo-{tag}-") as tmp:
             # --find-links: llama-cpp-python==0.3.36 resolves to the portable wheel, never to PyPI's sdist
