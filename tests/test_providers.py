@@ -156,3 +156,20 @@ def test_llm_layers_follow_the_device_and_the_build(tiny_bundle, monkeypatch, de
     monkeypatch.setattr(llama_cpp, "llama_supports_gpu_offload", lambda: supported)
     model = VisionLanguageModel(tiny_bundle, device=device)
     assert model.llm.n_gpu_layers == layers and model.info.llm_gpu_offload is offload
+
+
+def test_gpu_providers_get_nvidias_libraries_loaded_first(monkeypatch):
+    """onnxruntime-gpu's CUDA and TensorRT providers need cuBLAS, cuDNN and the CUDA runtime, which the GPU
+    artifact installs as NVIDIA's wheels: ONNX Runtime's own preload_dlls loads them before such a session
+    (the installed GPU artifact here failed on libcublasLt.so.13 without it); a CPU session does not ask."""
+    import onnxruntime
+
+    from huatuo_cli.engine.encoder import open_session
+
+    calls: list[dict] = []
+    monkeypatch.setattr(onnxruntime, "preload_dlls", lambda **kw: calls.append(kw), raising=False)
+    model = next((Path(__file__).resolve().parent.parent / "huatuo_cli" / "data").glob("*.onnx"))
+    open_session(model, [CPU], None)
+    assert calls == []
+    open_session(model, [(CUDA, {"device_id": 0}), CPU], None)  # CPU build: ORT warns and falls back
+    assert calls == [{"directory": ""}]

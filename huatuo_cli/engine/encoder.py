@@ -56,6 +56,10 @@ def open_session(path: Path, providers: list[Any], threads: int | None) -> Any:
     """An ONNX Runtime session on `providers` (quiet; `threads` intra-op threads when given); a corrupt
     or foreign file is a HuatuoError naming it."""
     ort = require("onnxruntime")
+    if any((p[0] if isinstance(p, tuple) else p) in (CUDA, TENSORRT) for p in providers) and hasattr(ort, "preload_dlls"):
+        # onnxruntime-gpu's providers need the CUDA runtime, cuBLAS and cuDNN, which the GPU artifact installs
+        # as NVIDIA's wheels (site-packages/nvidia/...): outside its search path until loaded by ORT itself
+        ort.preload_dlls(directory="")
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if threads:
