@@ -169,12 +169,16 @@ def measure(driver: str, model: Path, variant: str, repack: bool, args, threads:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def kernel_sets() -> list[tuple[str, bool]]:
+def shown_variants() -> list[str]:
+    """The CPU variants worth showing: the best this CPU runs, and haswell (AVX2, as most workstations)."""
     from huatuo_cli.engine.cpu_backend import activate
 
     ranked = activate().ranked
-    variants = [ranked[0]] + (["haswell"] if "haswell" in ranked and ranked[0] != "haswell" else [])
-    return [(v, r) for v in variants for r in (True, False)]
+    return [ranked[0]] + (["haswell"] if "haswell" in ranked and ranked[0] != "haswell" else [])
+
+
+def kernel_sets() -> list[tuple[str, bool]]:
+    return [(v, r) for v in shown_variants() for r in (True, False)]
 
 
 def median(rows: list[dict], key: str) -> float:
@@ -222,12 +226,10 @@ def builds_table(args) -> None:
     """huatuo on the installed llama.cpp build against another build of the same llama.cpp (--against DIR:
     a folder holding that build's `llama_cpp` package, e.g. `pip install --target DIR --no-deps WHEEL`), on
     the same models, variants and threads, in turns: what a change of compiler, OpenMP or flags costs."""
-    from huatuo_cli.engine.cpu_backend import AMX_VARIANTS, activate
+    from huatuo_cli.engine.cpu_backend import AMX_VARIANTS
     from huatuo_cli.engine.threads import default_threads
 
     threads = default_threads()
-    ranked = activate().ranked
-    variants = [ranked[0]] + (["haswell"] if "haswell" in ranked and ranked[0] != "haswell" else [])
     other = {"PYTHONPATH": os.pathsep.join(filter(None, [str(args.against), BASE_ENV.get("PYTHONPATH")]))}
     info = json.loads((args.against / "llama_cpp" / "huatuo_build.json").read_text())
     print(f"\n# builds: installed (A) against {args.against} (B: {info['compiler']}, {' '.join(info['cmake_flags'])}); "
@@ -239,7 +241,7 @@ def builds_table(args) -> None:
     for shape in args.shapes:
         for quant in QUANTS:
             model = llm_gguf(shape, quant)
-            for variant in variants:
+            for variant in shown_variants():
                 repack = variant in AMX_VARIANTS  # huatuo's rule (cpu_backend.wants_repack)
                 in_turns(f"{shape} | {quant}", variant, args.rounds,
                          partial(measure, "huatuo", model, variant, repack, args, threads),
