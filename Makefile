@@ -4,6 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 DEMO := demo-out
+OPENVINO_ORT := $(VENV)/openvino-ort
 # the demo's model family (`huatuo convert synth --arch`): llava-qwen2 (7B), llava-llama (34B), qwen2.5-vl
 ARCH ?= llava-qwen2
 
@@ -19,11 +20,14 @@ $(BIN)/python:
 # cache, which is keyed by the sdist alone and would hand back a -march=native build. Its tools (zig,
 # auditwheel) come first: packaging/build-requirements.txt.
 # The tests also get the optional `dicom-gpl` extra (both paths of 12-bit JPEG are tested) and `cluster`
-# (Ray: `batch --ray` is tested on a two-node local cluster).
+# (Ray: `batch --ray` is tested on a two-node local cluster), and the `openvino` extra's onnxruntime in a
+# folder of its own: it ships an `onnxruntime` module too, so tests/test_openvino.py puts it first on a
+# child's path, as installing the extra instead of `cpu` would.
 install: $(BIN)/python
 	$(BIN)/pip install -q $(TORCH) -r packaging/build-requirements.txt
 	$(BIN)/python packaging/llama_wheel.py --install $(BIN)/python
 	$(BIN)/pip install -q -e '.[cpu,convert,train,dev,dicom-gpl,cluster]'
+	test -d $(OPENVINO_ORT)/onnxruntime || $(BIN)/pip install -q --no-deps --target $(OPENVINO_ORT) 'onnxruntime-openvino==1.24.1'
 
 # What the tests run against: dcmtk (reference renderer, dsrdump), qemu-user (an older CPU),
 # binutils (objdump reads the AMX kernel), tmux (drives `huatuo tui` as a person would), orthanc (a real PACS for `huatuo send`, started by the

@@ -176,7 +176,8 @@ def bundle_checks() -> list[Check]:
                                 f"verified, model id {bundle.manifest_sha256[:12]}, {bundle.manifest.quantization}"))
         except HuatuoError as exc:
             checks.append(Check(f"bundle {path.name}", "fail", str(exc)))
-    return checks + speed_checks([p for p, c in zip(paths, checks, strict=True) if c.status == "ok"])
+    verified = [p for p, c in zip(paths, checks, strict=True) if c.status == "ok"]
+    return checks + speed_checks(verified) + vision_checks(verified)
 
 
 def speed_checks(paths: list[Path]) -> list[Check]:
@@ -209,6 +210,38 @@ def speed_checks(paths: list[Path]) -> list[Check]:
             checks.append(Check(f"model {name}", "ok", f"`--model {name}` uses {order[0].quantization} "
                                 f"({order[0].path.name}): fastest faithful on this CPU ({figures})",
                                 {"chosen": str(order[0].path), "order": [str(m.path) for m in order]}))
+    return checks
+
+
+def vision_checks(paths: list[Path]) -> list[Check]:
+    """For every verified bundle with more than one way to encode images on this CPU (an int8 file,
+    OpenVINO's provider), the measured figures and the way `ask` takes (`engine.vision_choice`)."""
+    from huatuo_cli.bundles.bundle import load_bundle
+    from huatuo_cli.engine import vision_choice
+    from huatuo_cli.engine.encoder import runs_on_cpu
+    from huatuo_cli.engine.session import ENV_VISION_PRECISION, pinned_precision
+    from huatuo_cli.errors import HuatuoError
+
+    if not paths or not runs_on_cpu("auto"):
+        return []
+    checks = []
+    for path in paths:
+        try:
+            bundle = load_bundle(path)
+            pinned = pinned_precision(bundle)
+            figures = None if pinned else vision_choice.cpu_figures(bundle)
+        except HuatuoError as exc:
+            checks.append(Check(f"vision {path.name}", "warn", str(exc)))
+            continue
+        if pinned:
+            checks.append(Check(f"vision {path.name}", "ok", f"images encoded by cpu/{pinned}: pinned by "
+                                f"{ENV_VISION_PRECISION}", {"chosen": f"cpu/{pinned}", "pinned": True}))
+        elif figures:
+            bound = vision_choice.cosine_bound(bundle)
+            way = vision_choice.choose(figures, bound)
+            checks.append(Check(f"vision {path.name}", "ok",
+                                f"images encoded by {way.name}: {vision_choice.figures_line(figures, bound)}",
+                                {"chosen": way.name, "figures": figures, "cosine_bound": bound}))
     return checks
 
 

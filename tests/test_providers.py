@@ -6,7 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from huatuo_cli.engine.providers import CPU, CUDA, TENSORRT, ProviderPlan, fallback_note, machine_id, plan_providers, trt_cache_dir
+from huatuo_cli.engine.providers import (
+    CPU,
+    CUDA,
+    OPENVINO,
+    TENSORRT,
+    ProviderPlan,
+    fallback_note,
+    machine_id,
+    plan_providers,
+    trt_cache_dir,
+)
 from huatuo_cli.errors import HuatuoError
 
 ALL = [TENSORRT, CUDA, CPU]
@@ -41,6 +51,23 @@ def test_asking_for_a_missing_gpu_provider_is_a_user_error(available, device):
     with pytest.raises(HuatuoError, match=f"--device {device}.*no (Tensorrt|CUDA)ExecutionProvider") as err:
         plan_providers(available, BUNDLE, 336, device)
     assert "onnxruntime-gpu" in err.value.hint
+
+
+@pytest.mark.parametrize("available,device,expected", [
+    ([OPENVINO, CPU], "auto", [OPENVINO, CPU]),
+    ([OPENVINO, CPU], "cpu", [OPENVINO, CPU]),
+    ([CPU], "cpu", [CPU]),  # asked for where this onnxruntime lacks it: the CPU provider, as measured
+    ([CUDA, OPENVINO, CPU], "auto", [CUDA, CPU]),  # a GPU is not traded for OpenVINO's CPU path
+    ([CUDA, OPENVINO, CPU], "cpu", [OPENVINO, CPU]),
+])
+def test_openvino_goes_before_the_cpu_provider_only_on_the_cpu(available, device, expected):
+    """`openvino=True` is `vision_choice`'s verdict for this machine's CPU (tests/test_openvino.py)."""
+    plan = plan_providers(available, BUNDLE, 336, device, openvino=True, threads=3)
+    assert plan.names == expected
+    if OPENVINO in expected:
+        assert plan.options(OPENVINO)["device_type"] == "CPU" and plan.options(OPENVINO)["num_of_threads"] == "3"
+        assert plan.options(OPENVINO)["cache_dir"].endswith("openvino")
+    assert OPENVINO not in plan_providers(available, BUNDLE, 336, device).names  # never without the verdict
 
 
 def test_unknown_device():

@@ -184,13 +184,12 @@ def test_an_int8_file_out_of_tolerance_is_left_out(make_checkpoint, tmp_path):
 
 
 def _record_vision(bundle_path: Path, int8_s: float, fp32_s: float) -> None:
-    manifest, _ = read_manifest(bundle_path)
-    path = quant_probe.cache_path()
-    data = json.loads(path.read_text()) if path.is_file() else {"key": quant_probe.backend_key(), "bundles": {}}
-    data["vision"] = {f"{manifest.file('vision-int8').sha256}:{manifest.file('vision-fp32').sha256}":
-                      {"int8": int8_s, "fp32": fp32_s}}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data))
+    """Figures of this machine as `vision_choice` records them: ONNX Runtime's CPU provider on each file."""
+    from huatuo_cli.engine import vision_choice
+
+    bundle = load_bundle(bundle_path)
+    quant_probe.ProbeCache(quant_probe.backend_key()).put_vision(
+        vision_choice.figures_key(bundle), {"cpu/fp32": {"seconds": fp32_s}, "cpu/int8": {"seconds": int8_s}})
 
 
 def test_the_cpu_encoder_follows_the_measurement(two_quants):
@@ -218,3 +217,15 @@ def test_a_pinned_vision_precision_is_taken_as_given_and_checked(two_quants, mon
     monkeypatch.setenv("HUATUO_VISION_PRECISION", "int4")
     with pytest.raises(HuatuoError, match="not a vision precision"):
         BundleImageEncoder(bundle, device="cpu")
+
+
+def test_doctor_shows_the_vision_figures_and_the_way_or_the_pin(two_quants, monkeypatch):
+    from huatuo_cli.doctor import vision_checks
+
+    path = two_quants["paths"]["q8_0"]
+    _record_vision(path, 0.5, 1.0)
+    [check] = vision_checks([path])
+    assert check.detail == "images encoded by cpu/int8: cpu/fp32 1.00 s; cpu/int8 0.50 s", check.detail
+    monkeypatch.setenv("HUATUO_VISION_PRECISION", "fp32")
+    [check] = vision_checks([path])
+    assert check.detail == "images encoded by cpu/fp32: pinned by HUATUO_VISION_PRECISION", check.detail

@@ -29,21 +29,18 @@ INT8_NAME = "vision-int8.onnx"
 PREPROCESSOR_NAME = "preprocessor_config.json"
 
 
-def vision_precision(device: str, *, has_fp16: bool, int8_faster: bool = False) -> str:
-    """"fp16", "int8" or "fp32": the one rule for which vision graph runs on `device` (the bundle's
-    roles `vision-fp16`/`vision-int8`/`vision-fp32`, a vision folder's FP16_NAME/FP32_NAME).
+def vision_precision(device: str, *, has_fp16: bool) -> str:
+    """"fp16" or "fp32": the one rule for which vision graph runs on `device` without a measurement
+    (the bundle's roles `vision-fp16`/`vision-fp32`, a vision folder's FP16_NAME/FP32_NAME).
 
     fp16 only where it exists and suits the device: CUDA without TensorRT (half the memory traffic).
-    TensorRT builds its own fp16 engine from the fp32 graph (`trt_fp16_enable`). On the CPU, int8
-    (a file that passed the fp16 file's cosine gate at conversion) where it was measured faster
-    than fp32 on this CPU (`int8_faster`: `quant_probe.int8_vision_faster`), else fp32.
+    TensorRT builds its own fp16 engine from the fp32 graph (`trt_fp16_enable`). On the CPU, a
+    bundle with other ways to encode (an int8 file, OpenVINO's provider) is measured instead
+    (`vision_choice.cpu_vision_way`); fp32 otherwise.
     """
     available = require("onnxruntime").get_available_providers()
     cuda = device == "cuda" or (device == "auto" and CUDA in available and TENSORRT not in available)
-    gpu = cuda or device == "tensorrt" or (device == "auto" and TENSORRT in available)
-    if cuda and has_fp16:
-        return "fp16"
-    return "int8" if int8_faster and not gpu else "fp32"
+    return "fp16" if cuda and has_fp16 else "fp32"
 
 
 def runs_on_cpu(device: str) -> bool:
@@ -82,8 +79,10 @@ class ImageEncoder:
         cache_dir: Path | str | None = None,
         threads: int | None = None,
         device_id: int = 0,
+        openvino: bool = False,
     ) -> None:
-        """`cache_dir` is the bundle folder (TensorRT caches go below it); default: the ONNX file's folder."""
+        """`cache_dir` is the bundle folder (TensorRT caches go below it); default: the ONNX file's folder.
+        `openvino`: OpenVINO's provider before the CPU one, where the device means the CPU (`plan_providers`)."""
         ort = require("onnxruntime")
         self.path = Path(onnx_path)
         if not self.path.is_file():
@@ -91,7 +90,7 @@ class ImageEncoder:
         self.config = preprocess_config or PreprocessConfig.from_file(self.path.parent / PREPROCESSOR_NAME)
         self.image_size = self.config.crop_height
         self.plan = plan_providers(ort.get_available_providers(), Path(cache_dir or self.path.parent),
-                                   self.image_size, device, device_id=device_id)
+                                   self.image_size, device, device_id=device_id, openvino=openvino, threads=threads)
         if TENSORRT in self.plan.names:
             Path(self.plan.options(TENSORRT)["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
         self.session = open_session(self.path, self.plan.providers, threads)

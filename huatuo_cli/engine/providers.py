@@ -26,6 +26,9 @@ from huatuo_cli.errors import HuatuoError
 TENSORRT = "TensorrtExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+#: Intel's runtime inside ONNX Runtime (the `onnxruntime-openvino` build, the `openvino` extra); on the
+#: CPU only where this machine measured it faster and its numbers passed the gate (`vision_choice`)
+OPENVINO = "OpenVINOExecutionProvider"
 DEVICES = ("auto", "tensorrt", "cuda", "cpu")
 INPUT_NAME = "pixel_values"
 TRT_CACHE_DIR = "trt-cache"
@@ -101,6 +104,17 @@ def cuda_options(device_id: int = 0) -> dict[str, Any]:
     }
 
 
+def openvino_options(threads: int | None = None) -> dict[str, Any]:
+    """OpenVINO on the CPU, its compiled models cached per user (a bundle folder may be read-only):
+    the first session compiles the graph, later ones load it."""
+    import platformdirs
+
+    options = {"device_type": "CPU", "cache_dir": str(Path(platformdirs.user_cache_dir(APP_NAME)) / "openvino")}
+    if threads:
+        options["num_of_threads"] = str(threads)
+    return options
+
+
 def plan_providers(
     available: Sequence[str],
     bundle_dir: Path | str,
@@ -110,11 +124,15 @@ def plan_providers(
     device_id: int = 0,
     machine: str | None = None,
     max_images: int = MAX_IMAGES,
+    openvino: bool = False,
+    threads: int | None = None,
 ) -> ProviderPlan:
     """The providers to request, best first, CPU always last as the safety net.
 
     `device`: auto = the best available; tensorrt / cuda = that one (with what is below it as
-    fallback), an error if this onnxruntime build lacks it; cpu = CPU only.
+    fallback), an error if this onnxruntime build lacks it; cpu = CPU only. `openvino`: where the
+    plan has no GPU provider and this onnxruntime has OpenVINO's, it goes before the CPU provider
+    (`vision_choice` decides; `threads` are its threads).
     """
     if device not in DEVICES:
         raise HuatuoError(f"unknown device '{device}'", hint=f"one of {', '.join(DEVICES)}")
@@ -136,6 +154,8 @@ def plan_providers(
             providers.append((TENSORRT, tensorrt_options(trt_cache_dir(bundle_dir, machine), image_size, max_images)))
         else:
             providers.append((CUDA, cuda_options(device_id)))
+    if openvino and not providers and OPENVINO in available:
+        providers.append((OPENVINO, openvino_options(threads)))
     providers.append((CPU, {}))
     return ProviderPlan(providers)
 
@@ -145,5 +165,6 @@ def fallback_note(plan: ProviderPlan, loaded: Sequence[str]) -> str | None:
     actual = loaded[0] if loaded else "none"
     if actual == plan.preferred:
         return None
-    return (f"{plan.preferred} was requested but did not load; running on {actual} "
-            "(missing CUDA/TensorRT libraries or an incompatible GPU)")
+    why = ("OpenVINO could not compile the graph" if plan.preferred == OPENVINO
+           else "missing CUDA/TensorRT libraries or an incompatible GPU")
+    return f"{plan.preferred} was requested but did not load; running on {actual} ({why})"

@@ -28,11 +28,12 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import platformdirs
 
 from huatuo_cli import APP_NAME
-from huatuo_cli.bundles.bundle import Bundle, read_manifest
+from huatuo_cli.bundles.bundle import read_manifest
 from huatuo_cli.bundles.locate import find_bundle
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.privacy import write_private
@@ -84,7 +85,7 @@ class ProbeCache:
     def __init__(self, key: str, path: Path | None = None) -> None:
         self.key = key
         self.path = path or cache_path()
-        self.vision: dict[str, dict[str, float]] = {}  # "int8 sha:fp32 sha" -> seconds per image of each
+        self.vision: dict[str, dict[str, dict[str, Any]]] = {}  # vision_choice.figures_key -> figures per way
         try:
             data = json.loads(self.path.read_text())
             stored = data.get("bundles", {}) if data.get("key") == key else {}
@@ -100,8 +101,8 @@ class ProbeCache:
         self.probes[sha256] = probe
         self._write()
 
-    def put_vision(self, pair: str, seconds: dict[str, float]) -> None:
-        self.vision[pair] = seconds
+    def put_vision(self, key: str, figures: dict[str, dict[str, Any]]) -> None:
+        self.vision[key] = figures
         self._write()
 
     def _write(self) -> None:
@@ -189,50 +190,6 @@ def fastest(paths: list[Path]) -> Path:
         raise HuatuoError(f"no installed quantization could be measured on this CPU: {errors}",
                           hint="name one as NAME:TAG, or run `huatuo doctor`")
     return order[0].path
-
-
-#: int8 must beat fp32 by this much to be used (its embeddings differ a little: it must pay)
-INT8_GAIN = 0.10
-
-
-def time_encoder(path: Path, image_size: int, threads: int | None, runs: int = 3) -> float:
-    """Best seconds of `runs` encodes of one image by ONNX Runtime's CPU provider (after a warm-up)."""
-    import numpy as np
-
-    from huatuo_cli.extras import require
-
-    ort = require("onnxruntime")
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    pixels = np.random.default_rng(0).standard_normal((1, 3, image_size, image_size)).astype(np.float32)
-    session.run(None, {name: pixels})
-    best = float("inf")
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, {name: pixels})
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def int8_vision_faster(bundle: Bundle, *, threads: int | None = None, cache: ProbeCache | None = None) -> bool:
-    """Whether the bundle's int8 vision file (gated at conversion like the fp16 one) encodes at least
-    INT8_GAIN faster than fp32 on this CPU; measured once per machine, build and file pair."""
-    int8, fp32 = bundle.manifest.file("vision-int8"), bundle.manifest.file("vision-fp32")
-    if int8 is None or fp32 is None:
-        return False
-    cache = cache or ProbeCache(backend_key())
-    pair = f"{int8.sha256}:{fp32.sha256}"
-    seconds = cache.vision.get(pair)
-    if seconds is None:
-        size = int(bundle.manifest.vision.get("image_size", 336))
-        seconds = {"int8": time_encoder(bundle.path("vision-int8"), size, threads),
-                   "fp32": time_encoder(bundle.path("vision-fp32"), size, threads)}
-        cache.put_vision(pair, seconds)
-    return seconds["int8"] <= seconds["fp32"] * (1 - INT8_GAIN)
 
 
 def find_model(explicit: str | os.PathLike[str] | None = None, *, option: str | None = "--model") -> Path:

@@ -79,17 +79,19 @@ class BundleImageEncoder:
             # only files the manifest lists (and verification hashed) are read: never a file that
             # merely sits in the folder
             pinned = pinned_precision(bundle)
-            if pinned is not None:
+            openvino = False
+            if pinned is not None:  # the file as given, on ONNX Runtime's own providers
                 role = "vision-" + pinned
-            else:
-                int8_faster = False
-                if bundle.has("vision-int8") and runs_on_cpu(device):
-                    from huatuo_cli.engine.quant_probe import int8_vision_faster
+            elif runs_on_cpu(device):
+                from huatuo_cli.engine.vision_choice import cpu_vision_way
 
-                    int8_faster = int8_vision_faster(bundle, threads=threads)
-                role = "vision-" + vision_precision(device, has_fp16=bundle.has("vision-fp16"), int8_faster=int8_faster)
+                way = cpu_vision_way(bundle, threads=threads)
+                role, openvino = way.role, way.runtime == "openvino"
+            else:
+                role = "vision-" + vision_precision(device, has_fp16=bundle.has("vision-fp16"))
             self._onnx = ImageEncoder(bundle.path(role), device=device, cache_dir=bundle.root, threads=threads,
-                                      preprocess_config=PreprocessConfig.from_file(bundle.path("preprocessor")))
+                                      preprocess_config=PreprocessConfig.from_file(bundle.path("preprocessor")),
+                                      openvino=openvino)
             self.provider, self.fallback_note = self._onnx.provider, self._onnx.fallback_note
         elif vision == "mmproj":
             from huatuo_cli.engine.mtmd_encoder import MtmdImageEncoder
