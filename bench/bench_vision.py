@@ -11,11 +11,12 @@ engine encodes the same preprocessed image:
   bfloat16 MatMul kernel (a bf16 graph is refused with NOT_IMPLEMENTED), so a bf16 file could only
   run with a cast back to fp32 before every MatMul;
 - OpenVINO's execution provider (the `onnxruntime-openvino` wheel: ONNX Runtime 1.24 with OpenVINO
-  inside), where a venv with it is given (`--openvino-venv`). That wheel ships its own
-  `onnxruntime` module, so it cannot be installed beside huatuo's onnxruntime; make the venv with
-      python -m venv bench/out/openvino-venv && bench/out/openvino-venv/bin/pip install onnxruntime-openvino numpy
-  It runs in a child process of that venv, with the CPU provider fallback disabled (every node
-  on OpenVINO, or the row says it could not);
+  inside). That wheel ships its own `onnxruntime` module, so it cannot be installed beside
+  huatuo's onnxruntime: `make install` puts it in `.venv/openvino-ort` (`--openvino-ort`), and it
+  runs in a child process with that folder first on its path, as tests/test_openvino.py runs it,
+  with the CPU provider fallback disabled (every node on OpenVINO, or the row says it could not).
+  Its rows are held to the fp16 file's bound, as the workstation's gate holds it
+  (`huatuo_cli/engine/vision_choice.py`);
 - llama.cpp mtmd on the mmproj (f16, f32).
 Every engine's embeddings of the 4 validation images are held to the bound of the file's own
 precision (`convert/onnx_validate.py`, the family's vision tolerances); figures are medians, ratios
@@ -28,8 +29,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 import torch
-from _common import OUT, median_seconds
+from _common import median_seconds
 
 from huatuo_cli.engine.encoder import FP16_NAME, FP32_NAME, INT8_NAME, ImageEncoder
 from huatuo_cli.engine.mtmd_encoder import MtmdImageEncoder
@@ -56,9 +59,9 @@ CLIP_L_336 = SynthSpec(
 #: --shape tiny: the test suite's tower, to check the script in seconds
 SPECS = {"clip-l": CLIP_L_336, "tiny": SynthSpec(shards=1)}
 FILES = {"fp32": FP32_NAME, "fp16": FP16_NAME, "int8": INT8_NAME}
-OPENVINO_VENV = OUT / "openvino-venv"
+OPENVINO_ORT = Path(sys.prefix) / "openvino-ort"
 
-#: run by the OpenVINO venv's python: only numpy and its own onnxruntime there
+#: run with OPENVINO_ORT first on the path: its onnxruntime, not this venv's
 OPENVINO_CHILD = r"""
 import json, statistics, sys, time
 import numpy as np, onnxruntime as ort
@@ -97,8 +100,9 @@ def bf16_refused() -> str:
     return ""
 
 
-def openvino_rows(venv: Path, vision: Path, one: np.ndarray, batch: np.ndarray, threads: int, runs: int) -> list:
-    """(name, seconds or None, embeddings or None, note) per ONNX file, through OpenVINO's EP in `venv`."""
+def openvino_rows(folder: Path, vision: Path, one: np.ndarray, batch: np.ndarray, threads: int, runs: int) -> list:
+    """(name, bound's precision, seconds or None, embeddings or None, note) per ONNX file, through
+    OpenVINO's EP from `folder` (the fp16 file's bound: the workstation's gate)."""
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-openvino-") as tmp:
         np.save(Path(tmp) / "one.npy", one)
@@ -107,15 +111,15 @@ def openvino_rows(venv: Path, vision: Path, one: np.ndarray, batch: np.ndarray, 
             if not (vision / name).exists():
                 continue
             out = Path(tmp) / f"{precision}.npy"
-            proc = subprocess.run([str(venv / "bin" / "python"), "-c", OPENVINO_CHILD, str(vision / name),
+            proc = subprocess.run([sys.executable, "-c", OPENVINO_CHILD, str(vision / name),
                                    str(Path(tmp) / "one.npy"), str(Path(tmp) / "batch.npy"), str(out), str(threads), str(runs)],
-                                  capture_output=True, text=True)
+                                  capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(folder)})
             label = f"OpenVINO EP (onnxruntime-openvino) on the {precision} file"
             if proc.returncode != 0:
-                rows.append((label, precision, None, None, f"failed: {proc.stderr.strip().splitlines()[-1][:160]}"))
+                rows.append((label, "fp16", None, None, f"failed: {proc.stderr.strip().splitlines()[-1][:160]}"))
                 continue
             got = json.loads(proc.stdout.strip().splitlines()[-1])
-            rows.append((label, precision, got["seconds"], np.load(out), f"onnxruntime {got['ort']}"))
+            rows.append((label, "fp16", got["seconds"], np.load(out), f"onnxruntime {got['ort']}"))
     return rows
 
 
@@ -125,8 +129,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--shape", choices=list(SPECS), default="clip-l")
     ap.add_argument("--workdir", type=Path, default=None, help="reuse a folder (keeps the 1 GB of models)")
-    ap.add_argument("--openvino-venv", type=Path, default=OPENVINO_VENV,
-                    help="a venv with onnxruntime-openvino (default bench/out/openvino-venv; skipped when absent)")
+    ap.add_argument("--openvino-ort", type=Path, default=OPENVINO_ORT,
+                    help="a folder with onnxruntime-openvino (default: make install's .venv/openvino-ort; skipped when absent)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-vision-"))
@@ -173,10 +177,10 @@ def main() -> None:
     refusal = bf16_refused()
     rows.append(("ONNX Runtime CPU bf16", "bf16", None, None,
                  f"no bf16 MatMul kernel: {refusal}" if refusal else "bf16 MatMul accepted: add a bf16 file and measure it"))
-    if (args.openvino_venv / "bin" / "python").exists():
-        rows += openvino_rows(args.openvino_venv, work / "vision", one_px, pixels, args.threads, args.runs)
+    if (args.openvino_ort / "onnxruntime").is_dir():
+        rows += openvino_rows(args.openvino_ort, work / "vision", one_px, pixels, args.threads, args.runs)
     else:
-        rows.append(("OpenVINO EP", "fp32", None, None, f"not measured: no venv at {args.openvino_venv}"))
+        rows.append(("OpenVINO EP", "fp16", None, None, f"not measured: no onnxruntime-openvino in {args.openvino_ort}"))
     for ftype in ("f16", "f32"):
         with MtmdImageEncoder(work / f"mmproj-{ftype}.gguf", threads=args.threads) as enc:
             rows.append((f"llama.cpp mtmd mmproj {ftype}", "fp16" if ftype == "f16" else "fp32",
