@@ -105,7 +105,7 @@ def install_hint(module: str) -> str | None:
         return None
     hint = f"pip install 'huatuo-cli[{extra}]'"
     if top == "onnxruntime":
-        hint += " (or 'huatuo-cli[gpu]' on a CUDA workstation; never both)"
+        hint += " (or 'huatuo-cli[gpu]' on a CUDA workstation, or 'huatuo-cli[openvino]' for OpenVINO on the CPU; only one)"
     return hint
 
 
