@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from huatuo_cli.bundles.bundle import Bundle
+from huatuo_cli.engine.preprocess import PreprocessConfig
 from huatuo_cli.engine.providers import CPU, OPENVINO
 from huatuo_cli.errors import HuatuoError
 from huatuo_cli.extras import require
@@ -95,22 +96,19 @@ def figures_key(bundle: Bundle) -> str:
     return f"{','.join(files)}|onnxruntime {ort.__version__} {'+'.join(sorted(ort.get_available_providers()))}"
 
 
-def validation_pixels(bundle: Bundle) -> np.ndarray:
+def validation_pixels(config: PreprocessConfig) -> np.ndarray:
     """The conversion's validation images, through the bundle's own preprocessing."""
-    from huatuo_cli.engine.preprocess import PreprocessConfig, preprocess
+    from huatuo_cli.engine.preprocess import preprocess
     from huatuo_cli.engine.validation_images import validation_images
 
-    config = PreprocessConfig.from_file(bundle.path("preprocessor"))
     return preprocess([image for _, image in validation_images(config.crop_height)], config)
 
 
-def measure_way(bundle: Bundle, way: VisionWay, pixels: np.ndarray, threads: int | None) -> tuple[dict[str, float], np.ndarray]:
+def measure_way(bundle: Bundle, way: VisionWay, config: PreprocessConfig, pixels: np.ndarray,
+                threads: int | None) -> tuple[dict[str, float], np.ndarray]:
     """({"open", "encode", "seconds"}, the validation images' embeddings) of one way, through the
     same `ImageEncoder` that answers; a way whose provider does not load is a HuatuoError."""
     from huatuo_cli.engine.encoder import ImageEncoder
-    from huatuo_cli.engine.preprocess import PreprocessConfig
-
-    config = PreprocessConfig.from_file(bundle.path("preprocessor"))
 
     def open_encoder() -> ImageEncoder:
         return ImageEncoder(bundle.path(way.role), device="cpu", cache_dir=bundle.root, threads=threads,
@@ -136,12 +134,13 @@ def measure(bundle: Bundle, ways: list[VisionWay], threads: int | None = None) -
     a way gated here, or "error"."""
     from huatuo_cli.engine.validation_images import image_cosines
 
-    pixels = validation_pixels(bundle)
+    config = PreprocessConfig.from_file(bundle.path("preprocessor"))
+    pixels = validation_pixels(config)
     figures: dict[str, dict[str, Any]] = {}
     reference = None
     for way in [EXACT] + [w for w in ways if w != EXACT]:
         try:
-            timing, embeddings = measure_way(bundle, way, pixels, threads)
+            timing, embeddings = measure_way(bundle, way, config, pixels, threads)
         except HuatuoError as exc:
             figures[way.name] = {"error": str(exc)}
             continue
